@@ -1,0 +1,568 @@
+//! Settings: the command line and the TOML file, merged once into validated types.
+//!
+//! Every setting exists both as a flag and as a key of the same name in the file (dashes become
+//! underscores); a flag wins over the file, the file wins over the default. Errors name the setting and
+//! where it was set, so a bad deployment stops with one line an operator can act on.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::identity::UsernameFrom;
+use crate::upstream::Upstream;
+
+/// Largest CONNECT mqtls buffers by default: ample for long MQTT 5 property lists, small enough that a
+/// flood of half-sent CONNECTs costs little.
+pub const DEFAULT_MAX_CONNECT_SIZE: usize = crate::connect::DEFAULT_MAX_CONNECT_LEN;
+
+/// The largest remaining length an MQTT fixed header can announce.
+const MQTT_MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+#[derive(Debug, Parser)]
+#[command(name = "mqtls", version, about = "MQTT-over-TLS proxy that maps client certificates to MQTT usernames")]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default when no subcommand is given).
+    Run(RunArgs),
+    /// Validate the configuration (including every certificate and key) and print the effective settings.
+    Check(RunArgs),
+    /// Print the MQTT username a certificate maps to.
+    Identity {
+        /// PEM file whose first certificate is the client's leaf certificate.
+        cert: PathBuf,
+        #[arg(long, value_enum, default_value_t = UsernameFrom::Cn)]
+        username_from: UsernameFrom,
+    },
+}
+
+/// Whether and how clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuth {
+    /// A certificate signed by the client CA is required for the handshake to succeed.
+    #[default]
+    Required,
+    /// Clients may present a certificate (which must then verify) or none (CONNECT passed on unmodified).
+    Optional,
+    /// No certificate is asked for; CONNECTs pass unmodified.
+    None,
+}
+
+/// What to do with a username the client put in its CONNECT when the certificate supplies one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientUsername {
+    /// Replace it with the certificate identity.
+    #[default]
+    Overwrite,
+    /// Refuse the CONNECT (CONNACK "not authorized") when it differs from the identity.
+    Reject,
+}
+
+/// What happens to the client's password when the username comes from its certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PasswordPolicy {
+    /// Remove it: the certificate is the credential, and the broker never sees a device secret.
+    #[default]
+    Drop,
+    /// Pass it on unchanged (for brokers that check both).
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Every setting as a flag. All optional here so that the file can fill what the command line omits.
+#[derive(Debug, Default, Clone, Args)]
+pub struct RunArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, short = 'c', env = "MQTLS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to accept MQTT-over-TLS connections on [default: 0.0.0.0:8883].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Broker address: host:port (resolved at each connect) or unix:/path [default: 127.0.0.1:1883].
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// PEM file with the server certificate chain, leaf first.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// PEM file with the server private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// PEM bundle of CAs that sign client certificates.
+    #[arg(long)]
+    pub client_ca: Option<PathBuf>,
+    /// required | optional | none [default: required].
+    #[arg(long, value_enum)]
+    pub client_auth: Option<ClientAuth>,
+    /// PEM file of certificate revocation lists (repeatable).
+    #[arg(long = "crl")]
+    pub crl: Vec<PathBuf>,
+    /// Certificate field that becomes the MQTT username [default: cn].
+    #[arg(long, value_enum)]
+    pub username_from: Option<UsernameFrom>,
+    /// overwrite | reject a client-supplied username [default: overwrite].
+    #[arg(long, value_enum)]
+    pub client_username: Option<ClientUsername>,
+    /// drop | keep the client's password when the username comes from the certificate [default: drop].
+    #[arg(long, value_enum)]
+    pub password: Option<PasswordPolicy>,
+    /// Log filter: a level (info, debug, ...) or RUST_LOG-style directives [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// text | json [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Time allowed for the TLS handshake, e.g. 10s [default: 10s].
+    #[arg(long)]
+    pub handshake_timeout: Option<String>,
+    /// Time allowed for the CONNECT packet after the handshake [default: 10s].
+    #[arg(long)]
+    pub connect_timeout: Option<String>,
+    /// Largest CONNECT accepted, in bytes [default: 262144].
+    #[arg(long)]
+    pub max_connect_size: Option<usize>,
+    /// Time allowed to connect to the broker [default: 5s].
+    #[arg(long)]
+    pub upstream_connect_timeout: Option<String>,
+    /// How long established connections may continue after SIGTERM before they are closed [default: 30s].
+    #[arg(long)]
+    pub drain_timeout: Option<String>,
+}
+
+/// The configuration file. Unknown keys are errors: a typo must not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: Option<ClientAuth>,
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
+    pub username_from: Option<UsernameFrom>,
+    pub client_username: Option<ClientUsername>,
+    pub password: Option<PasswordPolicy>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub handshake_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub max_connect_size: Option<usize>,
+    pub upstream_connect_timeout: Option<String>,
+    pub drain_timeout: Option<String>,
+}
+
+/// A configuration error: the setting, where it came from, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{setting} (in {origin}): {reason}")]
+    Invalid { setting: &'static str, origin: Origin, reason: String },
+    #[error("{setting} is required (set it in the config file or with --{flag})", flag = .setting.replace('_', "-"))]
+    Missing { setting: &'static str },
+}
+
+/// Where a setting's value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    CommandLine,
+    File(PathBuf),
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::CommandLine => f.write_str("command line"),
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// TLS material and client-certificate policy; read from disk when the server configuration is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    pub crls: Vec<PathBuf>,
+}
+
+/// How a certificate identity reaches the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityPolicy {
+    pub username_from: UsernameFrom,
+    pub client_username: ClientUsername,
+    pub password: PasswordPolicy,
+}
+
+/// Deadlines and caps applied to each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_connect_size: usize,
+    pub upstream_connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_connect_size: DEFAULT_MAX_CONNECT_SIZE,
+            upstream_connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The validated configuration. Nothing in here is re-parsed per connection.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from, if any.
+    pub file: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    pub tls: TlsSettings,
+    pub identity: IdentityPolicy,
+    pub limits: Limits,
+    pub drain_timeout: Duration,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Merges a config file (if named) with the flags and validates the result.
+    pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => Some((path.clone(), read_file(path)?)),
+            None => None,
+        };
+        Self::merge(args, file)
+    }
+
+    fn merge(args: &RunArgs, file: Option<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
+        let (path, f) = match file {
+            Some((p, f)) => (Some(p), f),
+            None => (None, FileConfig::default()),
+        };
+        let origin_path = path.clone().unwrap_or_default();
+        let file_origin = || Origin::File(origin_path.clone());
+        // Relative paths in a file are relative to that file, so a config directory can be moved whole.
+        let base = path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
+        let rel = |p: PathBuf| match &base {
+            Some(b) if p.is_relative() => b.join(p),
+            _ => p,
+        };
+        macro_rules! pick {
+            ($name:ident) => {
+                match (args.$name.clone(), f.$name.clone()) {
+                    (Some(v), _) => Some((v, Origin::CommandLine)),
+                    (None, Some(v)) => Some((v, file_origin())),
+                    (None, None) => None,
+                }
+            };
+        }
+        let listen = match pick!(listen) {
+            Some((s, origin)) => s.parse::<SocketAddr>().map_err(|e| ConfigError::Invalid {
+                setting: "listen",
+                origin,
+                reason: format!("{s:?} is not an IP:port address ({e})"),
+            })?,
+            None => SocketAddr::from(([0, 0, 0, 0], 8883)),
+        };
+        let upstream = match pick!(upstream) {
+            Some((s, origin)) => s.parse::<Upstream>().map_err(|e| ConfigError::Invalid {
+                setting: "upstream",
+                origin,
+                reason: e.to_string(),
+            })?,
+            None => Upstream::default(),
+        };
+        let path_setting =
+            |setting: &'static str, v: Option<(PathBuf, Origin)>| -> Result<Option<PathBuf>, ConfigError> {
+                match v {
+                    Some((p, Origin::File(_))) => Ok(Some(rel(p))),
+                    Some((p, _)) if p.as_os_str().is_empty() => {
+                        Err(ConfigError::Invalid { setting, origin: Origin::CommandLine, reason: "empty path".into() })
+                    }
+                    Some((p, _)) => Ok(Some(p)),
+                    None => Ok(None),
+                }
+            };
+        let cert = path_setting("cert", pick!(cert))?.ok_or(ConfigError::Missing { setting: "cert" })?;
+        let key = path_setting("key", pick!(key))?.ok_or(ConfigError::Missing { setting: "key" })?;
+        let client_ca = path_setting("client_ca", pick!(client_ca))?;
+        let (client_auth, auth_origin) = pick!(client_auth).unwrap_or((ClientAuth::Required, Origin::Default));
+        if client_auth != ClientAuth::None && client_ca.is_none() {
+            return Err(ConfigError::Invalid {
+                setting: "client_auth",
+                origin: auth_origin,
+                reason: format!(
+                    "client_auth {} needs client_ca (the PEM bundle that signs client certificates); \
+                     set client_ca or use client_auth none",
+                    client_auth.as_str()
+                ),
+            });
+        }
+        let crls: Vec<PathBuf> =
+            if !args.crl.is_empty() { args.crl.clone() } else { f.crl.iter().cloned().map(rel).collect() };
+        if !crls.is_empty() && client_auth == ClientAuth::None {
+            return Err(ConfigError::Invalid {
+                setting: "crl",
+                origin: if args.crl.is_empty() { file_origin() } else { Origin::CommandLine },
+                reason: "CRLs only apply to client certificates, but client_auth is none".into(),
+            });
+        }
+        let identity = IdentityPolicy {
+            username_from: pick!(username_from).map(|v| v.0).unwrap_or_default(),
+            client_username: pick!(client_username).map(|v| v.0).unwrap_or_default(),
+            password: pick!(password).map(|v| v.0).unwrap_or_default(),
+        };
+        let defaults = Limits::default();
+        let duration = |setting: &'static str, v: Option<(String, Origin)>, default: Duration| match v {
+            None => Ok(default),
+            Some((s, origin)) => parse_duration(&s).map_err(|reason| ConfigError::Invalid { setting, origin, reason }),
+        };
+        let max_connect_size = match pick!(max_connect_size) {
+            None => defaults.max_connect_size,
+            Some((n, origin)) if !(16..=MQTT_MAX_REMAINING_LENGTH).contains(&n) => {
+                return Err(ConfigError::Invalid {
+                    setting: "max_connect_size",
+                    origin,
+                    reason: format!(
+                        "{n} is outside 16..={} bytes (the MQTT maximum packet size)",
+                        MQTT_MAX_REMAINING_LENGTH
+                    ),
+                })
+            }
+            Some((n, _)) => n,
+        };
+        let limits = Limits {
+            handshake_timeout: duration("handshake_timeout", pick!(handshake_timeout), defaults.handshake_timeout)?,
+            connect_timeout: duration("connect_timeout", pick!(connect_timeout), defaults.connect_timeout)?,
+            max_connect_size,
+            upstream_connect_timeout: duration(
+                "upstream_connect_timeout",
+                pick!(upstream_connect_timeout),
+                defaults.upstream_connect_timeout,
+            )?,
+        };
+        let drain_timeout = duration("drain_timeout", pick!(drain_timeout), Duration::from_secs(30))?;
+        let log_level = match pick!(log_level) {
+            Some((s, origin)) => {
+                tracing_subscriber::EnvFilter::try_new(&s).map_err(|e| ConfigError::Invalid {
+                    setting: "log_level",
+                    origin,
+                    reason: format!("{s:?} is not a level or filter directive ({e})"),
+                })?;
+                s
+            }
+            None => "info".to_string(),
+        };
+        Ok(Config {
+            file: path,
+            listen,
+            upstream,
+            tls: TlsSettings { cert, key, client_ca, client_auth, crls },
+            identity,
+            limits,
+            drain_timeout,
+            log_level,
+            log_format: pick!(log_format).map(|v| v.0).unwrap_or_default(),
+        })
+    }
+
+    /// Where the settings came from, for messages: the file, or the command line.
+    pub fn origin(&self) -> String {
+        match &self.file {
+            Some(p) => p.display().to_string(),
+            None => "command line".to_string(),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+        path: path.to_path_buf(),
+        // toml's message spans several lines (it quotes the line); keep the first and the location.
+        message: one_line(&e.to_string()),
+    })
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|')).collect::<Vec<_>>().join(" ")
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 10s or 500ms ({e})"))
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Required => "required",
+            ClientAuth::Optional => "optional",
+            ClientAuth::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for Config {
+    /// The effective settings, in the file's own syntax, so `mqtls check` output can seed a config file.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        writeln!(f, "listen = \"{}\"", self.listen)?;
+        writeln!(f, "upstream = \"{}\"", self.upstream)?;
+        writeln!(f, "cert = {}", q(&self.tls.cert))?;
+        writeln!(f, "key = {}", q(&self.tls.key))?;
+        if let Some(ca) = &self.tls.client_ca {
+            writeln!(f, "client_ca = {}", q(ca))?;
+        }
+        writeln!(f, "client_auth = \"{}\"", self.tls.client_auth.as_str())?;
+        let crls: Vec<String> = self.tls.crls.iter().map(|p| q(p)).collect();
+        writeln!(f, "crl = [{}]", crls.join(", "))?;
+        writeln!(f, "username_from = \"{}\"", self.identity.username_from.as_str())?;
+        let cu = match self.identity.client_username {
+            ClientUsername::Overwrite => "overwrite",
+            ClientUsername::Reject => "reject",
+        };
+        writeln!(f, "client_username = \"{cu}\"")?;
+        let pw = match self.identity.password {
+            PasswordPolicy::Drop => "drop",
+            PasswordPolicy::Keep => "keep",
+        };
+        writeln!(f, "password = \"{pw}\"")?;
+        writeln!(f, "log_level = {:?}", self.log_level)?;
+        let lf = match self.log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        writeln!(f, "log_format = \"{lf}\"")?;
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        writeln!(f, "handshake_timeout = \"{}\"", d(self.limits.handshake_timeout))?;
+        writeln!(f, "connect_timeout = \"{}\"", d(self.limits.connect_timeout))?;
+        writeln!(f, "max_connect_size = {}", self.limits.max_connect_size)?;
+        writeln!(f, "upstream_connect_timeout = \"{}\"", d(self.limits.upstream_connect_timeout))?;
+        write!(f, "drain_timeout = \"{}\"", d(self.drain_timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> RunArgs {
+        let mut v = vec!["mqtls"];
+        v.extend_from_slice(list);
+        Cli::parse_from(v).run
+    }
+
+    fn file(toml_text: &str) -> Option<(PathBuf, FileConfig)> {
+        Some((PathBuf::from("/etc/mqtls/mqtls.toml"), toml::from_str(toml_text).expect("valid toml")))
+    }
+
+    #[test]
+    fn flags_override_file_values() {
+        let cfg = Config::merge(
+            &args(&["--listen", "127.0.0.1:9999", "--client-auth", "none"]),
+            file("listen = \"127.0.0.1:1\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nupstream = \"broker:1884\""),
+        )
+        .expect("valid");
+        assert_eq!(cfg.listen.port(), 9999);
+        assert_eq!(cfg.upstream.to_string(), "broker:1884");
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_resolve_against_its_directory() {
+        let cfg = Config::merge(&args(&["--client-auth", "none"]), file("cert = \"c.pem\"\nkey = \"/abs/k.pem\""))
+            .expect("valid");
+        assert_eq!(cfg.tls.cert, PathBuf::from("/etc/mqtls/c.pem"));
+        assert_eq!(cfg.tls.key, PathBuf::from("/abs/k.pem"));
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let cfg = Config::merge(&args(&["--cert", "c", "--key", "k", "--client-ca", "ca"]), None).expect("valid");
+        assert_eq!(cfg.listen.to_string(), "0.0.0.0:8883");
+        assert_eq!(cfg.upstream.to_string(), "127.0.0.1:1883");
+        assert_eq!(cfg.tls.client_auth, ClientAuth::Required);
+        assert_eq!(cfg.identity.username_from, UsernameFrom::Cn);
+        assert_eq!(cfg.identity.password, PasswordPolicy::Drop);
+        assert_eq!(cfg.limits, Limits::default());
+        assert_eq!(cfg.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error_naming_the_key() {
+        let err = toml::from_str::<FileConfig>("lissen = \"x\"").expect_err("must fail");
+        assert!(err.to_string().contains("lissen"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_error_names_setting_and_file() {
+        let err =
+            Config::merge(&args(&[]), file("listen = \"nonsense\"\ncert=\"c\"\nkey=\"k\"")).expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.starts_with("listen (in /etc/mqtls/mqtls.toml)"), "{msg}");
+    }
+
+    #[test]
+    fn required_client_auth_without_client_ca_is_an_error() {
+        let err = Config::merge(&args(&["--cert", "c", "--key", "k"]), None).expect_err("must fail");
+        assert!(err.to_string().contains("client_ca"), "{err}");
+    }
+
+    #[test]
+    fn missing_cert_names_the_flag() {
+        let err = Config::merge(&args(&["--key", "k", "--client-auth", "none"]), None).expect_err("must fail");
+        assert_eq!(err.to_string(), "cert is required (set it in the config file or with --cert)");
+    }
+
+    #[test]
+    fn durations_accept_human_units() {
+        let cfg = Config::merge(
+            &args(&["--cert", "c", "--key", "k", "--client-auth", "none", "--handshake-timeout", "1500ms"]),
+            None,
+        )
+        .expect("valid");
+        assert_eq!(cfg.limits.handshake_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn check_output_parses_back_as_a_config_file() {
+        let cfg = Config::merge(&args(&["--cert", "c", "--key", "k", "--client-ca", "ca", "--crl", "r.pem"]), None)
+            .expect("valid");
+        let text = cfg.to_string();
+        let back: FileConfig = toml::from_str(&text).expect("check output is valid config");
+        assert_eq!(back.crl, vec![PathBuf::from("r.pem")]);
+    }
+}

@@ -1,0 +1,70 @@
+//! The binary: parse the command line, load the configuration, run the server.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use mqtls::config::{Cli, Command, Config, RunArgs};
+use mqtls::{identity, logging, Proxy};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run(cli.run),
+        Some(Command::Run(args)) => run(args),
+        Some(Command::Check(args)) => check(args),
+        Some(Command::Identity { cert, username_from }) => print_identity(&cert, username_from),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the setting, the file, the reason.
+            eprintln!("mqtls: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(args: &RunArgs) -> anyhow::Result<(Config, Proxy)> {
+    let config = Config::load(args)?;
+    let origin = config.origin();
+    let proxy = Proxy::new(config.clone()).with_context(|| format!("in {origin}"))?;
+    Ok((config, proxy))
+}
+
+fn check(args: RunArgs) -> anyhow::Result<()> {
+    let (config, _) = load(&args)?;
+    println!("# configuration OK ({})", config.origin());
+    println!("{config}");
+    Ok(())
+}
+
+fn print_identity(cert: &std::path::Path, from: identity::UsernameFrom) -> anyhow::Result<()> {
+    let der = CertificateDer::pem_file_iter(cert)
+        .and_then(|mut it| it.next().ok_or(rustls::pki_types::pem::Error::NoItemsFound))
+        .and_then(|r| r)
+        .with_context(|| format!("reading a PEM certificate from {}", cert.display()))?;
+    let username = identity::username(&der, from).with_context(|| format!("{}", cert.display()))?;
+    println!("{username}");
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let (config, proxy) = load(&args)?;
+    logging::init(&config.log_level, config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen: cannot bind {} (in {})", config.listen, config.origin()))?;
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn(mqtls::signal::watch(shutdown.clone()));
+        mqtls::serve(listener, Arc::new(proxy), shutdown).await;
+        signals.abort();
+        Ok(())
+    })
+}

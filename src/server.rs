@@ -1,0 +1,56 @@
+//! The accept loop and the drain: every connection task is tracked so shutdown can wait for them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::proxy::{self, Proxy};
+
+/// Pause after an accept error (e.g. out of file descriptors) so the loop backs off instead of spinning.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets established
+/// connections finish for up to the configured drain timeout before closing the rest.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let force_close = CancellationToken::new();
+    if let Ok(addr) = listener.local_addr() {
+        info!(listen = %addr, upstream = %proxy.config.upstream, "accepting connections");
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let proxy = proxy.clone();
+                    let force_close = force_close.clone();
+                    // A panic in one connection ends only that task: tokio catches it at the task boundary.
+                    tracker.spawn(async move {
+                        tokio::select! {
+                            _ = force_close.cancelled() => {}
+                            _ = proxy::handle(proxy, tcp, peer) => {}
+                        }
+                    });
+                }
+                Err(err) => {
+                    warn!(%err, "accept failed; backing off");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    let drain = proxy.config.drain_timeout;
+    info!(connections = tracker.len(), deadline = ?drain, "listener closed; draining");
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        warn!(connections = tracker.len(), "drain deadline passed; closing remaining connections");
+        force_close.cancel();
+        tracker.wait().await;
+    }
+    info!("drained");
+}

@@ -1,0 +1,164 @@
+//! After the CONNECT: copy bytes both ways, untouched, until both directions are done.
+//!
+//! Unlike `tokio::io::copy_bidirectional`, a direction holds a buffer only while data is moving: when
+//! its reader has nothing to give, the buffer is released. Fleets keep tens of thousands of mostly idle
+//! connections, and 2 × 8 KiB pinned per connection would be most of their memory.
+//!
+//! End of stream on one side is passed on as a half-close (TLS close_notify or TCP FIN) to the other,
+//! whose remaining data still flows back; an error on either side ends both directions.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes read per call: one full TLS record's plaintext, so a bulk publish moves a record per read.
+const CHUNK: usize = 16 * 1024;
+
+/// Bytes moved in each direction.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SpliceStats {
+    pub client_to_upstream: u64,
+    pub upstream_to_client: u64,
+}
+
+/// Copies `client` ⇄ `upstream` until both directions reach end of stream, or either fails.
+/// The counts are returned in both cases, so the close log line can report them.
+pub async fn splice<C, U>(client: &mut C, upstream: &mut U) -> (SpliceStats, io::Result<()>)
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut up = Direction::default();
+    let mut down = Direction::default();
+    let result = poll_fn(|cx| {
+        let a = up.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream))?;
+        let b = down.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client))?;
+        if a.is_ready() && b.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    (SpliceStats { client_to_upstream: up.bytes, upstream_to_client: down.bytes }, result)
+}
+
+/// One direction's state. `buf` is `Some` only while bytes are in flight.
+#[derive(Default)]
+struct Direction {
+    buf: Option<Box<[u8]>>,
+    start: usize,
+    end: usize,
+    read_done: bool,
+    need_flush: bool,
+    done: bool,
+    bytes: u64,
+}
+
+impl Direction {
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.start == self.end && !self.read_done {
+                let buf = self.buf.get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
+                let mut rb = ReadBuf::new(buf);
+                match reader.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                            self.buf = None;
+                        } else {
+                            self.start = 0;
+                            self.end = n;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // Idle: give the memory back before sleeping, after pushing out what was written.
+                        self.buf = None;
+                        if self.need_flush {
+                            ready!(writer.as_mut().poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.start < self.end {
+                let Some(buf) = self.buf.as_deref() else { break };
+                let chunk = buf.get(self.start..self.end).unwrap_or_default();
+                let n = ready!(writer.as_mut().poll_write(cx, chunk))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, "peer accepted no more bytes")));
+                }
+                self.start += n;
+                self.bytes += n as u64;
+                self.need_flush = true;
+            }
+            if self.read_done {
+                ready!(writer.as_mut().poll_flush(cx))?;
+                ready!(writer.as_mut().poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_and_half_close_propagates() {
+        let (mut client, mut proxy_client_side) = duplex(64);
+        let (mut proxy_upstream_side, mut broker) = duplex(64);
+        let task = tokio::spawn(async move { splice(&mut proxy_client_side, &mut proxy_upstream_side).await });
+
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.expect("client write");
+            client.shutdown().await.expect("client shutdown");
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.expect("client read");
+            back
+        });
+        let mut got = Vec::new();
+        broker.read_to_end(&mut got).await.expect("broker read");
+        assert_eq!(got, payload, "client→broker bytes arrive intact, then EOF");
+        broker.write_all(b"bye").await.expect("broker write");
+        broker.shutdown().await.expect("broker shutdown");
+        assert_eq!(writer.await.expect("join"), b"bye", "broker→client still flows after the client half-closed");
+        let (stats, result) = task.await.expect("join");
+        result.expect("splice ends cleanly");
+        assert_eq!(stats, SpliceStats { client_to_upstream: 100_000, upstream_to_client: 3 });
+    }
+
+    #[tokio::test]
+    async fn idle_directions_hold_no_buffer() {
+        let (_client, mut a) = duplex(64);
+        let (mut b, _broker) = duplex(64);
+        let mut up = Direction::default();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(up.poll_copy(&mut cx, Pin::new(&mut a), Pin::new(&mut b)).is_pending());
+        assert!(up.buf.is_none());
+    }
+}

@@ -1,0 +1,627 @@
+//! Real parts for the integration tests: a test PKI (rcgen), a real Mosquitto on a free loopback port,
+//! mqtls running in-process, and clients (rumqttc, mosquitto_pub/sub, a raw TLS client).
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mqtls::config::{
+    ClientAuth, ClientUsername, Config, IdentityPolicy, Limits, LogFormat, PasswordPolicy, TlsSettings,
+};
+use mqtls::identity::UsernameFrom;
+use mqtls::upstream::Upstream;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound for any wait in these tests: generous for a loaded CI machine, finite always.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// PKI
+
+/// A certificate authority that can issue client certificates and CRLs.
+pub struct Ca {
+    pub issuer: Issuer<'static, KeyPair>,
+    pub pem: String,
+}
+
+impl Ca {
+    pub fn new(cn: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        Ca { pem: cert.pem(), issuer: Issuer::new(params, key) }
+    }
+
+    /// Issues a leaf certificate; `edit` customises subject, SANs, validity, serial.
+    pub fn issue(&self, client: bool, edit: impl FnOnce(&mut CertificateParams)) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.extended_key_usages =
+            vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+        edit(&mut params);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
+    }
+
+    /// A client certificate with the given CN.
+    pub fn client(&self, cn: &str) -> Leaf {
+        self.issue(true, |p| p.distinguished_name.push(DnType::CommonName, cn))
+    }
+
+    /// A CRL revoking the given serial numbers.
+    pub fn crl(&self, revoked: &[u64]) -> String {
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).expect("crl").pem().expect("crl pem")
+    }
+}
+
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+impl Leaf {
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        use rustls::pki_types::pem::PemObject;
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("key pem")
+    }
+
+    /// Writes cert and key into `dir` as NAME.crt / NAME.key and returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let c = dir.join(format!("{name}.crt"));
+        let k = dir.join(format!("{name}.key"));
+        std::fs::write(&c, &self.cert_pem).expect("write cert");
+        std::fs::write(&k, &self.key_pem).expect("write key");
+        (c, k)
+    }
+}
+
+/// The standard test PKI: a client CA, a server certificate for localhost, and files on disk.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub server: Leaf,
+    pub ca_file: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("mqtls test CA");
+        let server = ca.issue(false, |p| {
+            p.distinguished_name.push(DnType::CommonName, "localhost");
+            p.subject_alt_names =
+                vec![SanType::DnsName("localhost".try_into().expect("dns")), SanType::IpAddress([127, 0, 0, 1].into())];
+        });
+        let ca_file = dir.path().join("ca.crt");
+        std::fs::write(&ca_file, &ca.pem).expect("write ca");
+        let (server_cert, server_key) = server.write(dir.path(), "server");
+        Pki { dir, ca, server, ca_file, server_cert, server_key }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The settings a test starts from: client certs required, CN as username, broker at `upstream`.
+    pub fn config(&self, upstream: Upstream) -> Config {
+        Config {
+            file: None,
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            upstream,
+            tls: TlsSettings {
+                cert: self.server_cert.clone(),
+                key: self.server_key.clone(),
+                client_ca: Some(self.ca_file.clone()),
+                client_auth: ClientAuth::Required,
+                crls: vec![],
+            },
+            identity: IdentityPolicy {
+                username_from: UsernameFrom::Cn,
+                client_username: ClientUsername::Overwrite,
+                password: PasswordPolicy::Drop,
+            },
+            limits: Limits::default(),
+            drain_timeout: Duration::from_secs(5),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mosquitto
+
+/// The ACL every broker in these tests uses: devices may only touch their own subtree; `monitor`
+/// (connecting directly, never through mqtls) sees everything.
+pub const ACL: &str = "pattern readwrite devices/%u/#\nuser monitor\ntopic readwrite #\n";
+
+/// A real Mosquitto on a free loopback port, stopped when dropped.
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+pub fn mosquitto_binary() -> PathBuf {
+    for candidate in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"] {
+        if Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    if let Ok(out) = Command::new("sh").args(["-c", "command -v mosquitto"]).output() {
+        let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !p.is_empty() {
+            return p.into();
+        }
+    }
+    panic!("mosquitto not found: these tests need a real broker; install the Debian package `mosquitto` (apt-get install mosquitto mosquitto-clients)");
+}
+
+pub fn require_tool(name: &str, package: &str) -> PathBuf {
+    let out = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().expect("sh");
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!p.is_empty(), "{name} not found: install the Debian package `{package}` (apt-get install {package})");
+    p.into()
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        Self::start_with("")
+    }
+
+    /// Starts Mosquitto with the test ACL plus `extra` config lines.
+    pub fn start_with(extra: &str) -> Mosquitto {
+        let bin = mosquitto_binary();
+        let mut dir = tempfile::tempdir().expect("tempdir");
+        // A port can be taken between probe and bind; retry a few times with fresh ports.
+        for _ in 0..5 {
+            let port = free_port();
+            let acl = dir.path().join("acl");
+            std::fs::write(&acl, ACL).expect("acl");
+            let log = dir.path().join("mosquitto.log");
+            let conf = dir.path().join("mosquitto.conf");
+            let text = format!(
+                "per_listener_settings false\nlistener {port} 127.0.0.1\nallow_anonymous true\nacl_file {}\n\
+                 connection_messages true\nlog_dest stderr\nlog_type all\npersistence false\nuser root\n{extra}\n",
+                acl.display()
+            );
+            std::fs::write(&conf, text).expect("conf");
+            let child = Command::new(&bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log"))
+                .spawn()
+                .expect("spawn mosquitto");
+            let mut m = Mosquitto { child, port, dir, log };
+            if m.wait_listening() {
+                return m;
+            }
+            let _ = m.child.kill();
+            let _ = m.child.wait();
+            dir = m.take_dir();
+        }
+        panic!("mosquitto did not start listening");
+    }
+
+    fn take_dir(&mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    fn wait_listening(&mut self) -> bool {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.log().contains("running") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn upstream(&self) -> Upstream {
+        Upstream::Tcp { host: "127.0.0.1".into(), port: self.port }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the broker's log contains `needle`; panics with the log if it never does.
+    pub async fn expect_log(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("broker log never showed {needle:?}; log:\n{}", self.log());
+    }
+
+    /// The usernames of the clients that connected, as Mosquitto logged them (`u'NAME'`).
+    pub fn usernames(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("New client connected"))
+            .filter_map(|l| l.split("u'").nth(1).and_then(|r| r.rsplit_once("')")).map(|(u, _)| u.to_string()))
+            .collect()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// mqtls in-process
+
+/// mqtls serving on a free loopback port inside the test's runtime; stopped when dropped.
+pub struct Mqtls {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Mqtls {
+    pub async fn start(config: Config) -> Mqtls {
+        let proxy = mqtls::Proxy::new(config).expect("valid TLS config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(mqtls::serve(listener, Arc::new(proxy), shutdown.clone()));
+        Mqtls { addr, shutdown, task: Some(task) }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Stops accepting, drains, and waits for the server task.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(WAIT, t).await;
+        }
+    }
+}
+
+impl Drop for Mqtls {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Installs a tracing subscriber once so failing tests show mqtls' log lines.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt().with_env_filter("mqtls=debug").with_test_writer().try_init();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+/// A rustls client configuration trusting the test CA, presenting `leaf` if given.
+pub fn client_tls(pki: &Pki, leaf: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_cert_der()).expect("root");
+    let builder = rustls::ClientConfig::builder_with_provider(mqtls::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match leaf {
+        Some(l) => builder.with_client_auth_cert(vec![l.der.clone()], l.key_der()).expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+impl Pki {
+    pub fn ca_cert_der(&self) -> CertificateDer<'static> {
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(self.ca.pem.as_bytes()).expect("ca pem")
+    }
+}
+
+/// A raw TLS connection to mqtls, for byte-level assertions.
+pub async fn tls_connect(port: u16, config: Arc<rustls::ClientConfig>) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let mut tls = connector.connect(ServerName::try_from("localhost").expect("name"), tcp).await?;
+    // With TLS 1.3 a refused client certificate is only reported on the first read; a flush forces the
+    // handshake to complete from the client's side.
+    tls.flush().await?;
+    Ok(tls)
+}
+
+/// Reads exactly `n` bytes or fails after WAIT.
+pub async fn read_exact_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+    Ok(buf)
+}
+
+/// Reads until EOF (or error) within WAIT; returns what arrived.
+pub async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.expect("connection was not closed in time");
+    out
+}
+
+/// MQTT packet builders for the raw-client tests.
+pub mod packet {
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let mut b = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    fn string(s: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+
+    fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        varint(body.len(), &mut out);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A CONNECT for protocol level 3, 4 or 5 with optional username and password.
+    pub fn connect(level: u8, client_id: &str, username: Option<&str>, password: Option<&[u8]>) -> Vec<u8> {
+        let mut body = Vec::new();
+        string(if level == 3 { b"MQIsdp" } else { b"MQTT" }, &mut body);
+        body.push(level);
+        let mut flags = 0x02;
+        if username.is_some() {
+            flags |= 0x80;
+        }
+        if password.is_some() {
+            flags |= 0x40;
+        }
+        body.push(flags);
+        body.extend_from_slice(&30u16.to_be_bytes());
+        if level == 5 {
+            body.push(0);
+        }
+        string(client_id.as_bytes(), &mut body);
+        if let Some(u) = username {
+            string(u.as_bytes(), &mut body);
+        }
+        if let Some(p) = password {
+            string(p, &mut body);
+        }
+        frame(0x10, &body)
+    }
+
+    pub fn subscribe(level: u8, packet_id: u16, topic: &str, qos: u8) -> Vec<u8> {
+        let mut body = packet_id.to_be_bytes().to_vec();
+        if level == 5 {
+            body.push(0);
+        }
+        string(topic.as_bytes(), &mut body);
+        body.push(qos);
+        frame(0x82, &body)
+    }
+
+    pub fn publish_qos0(level: u8, topic: &str, payload: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        string(topic.as_bytes(), &mut body);
+        if level == 5 {
+            body.push(0);
+        }
+        body.extend_from_slice(payload);
+        frame(0x30, &body)
+    }
+
+    pub const PINGREQ: [u8; 2] = [0xC0, 0x00];
+    pub const DISCONNECT: [u8; 2] = [0xE0, 0x00];
+}
+
+/// A fake broker that records the first bytes a client sends and answers CONNACK, for byte-level
+/// assertions on what mqtls forwards. Returns the upstream and a receiver for the captured bytes.
+pub async fn capturing_upstream() -> (Upstream, tokio::sync::oneshot::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok(Ok((mut s, _))) = tokio::time::timeout(WAIT, listener.accept()).await else { return };
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Read until the stream pauses: the proxy writes the CONNECT (plus pipelined bytes) at once.
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut chunk)).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+        let _ = tx.send(got);
+        let _ = tokio::time::timeout(WAIT, s.read(&mut chunk)).await;
+    });
+    (Upstream::Tcp { host: "127.0.0.1".into(), port }, rx)
+}
+
+// ---------------------------------------------------------------------------------------------
+// mosquitto_pub / mosquitto_sub
+
+/// Arguments for mosquitto_pub/sub to reach mqtls over TLS with `leaf`'s certificate.
+pub fn mosquitto_tls_args(pki: &Pki, port: u16, leaf: Option<(&Path, &Path)>) -> Vec<String> {
+    let mut args = vec![
+        "-h".into(),
+        "localhost".into(),
+        "-p".into(),
+        port.to_string(),
+        "--cafile".into(),
+        pki.ca_file.display().to_string(),
+    ];
+    if let Some((c, k)) = leaf {
+        args.extend(["--cert".into(), c.display().to_string(), "--key".into(), k.display().to_string()]);
+    }
+    args
+}
+
+/// Runs a command to completion within WAIT; returns (success, stdout, stderr).
+pub async fn run_tool(program: &str, args: &[String]) -> (bool, String, String) {
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}; install the Debian package `mosquitto-clients`"));
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not finish within {WAIT:?}"))
+        .expect("wait");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// A subscriber connected straight to the broker as `monitor` (who may read everything), so tests see
+/// exactly what the ACL let through. Returns received (topic, payload) pairs via a channel.
+pub struct Monitor {
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Monitor {
+    pub async fn start(broker: &Mosquitto, filter: &str) -> Monitor {
+        let mut opts = rumqttc::MqttOptions::new("monitor", "127.0.0.1", broker.port);
+        opts.set_credentials("monitor", "");
+        opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+        let (client, mut events) = rumqttc::AsyncClient::new(opts, 100);
+        client.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.expect("subscribe");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _keep = client;
+            let mut ready = Some(ready_tx);
+            while let Ok(ev) = events.poll().await {
+                match ev {
+                    rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, ready_rx).await.expect("monitor SUBACK in time").expect("monitor alive");
+        Monitor { rx, task }
+    }
+
+    /// The next message, or panic after WAIT.
+    pub async fn next(&mut self) -> (String, Vec<u8>) {
+        tokio::time::timeout(WAIT, self.rx.recv()).await.expect("message in time").expect("monitor alive")
+    }
+
+    /// Asserts nothing arrives for `quiet`.
+    pub async fn expect_nothing(&mut self, quiet: Duration) {
+        if let Ok(Some((t, _))) = tokio::time::timeout(quiet, self.rx.recv()).await {
+            panic!("unexpected message on {t}");
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// rumqttc (MQTT 3.1.1) options to reach mqtls over TLS.
+pub fn rumqttc_options(pki: &Pki, port: u16, client_id: &str, leaf: Option<&Leaf>) -> rumqttc::MqttOptions {
+    let mut opts = rumqttc::MqttOptions::new(client_id, "localhost", port);
+    opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(client_tls(pki, leaf))));
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+    opts
+}
+
+/// Waits for the CONNACK of a rumqttc event loop; returns its return code.
+pub async fn rumqttc_connack(events: &mut rumqttc::EventLoop) -> Result<rumqttc::ConnectReturnCode, String> {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        match tokio::time::timeout(WAIT, events.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => return Ok(ack.code),
+            Ok(Ok(_)) => continue,
+            Ok(Err(rumqttc::ConnectionError::ConnectionRefused(code))) => return Ok(code),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("timeout".into()),
+        }
+    }
+    Err("timeout".into())
+}
+
+pub fn write_file(path: &Path, text: &str) {
+    let mut f = std::fs::File::create(path).expect("create");
+    f.write_all(text.as_bytes()).expect("write");
+}

@@ -568,6 +568,14 @@ pub fn read_connect(buf: &[u8], max_len: usize) -> Result<Option<Connect>, Conne
     }
 }
 
+/// The total length (fixed header + remaining length) the first packet announces, once its fixed
+/// header has arrived. Lets a reader wait for the whole packet instead of re-walking a partial one on
+/// every TLS record, which would make a trickled CONNECT cost quadratic time.
+pub fn announced_len(buf: &[u8]) -> Option<usize> {
+    let (remaining, body_start) = decode_varint(buf, 1, usize::MAX).ok()?;
+    body_start.checked_add(remaining)
+}
+
 fn parse(buf: &[u8], max_len: usize) -> Result<Connect, Stop> {
     let &first_byte = buf.first().ok_or(Stop::Incomplete)?;
     if first_byte != 0x10 {

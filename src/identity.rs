@@ -80,17 +80,11 @@ pub enum IdentityError {
     #[error("client certificate is not a valid DER X.509 certificate: {0}")]
     NotACertificate(String),
     /// The selected field is absent.
-    #[error(
-        "client certificate has no {field}; reissue it with one or choose another username-from"
-    )]
+    #[error("client certificate has no {field}; reissue it with one or choose another username-from")]
     Missing { field: &'static str },
     /// The field's bytes do not decode unambiguously to UTF-8 text.
     #[error("client certificate {field} ({string_type}) cannot be used as a username: {reason}; reissue it with a UTF8String value or choose username-from=sha256")]
-    NotUtf8 {
-        field: &'static str,
-        string_type: &'static str,
-        reason: &'static str,
-    },
+    NotUtf8 { field: &'static str, string_type: &'static str, reason: &'static str },
     /// The field is of an ASN.1 type that is not a character string.
     #[error("client certificate {field} has ASN.1 type tag {tag}, which is not a supported character string; reissue it with a UTF8String value")]
     UnsupportedStringType { field: &'static str, tag: u32 },
@@ -99,14 +93,9 @@ pub enum IdentityError {
     ContainsNul { field: &'static str },
     /// The field holds a control character or Unicode noncharacter.
     #[error("client certificate {field} contains U+{code_point:04X}, a control character or Unicode noncharacter that MQTT brokers may reject in usernames")]
-    ContainsControl {
-        field: &'static str,
-        code_point: u32,
-    },
+    ContainsControl { field: &'static str, code_point: u32 },
     /// The field is present but empty.
-    #[error(
-        "client certificate {field} is empty; an empty username would not identify the client"
-    )]
+    #[error("client certificate {field} is empty; an empty username would not identify the client")]
     Empty { field: &'static str },
     /// The resulting username does not fit an MQTT UTF-8 string.
     #[error(
@@ -153,9 +142,7 @@ pub fn username(cert_der: &[u8], from: UsernameFrom) -> Result<String, IdentityE
     let name = match from {
         UsernameFrom::Cn => common_name(&cert)?,
         UsernameFrom::Subject => subject_rfc2253(&cert)?,
-        UsernameFrom::SanDns | UsernameFrom::SanUri | UsernameFrom::SanEmail => {
-            first_san(&cert, from)?
-        }
+        UsernameFrom::SanDns | UsernameFrom::SanUri | UsernameFrom::SanEmail => first_san(&cert, from)?,
         UsernameFrom::Sha256 => sha256_hex(cert_der),
     };
     check_mqtt_username(field, name)
@@ -163,13 +150,9 @@ pub fn username(cert_der: &[u8], from: UsernameFrom) -> Result<String, IdentityE
 
 /// Parses exactly one certificate, refusing trailing bytes.
 fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
-    let (rest, cert) = X509Certificate::from_der(der)
-        .map_err(|e| IdentityError::NotACertificate(e.to_string()))?;
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::NotACertificate(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(IdentityError::NotACertificate(format!(
-            "{} trailing bytes after the certificate",
-            rest.len()
-        )));
+        return Err(IdentityError::NotACertificate(format!("{} trailing bytes after the certificate", rest.len())));
     }
     Ok(cert)
 }
@@ -198,10 +181,7 @@ fn check_mqtt_username(field: &'static str, name: String) -> Result<String, Iden
         return Err(IdentityError::Empty { field });
     }
     if name.len() > MQTT_STRING_MAX {
-        return Err(IdentityError::TooLong {
-            field,
-            len: name.len(),
-        });
+        return Err(IdentityError::TooLong { field, len: name.len() });
     }
     for c in name.chars() {
         let cp = u32::from(c);
@@ -211,10 +191,7 @@ fn check_mqtt_username(field: &'static str, name: String) -> Result<String, Iden
         let control = cp < 0x20 || (0x7f..=0x9f).contains(&cp);
         let nonchar = (0xfdd0..=0xfdef).contains(&cp) || (cp & 0xfffe) == 0xfffe;
         if control || nonchar {
-            return Err(IdentityError::ContainsControl {
-                field,
-                code_point: cp,
-            });
+            return Err(IdentityError::ContainsControl { field, code_point: cp });
         }
     }
     Ok(name)
@@ -256,11 +233,7 @@ fn decode_directory_string(field: &'static str, value: &Any<'_>) -> Result<Strin
         return Err(IdentityError::UnsupportedStringType { field, tag });
     }
     let data = value.data;
-    let not_utf8 = |string_type, reason| IdentityError::NotUtf8 {
-        field,
-        string_type,
-        reason,
-    };
+    let not_utf8 = |string_type, reason| IdentityError::NotUtf8 { field, string_type, reason };
     match tag {
         TAG_UTF8 => std::str::from_utf8(data)
             .map(str::to_owned)
@@ -404,11 +377,8 @@ fn name_rfc2253(name: &X509Name<'_>) -> Result<String, IdentityError> {
     // OpenSSL flattens the RDNs into one entry list, each entry remembering
     // its RDN ("set") index; XN_FLAG_DN_REV walks that flat list backwards,
     // so a multi-valued RDN comes out reversed too.
-    let entries: Vec<(usize, &x509_parser::x509::AttributeTypeAndValue<'_>)> = name
-        .iter()
-        .enumerate()
-        .flat_map(|(set, rdn)| rdn.iter().map(move |atv| (set, atv)))
-        .collect();
+    let entries: Vec<(usize, &x509_parser::x509::AttributeTypeAndValue<'_>)> =
+        name.iter().enumerate().flat_map(|(set, rdn)| rdn.iter().map(move |atv| (set, atv))).collect();
     let mut out = String::new();
     let mut prev_set = None;
     for (set, atv) in entries.iter().rev() {
@@ -456,12 +426,9 @@ fn print_value(out: &mut String, value: &Any<'_>) -> Result<(), IdentityError> {
             }
             data.to_vec()
         }
-        TAG_NUMERIC | TAG_PRINTABLE | TAG_T61 | TAG_IA5 | TAG_UTCTIME | TAG_GENERALIZEDTIME
-        | TAG_VISIBLE => data
-            .iter()
-            .map(|&b| char::from(b))
-            .collect::<String>()
-            .into_bytes(),
+        TAG_NUMERIC | TAG_PRINTABLE | TAG_T61 | TAG_IA5 | TAG_UTCTIME | TAG_GENERALIZEDTIME | TAG_VISIBLE => {
+            data.iter().map(|&b| char::from(b)).collect::<String>().into_bytes()
+        }
         TAG_BMP => bmp_code_points(data)
             .ok_or_else(|| malformed("a BMPString value is not valid UCS-2"))?
             .into_iter()

@@ -214,9 +214,17 @@ where
 /// arrived behind it) and the CONNECT's offsets.
 async fn read_connect<S: AsyncRead + Unpin>(stream: &mut S, max_len: usize) -> Result<(Vec<u8>, Connect), ConnError> {
     let mut buf = Vec::with_capacity(512);
+    // The reader walks the packet from its start; re-run it only when it can decide something new:
+    // while the header and protocol name are arriving, then when the announced length is here, and in
+    // between whenever the buffer has doubled (which still catches malformed fields early).
+    let mut parsed_at = 0;
     loop {
-        if let Some(connect) = connect::read_connect(&buf, max_len)? {
-            return Ok((buf, connect));
+        let complete = connect::announced_len(&buf).is_some_and(|total| buf.len() >= total);
+        if buf.len() < 64 || complete || buf.len() >= parsed_at * 2 {
+            parsed_at = buf.len();
+            if let Some(connect) = connect::read_connect(&buf, max_len)? {
+                return Ok((buf, connect));
+            }
         }
         if buf.len() == buf.capacity() {
             // Grow geometrically but never far past the cap: the reader refuses oversize headers early.

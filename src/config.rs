@@ -411,15 +411,19 @@ impl Config {
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile { path: path.to_path_buf(), source })?;
-    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
-        path: path.to_path_buf(),
-        // toml's message spans several lines (it quotes the line); keep the first and the location.
-        message: one_line(&e.to_string()),
+    toml::from_str(&text).map_err(|e| {
+        // toml's Display spans several lines (it quotes the source); one line with the line number is
+        // what a log or a terminal needs.
+        let line = e.span().map(|span| text.get(..span.start).unwrap_or_default().matches('\n').count() + 1);
+        let message = e.message().trim().replace('\n', " ");
+        ConfigError::ParseFile {
+            path: path.to_path_buf(),
+            message: match line {
+                Some(n) => format!("line {n}: {message}"),
+                None => message,
+            },
+        }
     })
-}
-
-fn one_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|')).collect::<Vec<_>>().join(" ")
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
 fn load(args: &RunArgs) -> anyhow::Result<(Config, Proxy)> {
     let config = Config::load(args)?;
     let origin = config.origin();
-    let proxy = Proxy::new(config.clone()).with_context(|| format!("in {origin}"))?;
+    let proxy = Proxy::new(config.clone()).map_err(|e| anyhow::anyhow!("{e} (settings from {origin})"))?;
     Ok((config, proxy))
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{field, info, info_span, warn, Instrument, Span};
+use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
 use crate::config::{ClientUsername, Config, PasswordPolicy};
 use crate::connect::{self, Connect, ConnectError, Edit, ProtocolVersion, Refusal};
@@ -100,7 +100,12 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
                     ConnError::Upstream(e) => e.label(),
                     _ => "",
                 };
-                warn!(outcome = err.label(), reason = detail, %err, "refused")
+                if detail == "eof" {
+                    // Closed before a ClientHello: a TCP health check or port probe, not worth a warning.
+                    debug!(outcome = err.label(), reason = detail, "closed before TLS");
+                } else {
+                    warn!(outcome = err.label(), reason = detail, %err, "refused");
+                }
             }
         }
     }

@@ -1,0 +1,142 @@
+//! The `mqtls` binary: start-up errors, `check`, `identity`, and a real run ended by SIGTERM.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn mqtls(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mqtls")).args(args).env_remove("RUST_LOG").output().expect("run mqtls")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Start-up failed with exit code 2 and exactly one line on stderr; returns that line.
+fn one_error_line(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(err.lines().count(), 1, "one line expected, got:\n{err}");
+    err.trim().to_string()
+}
+
+#[test]
+fn missing_certificate_file_stops_startup_naming_the_setting_and_the_file() {
+    let pki = Pki::new();
+    let missing = pki.path("nope.crt");
+    let line =
+        one_error_line(&mqtls(&["--cert", s(&missing), "--key", s(&pki.server_key), "--client-ca", s(&pki.ca_file)]));
+    assert!(line.contains("cert:") && line.contains(s(&missing)), "{line}");
+}
+
+#[test]
+fn unknown_config_key_stops_startup_naming_the_key_file_and_line() {
+    let pki = Pki::new();
+    let conf = pki.path("mqtls.toml");
+    write_file(&conf, "listen = \"127.0.0.1:0\"\nclient_cert = \"x\"\n");
+    let line = one_error_line(&mqtls(&["--config", s(&conf)]));
+    assert!(line.contains(s(&conf)) && line.contains("line 2") && line.contains("client_cert"), "{line}");
+}
+
+#[test]
+fn key_not_matching_the_certificate_stops_startup() {
+    let pki = Pki::new();
+    let other = pki.ca.client("someone");
+    let (_, other_key) = other.write(pki.dir.path(), "other");
+    let line = one_error_line(&mqtls(&[
+        "--cert",
+        s(&pki.server_cert),
+        "--key",
+        s(&other_key),
+        "--client-ca",
+        s(&pki.ca_file),
+    ]));
+    assert!(line.contains("key:") && line.contains("does not belong"), "{line}");
+}
+
+#[test]
+fn bad_listen_address_in_the_file_stops_startup_naming_it() {
+    let pki = Pki::new();
+    let conf = pki.path("mqtls.toml");
+    write_file(&conf, "listen = \"localhost\"\ncert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.crt\"\n");
+    let line = one_error_line(&mqtls(&["--config", s(&conf)]));
+    assert!(line.contains("listen") && line.contains(s(&conf)), "{line}");
+}
+
+#[test]
+fn check_validates_and_prints_the_effective_settings() {
+    let pki = Pki::new();
+    let conf = pki.path("mqtls.toml");
+    // Relative paths resolve against the config file's directory.
+    write_file(
+        &conf,
+        "cert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.crt\"\nusername_from = \"san-uri\"\n",
+    );
+    let out = mqtls(&["check", "--config", s(&conf), "--password", "keep"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(text.contains("username_from = \"san-uri\""), "{text}");
+    assert!(text.contains("password = \"keep\""), "{text}");
+    assert!(text.contains(&format!("cert = \"{}\"", s(&pki.server_cert))), "{text}");
+}
+
+#[test]
+fn identity_prints_the_username_a_certificate_maps_to() {
+    let pki = Pki::new();
+    let leaf = pki.ca.issue(true, |p| {
+        p.distinguished_name.push(rcgen::DnType::CommonName, "device-42");
+        p.subject_alt_names = vec![rcgen::SanType::URI("spiffe://example.org/sensors/7".try_into().expect("uri"))];
+    });
+    let (cert, _) = leaf.write(pki.dir.path(), "leaf");
+    let cn = mqtls(&["identity", s(&cert)]);
+    assert_eq!(String::from_utf8_lossy(&cn.stdout), "device-42\n");
+    let uri = mqtls(&["identity", s(&cert), "--username-from", "san-uri"]);
+    assert_eq!(String::from_utf8_lossy(&uri.stdout), "spiffe://example.org/sensors/7\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_proxies_to_mosquitto_and_exits_zero_on_sigterm() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start();
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtls"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("127.0.0.1:{}", broker.port)])
+        .args(["--cert", s(&pki.server_cert), "--key", s(&pki.server_key), "--client-ca", s(&pki.ca_file)])
+        .args(["--log-format", "json", "--drain-timeout", "5s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mqtls");
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "mqtls did not start listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let device = pki.ca.client("device-42");
+    let (c, k) = device.write(pki.dir.path(), "device");
+    let mut args = mosquitto_tls_args(&pki, port, Some((&c, &k)));
+    args.extend(["-t", "devices/device-42/t", "-m", "x"].map(String::from));
+    let (ok, _, err) = run_tool("mosquitto_pub", &args).await;
+    assert!(ok, "mosquitto_pub: {err}");
+    assert_eq!(broker.usernames(), vec!["device-42"]);
+
+    let pid = child.id().expect("pid").to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let status =
+        tokio::time::timeout(WAIT, child.wait()).await.expect("exits within the drain deadline").expect("wait");
+    assert_eq!(status.code(), Some(0));
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .await
+        .expect("read");
+    // JSON logs: one object per line, carrying the connection span's fields.
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.iter().all(|l| l.starts_with('{') && l.ends_with('}')), "{stderr}");
+    assert!(stderr.contains("\"identity\":\"device-42\""), "{stderr}");
+}

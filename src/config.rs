@@ -19,6 +19,10 @@ use crate::upstream::Upstream;
 /// flood of half-sent CONNECTs costs little.
 pub const DEFAULT_MAX_CONNECT_SIZE: usize = crate::connect::DEFAULT_MAX_CONNECT_LEN;
 
+/// Enough for a large fleet per replica, while keeping a file-descriptor exhaustion from taking the
+/// process down with it (each connection holds two descriptors).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+
 /// The largest remaining length an MQTT fixed header can announce.
 const MQTT_MAX_REMAINING_LENGTH: usize = 268_435_455;
 
@@ -147,6 +151,15 @@ pub struct RunArgs {
     /// How long established connections may continue after SIGTERM before they are closed [default: 30s].
     #[arg(long)]
     pub drain_timeout: Option<String>,
+    /// Address of the admin HTTP server (/metrics, /healthz, /readyz, /certs); off unless set.
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Most client connections open at once; more are closed at accept [default: 100000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// How often readiness checks that the broker accepts a TCP connection [default: 5s].
+    #[arg(long)]
+    pub upstream_check_interval: Option<String>,
 }
 
 /// The configuration file. Unknown keys are errors: a typo must not silently fall back to a default.
@@ -171,6 +184,9 @@ pub struct FileConfig {
     pub max_connect_size: Option<usize>,
     pub upstream_connect_timeout: Option<String>,
     pub drain_timeout: Option<String>,
+    pub admin: Option<String>,
+    pub max_connections: Option<usize>,
+    pub upstream_check_interval: Option<String>,
 }
 
 /// A configuration error: the setting, where it came from, and what is wrong with it.
@@ -229,6 +245,8 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub max_connect_size: usize,
     pub upstream_connect_timeout: Duration,
+    /// Client connections open at once; past it new ones are closed at accept.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -238,6 +256,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             max_connect_size: DEFAULT_MAX_CONNECT_SIZE,
             upstream_connect_timeout: Duration::from_secs(5),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -253,6 +272,9 @@ pub struct Config {
     pub identity: IdentityPolicy,
     pub limits: Limits,
     pub drain_timeout: Duration,
+    /// Admin HTTP server address; `None` = off.
+    pub admin: Option<SocketAddr>,
+    pub upstream_check_interval: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -373,7 +395,35 @@ impl Config {
                 pick!(upstream_connect_timeout),
                 defaults.upstream_connect_timeout,
             )?,
+            max_connections: match pick!(max_connections) {
+                None => defaults.max_connections,
+                Some((0, origin)) => {
+                    return Err(ConfigError::Invalid {
+                        setting: "max_connections",
+                        origin,
+                        reason: "must be at least 1".into(),
+                    })
+                }
+                Some((n, _)) => n,
+            },
         };
+        let admin = match pick!(admin) {
+            Some((s, origin)) => Some(s.parse::<SocketAddr>().map_err(|e| ConfigError::Invalid {
+                setting: "admin",
+                origin,
+                reason: format!("{s:?} is not an IP:port address ({e})"),
+            })?),
+            None => None,
+        };
+        let upstream_check_interval =
+            duration("upstream_check_interval", pick!(upstream_check_interval), Duration::from_secs(5))?;
+        if upstream_check_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                setting: "upstream_check_interval",
+                origin: pick!(upstream_check_interval).map(|v| v.1).unwrap_or(Origin::Default),
+                reason: "must be longer than zero".into(),
+            });
+        }
         let drain_timeout = duration("drain_timeout", pick!(drain_timeout), Duration::from_secs(30))?;
         let log_level = match pick!(log_level) {
             Some((s, origin)) => {
@@ -394,6 +444,8 @@ impl Config {
             identity,
             limits,
             drain_timeout,
+            admin,
+            upstream_check_interval,
             log_level,
             log_format: pick!(log_format).map(|v| v.0).unwrap_or_default(),
         })
@@ -476,6 +528,11 @@ impl fmt::Display for Config {
         writeln!(f, "connect_timeout = \"{}\"", d(self.limits.connect_timeout))?;
         writeln!(f, "max_connect_size = {}", self.limits.max_connect_size)?;
         writeln!(f, "upstream_connect_timeout = \"{}\"", d(self.limits.upstream_connect_timeout))?;
+        writeln!(f, "max_connections = {}", self.limits.max_connections)?;
+        if let Some(admin) = self.admin {
+            writeln!(f, "admin = \"{admin}\"")?;
+        }
+        writeln!(f, "upstream_check_interval = \"{}\"", d(self.upstream_check_interval))?;
         write!(f, "drain_timeout = \"{}\"", d(self.drain_timeout))
     }
 }

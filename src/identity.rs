@@ -158,7 +158,7 @@ fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
 }
 
 /// Lowercase hex without separators, the form `sha256sum` prints.
-fn sha256_hex(der: &[u8]) -> String {
+pub(crate) fn sha256_hex(der: &[u8]) -> String {
     let digest = Sha256::digest(der);
     let mut out = String::with_capacity(64);
     for b in digest {
@@ -373,7 +373,8 @@ pub fn subject_rfc2253(cert: &X509Certificate<'_>) -> Result<String, IdentityErr
     name_rfc2253(cert.subject())
 }
 
-fn name_rfc2253(name: &X509Name<'_>) -> Result<String, IdentityError> {
+/// Any X.509 name (subject or issuer) exactly as OpenSSL's `XN_FLAG_RFC2253` prints it.
+pub fn name_rfc2253(name: &X509Name<'_>) -> Result<String, IdentityError> {
     // OpenSSL flattens the RDNs into one entry list, each entry remembering
     // its RDN ("set") index; XN_FLAG_DN_REV walks that flat list backwards,
     // so a multi-valued RDN comes out reversed too.

@@ -4,13 +4,17 @@
 //! A connection's life, one module per stage:
 //! [`tls`] handshake → [`connect`] read and edit the first packet → [`identity`] certificate → username →
 //! [`upstream`] broker connect → [`splice`] bytes both ways. [`proxy`] runs those stages for one
-//! connection, [`server`] accepts and drains, [`config`] and [`signal`] sit at the edges.
+//! connection, [`server`] accepts and drains, [`config`] and [`signal`] sit at the edges;
+//! [`admin`] and [`metrics`] are for operators.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod certinfo;
 pub mod config;
 pub mod connect;
 pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod signal;
@@ -20,3 +24,25 @@ pub mod upstream;
 
 pub use proxy::Proxy;
 pub use server::serve;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Runs everything: the proxy on `listener`, and with `admin` the admin endpoints and the broker
+/// reachability check behind `/readyz`. Returns once `shutdown` is cancelled and the drain is over;
+/// the admin endpoints stay up until then, so probes see the drain.
+pub async fn run(listener: TcpListener, admin: Option<TcpListener>, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    let side_tasks = TaskTracker::new();
+    let side_stop = CancellationToken::new();
+    if let Some(admin) = admin {
+        side_tasks.spawn(admin::serve(admin, proxy.clone(), side_stop.clone()));
+        side_tasks.spawn(admin::check_upstream(proxy.clone(), side_stop.clone()));
+    }
+    side_tasks.close();
+    server::serve(listener, proxy, shutdown).await;
+    side_stop.cancel();
+    side_tasks.wait().await;
+}

@@ -61,9 +61,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen: cannot bind {} (in {})", config.listen, config.origin()))?;
+        let admin = match config.admin {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("admin: cannot bind {addr} (in {})", config.origin()))?,
+            ),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(mqtls::signal::watch(shutdown.clone()));
-        mqtls::serve(listener, Arc::new(proxy), shutdown).await;
+        mqtls::run(listener, admin, Arc::new(proxy), shutdown).await;
         signals.abort();
         Ok(())
     })

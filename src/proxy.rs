@@ -9,27 +9,75 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
+use crate::admin::Health;
 use crate::config::{ClientUsername, Config, PasswordPolicy};
 use crate::connect::{self, Connect, ConnectError, Edit, ProtocolVersion, Refusal};
 use crate::identity::{self, IdentityError};
+use crate::metrics::{DirectionLabel, Metrics, ReasonLabel};
 use crate::splice::{splice, SpliceStats};
-use crate::tls::{self, TlsError, TlsHandle};
+use crate::tls::{self, Loaded, TlsError, TlsHandle};
 use crate::upstream::{UpstreamError, UpstreamStream};
 
 /// How long a refusal CONNACK may take to leave: a client that doesn't read must not hold the task.
 const CONNACK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What every connection shares: the validated configuration and the current TLS configuration.
+/// What every connection shares: the validated configuration, the current TLS configuration, and the
+/// operator-facing state (metrics, health).
 pub struct Proxy {
     pub config: Arc<Config>,
     pub tls: TlsHandle,
+    pub metrics: Metrics,
+    pub health: Health,
 }
 
 impl Proxy {
     /// Builds the TLS configuration from the files the config names.
     pub fn new(config: Config) -> Result<Proxy, TlsError> {
-        let server_config = tls::build_server_config(&config.tls)?;
-        Ok(Proxy { config: Arc::new(config), tls: TlsHandle::new(server_config) })
+        let loaded = tls::load(&config.tls)?;
+        let metrics = Metrics::new();
+        metrics.set_certificates(&loaded.certificates.server_chain, &loaded.certificates.client_ca);
+        Ok(Proxy { config: Arc::new(config), tls: TlsHandle::new(loaded), metrics, health: Health::default() })
+    }
+
+    /// Puts a newly loaded TLS configuration in force for every later handshake.
+    pub fn install(&self, loaded: Loaded) {
+        self.metrics.set_certificates(&loaded.certificates.server_chain, &loaded.certificates.client_ca);
+        self.tls.store(loaded);
+    }
+
+    /// Counts a connection that ended before it was spliced, under every metric that describes why.
+    fn count_failure(&self, err: &ConnError) {
+        let m = &self.metrics;
+        m.outcome(err.label());
+        let (family, reason) = match err {
+            ConnError::HandshakeTimeout(_) => (&m.handshake_failures, "timeout"),
+            ConnError::Handshake(e) => (&m.handshake_failures, tls::handshake_failure_label(e)),
+            ConnError::ConnectTimeout(_) => (&m.connect_refusals, "timeout"),
+            ConnError::ClosedBeforeConnect | ConnError::ConnectIo(_) => (&m.connect_refusals, "eof"),
+            ConnError::BadConnect(e) => (&m.connect_refusals, e.label()),
+            ConnError::Identity(_) => (&m.connect_refusals, "no_identity"),
+            ConnError::UsernameMismatch { .. } => (&m.connect_refusals, "username_mismatch"),
+            ConnError::Upstream(e) => (&m.upstream_errors, e.label()),
+            ConnError::UpstreamWrite(_) => (&m.upstream_errors, "write"),
+        };
+        family.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+/// Keeps the active-connections gauge right however the connection's task ends (even when a drain
+/// deadline drops it mid-flight).
+struct ActiveGuard<'a>(&'a Metrics);
+
+impl<'a> ActiveGuard<'a> {
+    fn new(m: &'a Metrics) -> Self {
+        m.active_connections.inc();
+        ActiveGuard(m)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active_connections.dec();
     }
 }
 
@@ -78,7 +126,23 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     let span = info_span!("conn", %peer, identity = field::Empty, client_id = field::Empty, proto = field::Empty);
     async move {
         let started = Instant::now();
-        match serve_connection(&proxy, tcp).await {
+        let _active = ActiveGuard::new(&proxy.metrics);
+        let result = serve_connection(&proxy, tcp).await;
+        match &result {
+            Ok((stats, _)) => {
+                let m = &proxy.metrics;
+                m.outcome("ok");
+                m.connection_duration.observe(started.elapsed().as_secs_f64());
+                m.bytes
+                    .get_or_create(&DirectionLabel { direction: "client_to_upstream" })
+                    .inc_by(stats.client_to_upstream);
+                m.bytes
+                    .get_or_create(&DirectionLabel { direction: "upstream_to_client" })
+                    .inc_by(stats.upstream_to_client);
+            }
+            Err(err) => proxy.count_failure(err),
+        }
+        match result {
             Ok((stats, Ok(()))) => info!(
                 bytes_in = stats.client_to_upstream,
                 bytes_out = stats.upstream_to_client,
@@ -118,10 +182,12 @@ async fn serve_connection(proxy: &Proxy, tcp: TcpStream) -> Result<(SpliceStats,
     // Nagle would hold back PINGRESPs and small publishes behind a delayed ACK.
     let _ = tcp.set_nodelay(true);
     let acceptor = proxy.tls.acceptor();
+    let handshake_started = Instant::now();
     let mut client = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
         .await
         .map_err(|_| ConnError::HandshakeTimeout(limits.handshake_timeout))?
         .map_err(ConnError::Handshake)?;
+    proxy.metrics.handshake_duration.observe(handshake_started.elapsed().as_secs_f64());
 
     // Map the identity now; refusing needs the CONNECT's version, so the verdict waits for it.
     let policy = proxy.config.identity;

@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::proxy::{self, Proxy};
 
@@ -18,6 +19,8 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let force_close = CancellationToken::new();
+    let limit = Arc::new(Semaphore::new(proxy.config.limits.max_connections.min(Semaphore::MAX_PERMITS)));
+    proxy.health.set_listening(true);
     if let Ok(addr) = listener.local_addr() {
         info!(listen = %addr, upstream = %proxy.config.upstream, "accepting connections");
     }
@@ -26,10 +29,18 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    // Past the limit, close at once: no TLS handshake, the cheapest answer when the
+                    // process is saturated (a CONNACK would cost a full handshake first).
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        proxy.metrics.outcome("limit");
+                        debug!(%peer, "connection limit reached; closed at accept");
+                        continue;
+                    };
                     let proxy = proxy.clone();
                     let force_close = force_close.clone();
                     // A panic in one connection ends only that task: tokio catches it at the task boundary.
                     tracker.spawn(async move {
+                        let _permit = permit;
                         tokio::select! {
                             _ = force_close.cancelled() => {}
                             _ = proxy::handle(proxy, tcp, peer) => {}
@@ -43,6 +54,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
             }
         }
     }
+    proxy.health.set_draining();
     drop(listener);
     tracker.close();
     let drain = proxy.config.drain_timeout;

@@ -4,15 +4,21 @@
 //! its reader has nothing to give, the buffer is released. Fleets keep tens of thousands of mostly idle
 //! connections, and 2 × 8 KiB pinned per connection would be most of their memory.
 //!
-//! End of stream on one side is passed on as a half-close (TLS close_notify or TCP FIN) to the other,
-//! whose remaining data still flows back; an error on either side ends both directions.
+//! End of stream from the client is passed on as a half-close (TCP FIN) to the broker, whose remaining
+//! data still flows back for up to [`HALF_CLOSE_LINGER`]. End of stream from the broker ends the session:
+//! MQTT brokers close whole connections, so the client gets close_notify and both sides are closed
+//! without waiting for a client that may never close. An error on either side ends both directions.
 
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How long the broker may keep answering after the client half-closed, before both sides are closed.
+pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(10);
 
 /// Bytes read per call: one full TLS record's plaintext, so a bulk publish moves a record per read.
 const CHUNK: usize = 16 * 1024;
@@ -33,16 +39,23 @@ where
 {
     let mut up = Direction::default();
     let mut down = Direction::default();
-    let result = poll_fn(|cx| {
+    let both = poll_fn(|cx| {
         let a = up.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream))?;
         let b = down.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client))?;
-        if a.is_ready() && b.is_ready() {
-            Poll::Ready(Ok(()))
+        // Done when the broker's side has ended; the client's alone only starts the linger.
+        if b.is_ready() || a.is_ready() {
+            Poll::Ready(Ok(b.is_ready()))
         } else {
             Poll::Pending
         }
-    })
-    .await;
+    });
+    let result = match both.await {
+        Ok(false) => {
+            let rest = poll_fn(|cx| down.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client)));
+            tokio::time::timeout(HALF_CLOSE_LINGER, rest).await.unwrap_or(Ok(()))
+        }
+        other => other.map(|_| ()),
+    };
     (SpliceStats { client_to_upstream: up.bytes, upstream_to_client: down.bytes }, result)
 }
 
@@ -149,6 +162,29 @@ mod tests {
         let (stats, result) = task.await.expect("join");
         result.expect("splice ends cleanly");
         assert_eq!(stats, SpliceStats { client_to_upstream: 100_000, upstream_to_client: 3 });
+    }
+
+    #[tokio::test]
+    async fn the_broker_closing_ends_the_session_even_if_the_client_stays_silent() {
+        let (_client, mut proxy_client_side) = duplex(64);
+        let (mut proxy_upstream_side, mut broker) = duplex(64);
+        let task = tokio::spawn(async move { splice(&mut proxy_client_side, &mut proxy_upstream_side).await });
+        broker.shutdown().await.expect("broker closes");
+        let (_, result) = tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("splice ends without waiting for the client")
+            .expect("join");
+        result.expect("clean end");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_closed_client_waits_for_the_broker_at_most_the_linger() {
+        let (mut client, mut proxy_client_side) = duplex(64);
+        let (mut proxy_upstream_side, _silent_broker) = duplex(64);
+        let task = tokio::spawn(async move { splice(&mut proxy_client_side, &mut proxy_upstream_side).await });
+        client.shutdown().await.expect("client half-closes");
+        let (_, result) = task.await.expect("join");
+        result.expect("clean end after the linger");
     }
 
     #[tokio::test]

@@ -16,6 +16,9 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
+use serde::Serialize;
+
+use crate::certinfo::CertInfo;
 use crate::config::{ClientAuth, TlsSettings};
 
 /// Why the TLS configuration could not be built. Each names the setting and the file.
@@ -43,10 +46,28 @@ pub fn provider() -> Arc<CryptoProvider> {
     compile_error!("enable the cargo feature aws-lc-rs or ring");
 }
 
-/// Reads every file named by `settings` and builds a complete server configuration (TLS 1.2 and 1.3).
-pub fn build_server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+/// The certificates in force, described for `/certs`, the expiry metrics and the logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Certificates {
+    /// RFC 3339, UTC.
+    pub loaded_at: String,
+    pub server_chain: Vec<CertInfo>,
+    pub client_ca: Vec<CertInfo>,
+}
+
+/// A complete, validated TLS configuration and what it was built from.
+pub struct Loaded {
+    pub config: Arc<ServerConfig>,
+    pub certificates: Arc<Certificates>,
+}
+
+/// Reads every file named by `settings` once and builds a complete server configuration
+/// (TLS 1.2 and 1.3), with a description of its certificates.
+pub fn load(settings: &TlsSettings) -> Result<Loaded, TlsError> {
     let provider = provider();
     let chain = read_certs("cert", &settings.cert)?;
+    let server_chain = chain.iter().filter_map(|c| CertInfo::from_der(c)).collect();
+    let mut client_ca = Vec::new();
     let key =
         PrivateKeyDer::from_pem_file(&settings.key).map_err(|e| pem_error("key", &settings.key, "private key", e))?;
 
@@ -59,6 +80,7 @@ pub fn build_server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, 
             })?;
             let mut roots = RootCertStore::empty();
             for (index, ca) in read_certs("client_ca", ca_path)?.into_iter().enumerate() {
+                client_ca.extend(CertInfo::from_der(&ca));
                 roots.add(ca).map_err(|e| TlsError::BadCa { path: ca_path.into(), index, reason: e.to_string() })?;
             }
             let mut crls = Vec::new();
@@ -84,7 +106,8 @@ pub fn build_server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, 
             key: settings.key.clone(),
             reason: e.to_string(),
         })?;
-    Ok(Arc::new(config))
+    let loaded_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    Ok(Loaded { config: Arc::new(config), certificates: Arc::new(Certificates { loaded_at, server_chain, client_ca }) })
 }
 
 fn read_certs(setting: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -121,11 +144,17 @@ fn pem_error(setting: &'static str, path: &Path, what: &'static str, e: rustls::
 /// The current server configuration. Each handshake takes the newest; a reload replaces it whole.
 pub struct TlsHandle {
     current: ArcSwap<ServerConfig>,
+    certificates: ArcSwap<Certificates>,
 }
 
 impl TlsHandle {
-    pub fn new(config: Arc<ServerConfig>) -> Self {
-        TlsHandle { current: ArcSwap::new(config) }
+    pub fn new(loaded: Loaded) -> Self {
+        TlsHandle { current: ArcSwap::new(loaded.config), certificates: ArcSwap::new(loaded.certificates) }
+    }
+
+    /// The certificates of the configuration in force.
+    pub fn certificates(&self) -> Arc<Certificates> {
+        self.certificates.load_full()
     }
 
     /// An acceptor bound to the configuration in force now.
@@ -134,8 +163,9 @@ impl TlsHandle {
     }
 
     /// Publishes a new configuration for every later handshake; established connections keep theirs.
-    pub fn store(&self, config: Arc<ServerConfig>) {
-        self.current.store(config);
+    pub fn store(&self, loaded: Loaded) {
+        self.current.store(loaded.config);
+        self.certificates.store(loaded.certificates);
     }
 }
 

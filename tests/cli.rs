@@ -136,7 +136,10 @@ async fn the_binary_proxies_to_mosquitto_and_exits_zero_on_sigterm() {
         .await
         .expect("read");
     // JSON logs: one object per line, carrying the connection span's fields.
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert!(lines.iter().all(|l| l.starts_with('{') && l.ends_with('}')), "{stderr}");
-    assert!(stderr.contains("\"identity\":\"device-42\""), "{stderr}");
+    let lines: Vec<serde_json::Value> =
+        stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let open = lines.iter().find(|l| l["message"] == "open").expect("an open line");
+    assert_eq!(open["span"]["identity"], "device-42");
+    assert_eq!(open["span"]["proto"], "3.1.1");
+    assert!(lines.iter().any(|l| l["message"] == "closed" && l["bytes_in"].as_u64().is_some_and(|n| n > 0)));
 }

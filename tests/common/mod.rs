@@ -159,6 +159,8 @@ impl Pki {
             },
             limits: Limits::default(),
             drain_timeout: Duration::from_secs(5),
+            admin: None,
+            upstream_check_interval: Duration::from_millis(200),
             log_level: "info".into(),
             log_format: LogFormat::Text,
         }
@@ -178,6 +180,7 @@ pub struct Mosquitto {
     pub port: u16,
     pub dir: tempfile::TempDir,
     log: PathBuf,
+    conf: PathBuf,
 }
 
 pub fn mosquitto_binary() -> PathBuf {
@@ -237,7 +240,7 @@ impl Mosquitto {
                 .stderr(std::fs::File::create(&log).expect("log"))
                 .spawn()
                 .expect("spawn mosquitto");
-            let mut m = Mosquitto { child, port, dir, log };
+            let mut m = Mosquitto { child, port, dir, log, conf };
             if m.wait_listening() {
                 return m;
             }
@@ -246,6 +249,31 @@ impl Mosquitto {
             dir = m.take_dir();
         }
         panic!("mosquitto did not start listening");
+    }
+
+    /// Stops the broker (its port then refuses connections).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port with the same configuration.
+    pub fn restart(&mut self) {
+        self.stop();
+        let log = std::fs::OpenOptions::new().append(true).open(&self.log).expect("log");
+        self.child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn mosquitto");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not come back");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn take_dir(&mut self) -> tempfile::TempDir {
@@ -309,18 +337,45 @@ impl Drop for Mosquitto {
 /// mqtls serving on a free loopback port inside the test's runtime; stopped when dropped.
 pub struct Mqtls {
     pub addr: SocketAddr,
+    /// The admin endpoints' address, when started with them.
+    pub admin: Option<SocketAddr>,
+    pub proxy: Arc<mqtls::Proxy>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Mqtls {
     pub async fn start(config: Config) -> Mqtls {
-        let proxy = mqtls::Proxy::new(config).expect("valid TLS config");
+        Self::launch(config, false).await
+    }
+
+    /// Also serves the admin endpoints on a free loopback port.
+    pub async fn start_with_admin(config: Config) -> Mqtls {
+        Self::launch(config, true).await
+    }
+
+    async fn launch(config: Config, with_admin: bool) -> Mqtls {
+        let proxy = Arc::new(mqtls::Proxy::new(config).expect("valid TLS config"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let admin_listener =
+            if with_admin { Some(TcpListener::bind("127.0.0.1:0").await.expect("bind admin")) } else { None };
+        let admin = admin_listener.as_ref().map(|l| l.local_addr().expect("admin addr"));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(mqtls::serve(listener, Arc::new(proxy), shutdown.clone()));
-        Mqtls { addr, shutdown, task: Some(task) }
+        let task = tokio::spawn(mqtls::run(listener, admin_listener, proxy.clone(), shutdown.clone()));
+        Mqtls { addr, admin, proxy, shutdown, task: Some(task) }
+    }
+
+    /// Starts the drain (as SIGTERM would) without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits for the server task to end (after a drain), or panics after `within`.
+    pub async fn wait_stopped(&mut self, within: Duration) {
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(within, t).await.expect("server stopped in time").expect("server task");
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -619,6 +674,42 @@ pub async fn rumqttc_connack(events: &mut rumqttc::EventLoop) -> Result<rumqttc:
         }
     }
     Err("timeout".into())
+}
+
+/// GETs `path` from an HTTP server with hyper's client; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let fetch = async {
+        let tcp = TcpStream::connect(addr).await.expect("connect admin");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.expect("http handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::get(path)
+            .header("host", "localhost")
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .expect("request");
+        let res = sender.send_request(req).await.expect("response");
+        let status = res.status().as_u16();
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    tokio::time::timeout(WAIT, fetch).await.expect("admin answered in time")
+}
+
+/// Polls `check` every 20 ms until it holds, or panics with `what` after WAIT.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never happened within {WAIT:?}: {what}");
 }
 
 pub fn write_file(path: &Path, text: &str) {

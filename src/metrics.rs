@@ -1,0 +1,148 @@
+//! Prometheus metrics. Every label value comes from a fixed set (outcome, reason, direction, role):
+//! never an identity, a client id or an address, so cardinality stays bounded whatever clients send.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::certinfo::CertInfo;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+/// A loaded certificate: its role and position (bounded by what the operator configured) and serial.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabel {
+    pub role: &'static str,
+    pub index: u32,
+    pub serial: String,
+}
+
+/// All of mqtls' metrics, registered once at start-up.
+pub struct Metrics {
+    registry: Registry,
+    pub active_connections: Gauge,
+    pub connections: Family<OutcomeLabel, Counter>,
+    pub handshake_failures: Family<ReasonLabel, Counter>,
+    pub connect_refusals: Family<ReasonLabel, Counter>,
+    pub upstream_errors: Family<ReasonLabel, Counter>,
+    pub handshake_duration: Histogram,
+    pub connection_duration: Histogram,
+    pub bytes: Family<DirectionLabel, Counter>,
+    pub cert_not_after: Family<CertLabel, Gauge>,
+    pub reloads: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("mqtls");
+        let m = Metrics {
+            active_connections: Gauge::default(),
+            connections: Family::default(),
+            handshake_failures: Family::default(),
+            connect_refusals: Family::default(),
+            upstream_errors: Family::default(),
+            // 1 ms … ~16 s: a handshake is milliseconds unless the machine is drowning.
+            handshake_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            // 1 s … ~3 days: device sessions last from seconds to weeks.
+            connection_duration: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            bytes: Family::default(),
+            cert_not_after: Family::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("active_connections", "Client connections open now", m.active_connections.clone());
+        registry.register(
+            "connections",
+            "Client connections by how they ended (ok, tls_failed, connect_refused, not_authorized, upstream_failed, limit, ...)",
+            m.connections.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Failed TLS handshakes by reason (no_client_cert, unknown_ca, expired, revoked, timeout, protocol, ...)",
+            m.handshake_failures.clone(),
+        );
+        registry.register(
+            "connect_refusals",
+            "CONNECT packets refused by reason (malformed, too_large, not_connect, not_authorized, ...)",
+            m.connect_refusals.clone(),
+        );
+        registry.register("upstream_connect_errors", "Failed broker connects by reason", m.upstream_errors.clone());
+        registry.register_with_unit(
+            "tls_handshake_duration",
+            "Duration of successful TLS handshakes",
+            Unit::Seconds,
+            m.handshake_duration.clone(),
+        );
+        registry.register_with_unit(
+            "connection_duration",
+            "Duration of spliced connections",
+            Unit::Seconds,
+            m.connection_duration.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes spliced, by direction (client_to_upstream, upstream_to_client)",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "certificate_not_after_timestamp_seconds",
+            "Expiry (Unix time) of each loaded certificate, by role (server, client_ca)",
+            m.cert_not_after.clone(),
+        );
+        registry.register("tls_reloads", "TLS configuration reloads by result (ok, error)", m.reloads.clone());
+        registry.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a connection's end.
+    pub fn outcome(&self, outcome: &'static str) {
+        self.connections.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Replaces the certificate expiry gauges with those of the certificates now loaded.
+    pub fn set_certificates(&self, server: &[CertInfo], client_cas: &[CertInfo]) {
+        self.cert_not_after.clear();
+        for (role, certs) in [("server", server), ("client_ca", client_cas)] {
+            for (index, cert) in certs.iter().enumerate() {
+                let label = CertLabel { role, index: index as u32, serial: cert.serial.clone() };
+                self.cert_not_after.get_or_create(&label).set(cert.not_after);
+            }
+        }
+    }
+}

@@ -23,6 +23,11 @@ pub const DEFAULT_MAX_CONNECT_SIZE: usize = crate::connect::DEFAULT_MAX_CONNECT_
 /// process down with it (each connection holds two descriptors).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 
+/// Handshakes in flight at once. Each holds a rustls connection (a few KiB) for up to the handshake
+/// deadline; the cap bounds what a flood of silent or slow ClientHellos can pin, while staying far above
+/// what a reconnect storm of real devices has in flight on one replica.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 4096;
+
 /// The largest remaining length an MQTT fixed header can announce.
 const MQTT_MAX_REMAINING_LENGTH: usize = 268_435_455;
 
@@ -148,6 +153,9 @@ pub struct RunArgs {
     /// Time allowed to connect to the broker [default: 5s].
     #[arg(long)]
     pub upstream_connect_timeout: Option<String>,
+    /// Time the broker has to answer the forwarded CONNECT [default: 10s].
+    #[arg(long)]
+    pub connack_timeout: Option<String>,
     /// How long established connections may continue after SIGTERM before they are closed [default: 30s].
     #[arg(long)]
     pub drain_timeout: Option<String>,
@@ -157,6 +165,9 @@ pub struct RunArgs {
     /// Most client connections open at once; more are closed at accept [default: 100000].
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Most TLS handshakes in progress at once; more are closed at accept [default: 4096].
+    #[arg(long)]
+    pub max_handshakes: Option<usize>,
     /// How often readiness checks that the broker accepts a TCP connection [default: 5s].
     #[arg(long)]
     pub upstream_check_interval: Option<String>,
@@ -183,9 +194,11 @@ pub struct FileConfig {
     pub connect_timeout: Option<String>,
     pub max_connect_size: Option<usize>,
     pub upstream_connect_timeout: Option<String>,
+    pub connack_timeout: Option<String>,
     pub drain_timeout: Option<String>,
     pub admin: Option<String>,
     pub max_connections: Option<usize>,
+    pub max_handshakes: Option<usize>,
     pub upstream_check_interval: Option<String>,
 }
 
@@ -245,8 +258,12 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub max_connect_size: usize,
     pub upstream_connect_timeout: Duration,
+    /// Time the broker has to send its first bytes (the CONNACK) after the forwarded CONNECT.
+    pub connack_timeout: Duration,
     /// Client connections open at once; past it new ones are closed at accept.
     pub max_connections: usize,
+    /// TLS handshakes in progress at once; past it new connections are closed at accept.
+    pub max_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -256,7 +273,9 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             max_connect_size: DEFAULT_MAX_CONNECT_SIZE,
             upstream_connect_timeout: Duration::from_secs(5),
+            connack_timeout: Duration::from_secs(10),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
         }
     }
 }
@@ -395,17 +414,9 @@ impl Config {
                 pick!(upstream_connect_timeout),
                 defaults.upstream_connect_timeout,
             )?,
-            max_connections: match pick!(max_connections) {
-                None => defaults.max_connections,
-                Some((0, origin)) => {
-                    return Err(ConfigError::Invalid {
-                        setting: "max_connections",
-                        origin,
-                        reason: "must be at least 1".into(),
-                    })
-                }
-                Some((n, _)) => n,
-            },
+            connack_timeout: duration("connack_timeout", pick!(connack_timeout), defaults.connack_timeout)?,
+            max_connections: at_least_one("max_connections", pick!(max_connections), defaults.max_connections)?,
+            max_handshakes: at_least_one("max_handshakes", pick!(max_handshakes), defaults.max_handshakes)?,
         };
         let admin = match pick!(admin) {
             Some((s, origin)) => Some(s.parse::<SocketAddr>().map_err(|e| ConfigError::Invalid {
@@ -478,6 +489,14 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+fn at_least_one(setting: &'static str, v: Option<(usize, Origin)>, default: usize) -> Result<usize, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some((0, origin)) => Err(ConfigError::Invalid { setting, origin, reason: "must be at least 1".into() }),
+        Some((n, _)) => Ok(n),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 10s or 500ms ({e})"))
 }
@@ -528,7 +547,9 @@ impl fmt::Display for Config {
         writeln!(f, "connect_timeout = \"{}\"", d(self.limits.connect_timeout))?;
         writeln!(f, "max_connect_size = {}", self.limits.max_connect_size)?;
         writeln!(f, "upstream_connect_timeout = \"{}\"", d(self.limits.upstream_connect_timeout))?;
+        writeln!(f, "connack_timeout = \"{}\"", d(self.limits.connack_timeout))?;
         writeln!(f, "max_connections = {}", self.limits.max_connections)?;
+        writeln!(f, "max_handshakes = {}", self.limits.max_handshakes)?;
         if let Some(admin) = self.admin {
             writeln!(f, "admin = \"{admin}\"")?;
         }

@@ -7,6 +7,8 @@
 //! connection, [`server`] accepts and drains, [`config`] and [`signal`] sit at the edges;
 //! [`admin`] and [`metrics`] are for operators.
 #![forbid(unsafe_code)]
+// Nothing reachable from the network may panic: no unwrap/expect/indexing/panic outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod admin;
 pub mod certinfo;

@@ -1,4 +1,6 @@
 //! The binary: parse the command line, load the configuration, run the server.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -56,6 +58,11 @@ fn print_identity(cert: &std::path::Path, from: identity::UsernameFrom) -> anyho
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let (config, proxy) = load(&args)?;
     logging::init(&config.log_level, config.log_format);
+    // Each connection holds two descriptors; the usual soft limit (1024) would cap a proxy at ~500.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(err) => tracing::warn!(%err, "could not raise the open-file limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)

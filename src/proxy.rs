@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
 use crate::admin::Health;
@@ -58,7 +59,11 @@ impl Proxy {
             ConnError::Identity(_) => (&m.connect_refusals, "no_identity"),
             ConnError::UsernameMismatch { .. } => (&m.connect_refusals, "username_mismatch"),
             ConnError::Upstream(e) => (&m.upstream_errors, e.label()),
-            ConnError::UpstreamWrite(_) => (&m.upstream_errors, "write"),
+            ConnError::UpstreamWrite(_) => (&m.upstream_errors, "io"),
+            ConnError::NoConnack(_) => (&m.upstream_errors, "no_connack"),
+            ConnError::UpstreamClosed => (&m.upstream_errors, "closed"),
+            // The client left while its CONNACK was on the way: the outcome says it all.
+            ConnError::ClientWrite(_) => return,
         };
         family.get_or_create(&ReasonLabel { reason }).inc();
     }
@@ -104,6 +109,12 @@ pub enum ConnError {
     Upstream(#[from] UpstreamError),
     #[error("forwarding CONNECT to broker: {0}")]
     UpstreamWrite(std::io::Error),
+    #[error("broker did not answer the CONNECT within {0:?}")]
+    NoConnack(Duration),
+    #[error("broker closed the connection without answering the CONNECT")]
+    UpstreamClosed,
+    #[error("writing to the client: {0}")]
+    ClientWrite(std::io::Error),
 }
 
 impl ConnError {
@@ -116,18 +127,23 @@ impl ConnError {
             ConnError::ClosedBeforeConnect | ConnError::ConnectIo(_) => "connect_eof",
             ConnError::BadConnect(_) => "connect_refused",
             ConnError::Identity(_) | ConnError::UsernameMismatch { .. } => "not_authorized",
-            ConnError::Upstream(_) | ConnError::UpstreamWrite(_) => "upstream_failed",
+            ConnError::Upstream(_)
+            | ConnError::UpstreamWrite(_)
+            | ConnError::NoConnack(_)
+            | ConnError::UpstreamClosed => "upstream_failed",
+            ConnError::ClientWrite(_) => "client_gone",
         }
     }
 }
 
 /// Runs one client connection to its end, logging its outcome once.
-pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
+/// `handshake` is this connection's place among the handshakes in flight, given back once TLS is done.
+pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, handshake: OwnedSemaphorePermit) {
     let span = info_span!("conn", %peer, identity = field::Empty, client_id = field::Empty, proto = field::Empty);
     async move {
         let started = Instant::now();
         let _active = ActiveGuard::new(&proxy.metrics);
-        let result = serve_connection(&proxy, tcp).await;
+        let result = serve_connection(&proxy, tcp, handshake).await;
         match &result {
             Ok((stats, _)) => {
                 let m = &proxy.metrics;
@@ -177,7 +193,11 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     .await
 }
 
-async fn serve_connection(proxy: &Proxy, tcp: TcpStream) -> Result<(SpliceStats, std::io::Result<()>), ConnError> {
+async fn serve_connection(
+    proxy: &Proxy,
+    tcp: TcpStream,
+    handshake: OwnedSemaphorePermit,
+) -> Result<(SpliceStats, std::io::Result<()>), ConnError> {
     let limits = proxy.config.limits;
     // Nagle would hold back PINGRESPs and small publishes behind a delayed ACK.
     let _ = tcp.set_nodelay(true);
@@ -187,6 +207,7 @@ async fn serve_connection(proxy: &Proxy, tcp: TcpStream) -> Result<(SpliceStats,
         .await
         .map_err(|_| ConnError::HandshakeTimeout(limits.handshake_timeout))?
         .map_err(ConnError::Handshake)?;
+    drop(handshake);
     proxy.metrics.handshake_duration.observe(handshake_started.elapsed().as_secs_f64());
 
     // Map the identity now; refusing needs the CONNECT's version, so the verdict waits for it.
@@ -255,13 +276,14 @@ where
     first.extend_from_slice(buf.get(connect.packet_len()..).unwrap_or_default());
     *buf = Vec::new();
 
-    let upstream = match proxy.config.upstream.connect(proxy.config.limits.upstream_connect_timeout).await {
+    let limits = proxy.config.limits;
+    let upstream = match proxy.config.upstream.connect(limits.upstream_connect_timeout).await {
         Ok(u) => u,
         Err(e) => return Err(refuse(&mut client, version, Refusal::ServerUnavailable, e.into()).await),
     };
     match upstream {
-        UpstreamStream::Tcp(mut s) => start_splice(&mut client, &mut s, &first).await,
-        UpstreamStream::Unix(mut s) => start_splice(&mut client, &mut s, &first).await,
+        UpstreamStream::Tcp(mut s) => start_splice(&mut client, &mut s, &first, version, limits.connack_timeout).await,
+        UpstreamStream::Unix(mut s) => start_splice(&mut client, &mut s, &first, version, limits.connack_timeout).await,
     }
 }
 
@@ -269,15 +291,35 @@ async fn start_splice<C, U>(
     client: &mut C,
     upstream: &mut U,
     first: &[u8],
+    version: ProtocolVersion,
+    connack_timeout: Duration,
 ) -> Result<(SpliceStats, std::io::Result<()>), ConnError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     upstream.write_all(first).await.map_err(ConnError::UpstreamWrite)?;
+    // The broker's first bytes (its CONNACK) must come within the deadline: a broker that accepts TCP
+    // and then hangs would otherwise hold the device in limbo until its own timer fires.
+    let mut reply = [0u8; 512];
+    let n = match tokio::time::timeout(connack_timeout, upstream.read(&mut reply)).await {
+        Err(_) => {
+            let err = ConnError::NoConnack(connack_timeout);
+            return Err(refuse(client, version, Refusal::ServerUnavailable, err).await);
+        }
+        Ok(Err(e)) => {
+            return Err(refuse(client, version, Refusal::ServerUnavailable, ConnError::UpstreamWrite(e)).await)
+        }
+        Ok(Ok(0)) => return Err(ConnError::UpstreamClosed),
+        Ok(Ok(n)) => n,
+    };
+    let answer = reply.get(..n).unwrap_or_default();
+    client.write_all(answer).await.map_err(ConnError::ClientWrite)?;
+    client.flush().await.map_err(ConnError::ClientWrite)?;
     info!("open");
     let (mut stats, result) = splice(client, upstream).await;
     stats.client_to_upstream += first.len() as u64;
+    stats.upstream_to_client += n as u64;
     Ok((stats, result))
 }
 

@@ -19,7 +19,9 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let force_close = CancellationToken::new();
-    let limit = Arc::new(Semaphore::new(proxy.config.limits.max_connections.min(Semaphore::MAX_PERMITS)));
+    let limits = proxy.config.limits;
+    let connections = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes.min(Semaphore::MAX_PERMITS)));
     proxy.health.set_listening(true);
     if let Ok(addr) = listener.local_addr() {
         info!(listen = %addr, upstream = %proxy.config.upstream, "accepting connections");
@@ -31,9 +33,14 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
                 Ok((tcp, peer)) => {
                     // Past the limit, close at once: no TLS handshake, the cheapest answer when the
                     // process is saturated (a CONNACK would cost a full handshake first).
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    let Ok(permit) = connections.clone().try_acquire_owned() else {
                         proxy.metrics.outcome("limit");
                         debug!(%peer, "connection limit reached; closed at accept");
+                        continue;
+                    };
+                    let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                        proxy.metrics.outcome("handshake_limit");
+                        debug!(%peer, "handshake limit reached; closed at accept");
                         continue;
                     };
                     let proxy = proxy.clone();
@@ -43,7 +50,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
                         let _permit = permit;
                         tokio::select! {
                             _ = force_close.cancelled() => {}
-                            _ = proxy::handle(proxy, tcp, peer) => {}
+                            _ = proxy::handle(proxy, tcp, peer, handshake) => {}
                         }
                     });
                 }

@@ -4,7 +4,8 @@
 //! A connection's life, one module per stage:
 //! [`tls`] handshake → [`connect`] read and edit the first packet → [`identity`] certificate → username →
 //! [`upstream`] broker connect → [`splice`] bytes both ways. [`proxy`] runs those stages for one
-//! connection, [`server`] accepts and drains, [`config`] and [`signal`] sit at the edges.
+//! connection, [`server`] accepts and drains, [`reload`] swaps in rotated TLS files, [`config`] and [`signal`]
+//! sit at the edges.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -12,6 +13,7 @@ pub mod connect;
 pub mod identity;
 pub mod logging;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod signal;
 pub mod splice;

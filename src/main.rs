@@ -6,7 +6,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use mqtls::config::{Cli, Command, Config, RunArgs};
-use mqtls::{identity, logging, Proxy};
+use mqtls::reload::Reloader;
+use mqtls::{identity, logging, tls, Proxy};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
@@ -29,16 +30,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(args: &RunArgs) -> anyhow::Result<(Config, Proxy)> {
-    let config = Config::load(args)?;
-    let origin = config.origin();
-    let proxy = Proxy::new(config.clone()).with_context(|| format!("in {origin}"))?;
-    Ok((config, proxy))
-}
-
 fn check(args: RunArgs) -> anyhow::Result<()> {
-    let (config, _) = load(&args)?;
-    println!("# configuration OK ({})", config.origin());
+    let config = Config::load(&args)?;
+    let origin = config.origin();
+    let files = tls::TlsFiles::read(&config.tls).with_context(|| format!("in {origin}"))?;
+    let leaf = tls::build(&config.tls, &files).with_context(|| format!("in {origin}"))?.leaf;
+    println!("# configuration OK ({origin})");
+    println!(
+        "# server certificate: {} (serial {}, not after {}, sha256 {})",
+        leaf.subject, leaf.serial, leaf.not_after, leaf.sha256
+    );
+    match leaf.validity {
+        tls::Validity::Valid => {}
+        tls::Validity::Expired => println!("# WARNING: the server certificate EXPIRED at {}", leaf.not_after),
+        tls::Validity::NotYetValid => {
+            println!("# WARNING: the server certificate is NOT VALID before {}", leaf.not_before)
+        }
+    }
     println!("{config}");
     Ok(())
 }
@@ -54,8 +62,13 @@ fn print_identity(cert: &std::path::Path, from: identity::UsernameFrom) -> anyho
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (config, proxy) = load(&args)?;
+    let config = Config::load(&args)?;
+    // Logging first, so an expired certificate's warning at start-up reaches the log.
     logging::init(&config.log_level, config.log_format);
+    let origin = config.origin();
+    let reloader = Reloader::new(config.tls.clone(), config.reload).with_context(|| format!("in {origin}"))?;
+    let reloader = Arc::new(reloader);
+    let proxy = Proxy::with_tls(config.clone(), reloader.handle());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -63,7 +76,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("listen: cannot bind {} (in {})", config.listen, config.origin()))?;
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(mqtls::signal::watch(shutdown.clone()));
-        mqtls::serve(listener, Arc::new(proxy), shutdown).await;
+        // Installs the SIGHUP handler before the first connection is accepted.
+        let reload_task = reloader.start(shutdown.clone()).context("installing the SIGHUP handler")?;
+        mqtls::serve(listener, Arc::new(proxy), shutdown.clone()).await;
+        shutdown.cancel();
+        let _ = reload_task.await;
         signals.abort();
         Ok(())
     })

@@ -22,14 +22,20 @@ const CONNACK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What every connection shares: the validated configuration and the current TLS configuration.
 pub struct Proxy {
     pub config: Arc<Config>,
-    pub tls: TlsHandle,
+    /// Shared with the [`crate::reload::Reloader`], which publishes rotated configurations into it.
+    pub tls: Arc<TlsHandle>,
 }
 
 impl Proxy {
-    /// Builds the TLS configuration from the files the config names.
+    /// Builds the TLS configuration once from the files the config names (no reloading).
     pub fn new(config: Config) -> Result<Proxy, TlsError> {
         let server_config = tls::build_server_config(&config.tls)?;
-        Ok(Proxy { config: Arc::new(config), tls: TlsHandle::new(server_config) })
+        Ok(Proxy::with_tls(config, Arc::new(TlsHandle::new(server_config))))
+    }
+
+    /// A proxy serving whatever configuration `tls` holds at each handshake.
+    pub fn with_tls(config: Config, tls: Arc<TlsHandle>) -> Proxy {
+        Proxy { config: Arc::new(config), tls }
     }
 }
 

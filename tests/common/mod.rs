@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqtls::config::{
-    ClientAuth, ClientUsername, Config, IdentityPolicy, Limits, LogFormat, PasswordPolicy, TlsSettings,
+    ClientAuth, ClientUsername, Config, IdentityPolicy, Limits, LogFormat, PasswordPolicy, ReloadSettings, TlsSettings,
 };
 use mqtls::identity::UsernameFrom;
 use mqtls::upstream::Upstream;
@@ -151,6 +151,7 @@ impl Pki {
                 client_ca: Some(self.ca_file.clone()),
                 client_auth: ClientAuth::Required,
                 crls: vec![],
+                refuse_expired: false,
             },
             identity: IdentityPolicy {
                 username_from: UsernameFrom::Cn,
@@ -159,6 +160,7 @@ impl Pki {
             },
             limits: Limits::default(),
             drain_timeout: Duration::from_secs(5),
+            reload: ReloadSettings::default(),
             log_level: "info".into(),
             log_format: LogFormat::Text,
         }

@@ -150,30 +150,40 @@ impl Reloader {
         }
     }
 
-    /// Installs the SIGHUP handler now (so a SIGHUP that arrives once this returns reloads instead of
-    /// killing the process) and runs the watch, debounce and re-check loop until `shutdown`.
+    /// Installs the SIGHUP handler and the directory watch now (so a SIGHUP that arrives once this
+    /// returns reloads instead of killing the process, and no write after it goes unseen), then runs
+    /// the watch, debounce and re-check loop until `shutdown`.
     ///
     /// Takes `Arc<Self>` rather than `self` so callers (tests, an admin endpoint) can still trigger
     /// [`Reloader::reload`] while the loop runs.
     pub fn start(self: Arc<Self>, shutdown: CancellationToken) -> std::io::Result<JoinHandle<()>> {
         let hup = signal(SignalKind::hangup())?;
-        Ok(tokio::spawn(self.run(hup, shutdown)))
+        let (tx, events) = mpsc::unbounded_channel();
+        let watch = self.settings.watch.then(|| {
+            let mut w = DirWatch::new(tx);
+            w.sync(&self.tls);
+            w
+        });
+        Ok(tokio::spawn(self.run(hup, watch, events, shutdown)))
     }
 
-    async fn run(self: Arc<Self>, mut hup: Signal, shutdown: CancellationToken) {
-        let (tx, mut events) = mpsc::unbounded_channel();
-        let mut watch = self.settings.watch.then(|| DirWatch::new(tx));
-        if let Some(w) = watch.as_mut() {
-            w.sync(&self.tls);
-        }
+    async fn run(
+        self: Arc<Self>,
+        mut hup: Signal,
+        mut watch: Option<DirWatch>,
+        mut events: mpsc::UnboundedReceiver<WatchEvent>,
+        shutdown: CancellationToken,
+    ) {
         let mut poll = self.settings.interval.map(|period| {
             let mut i = tokio::time::interval_at(Instant::now() + period, period);
             i.set_missed_tick_behavior(MissedTickBehavior::Delay);
             i
         });
         let debounce = self.settings.debounce;
-        // (first event of the burst, reload at)
-        let mut pending: Option<(Instant, Instant)> = None;
+        // (first event of the burst, reload at). Starts due: a write between the initial load and the
+        // watch being in place produced no event, so look once now.
+        let now = Instant::now();
+        let mut pending: Option<(Instant, Instant)> = watch.is_some().then_some((now, now));
         info!(
             watch = self.settings.watch,
             interval = ?self.settings.interval,

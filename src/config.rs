@@ -27,6 +27,16 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// deadline; the cap bounds what a flood of silent or slow ClientHellos can pin, while staying far above
 /// what a reconnect storm of real devices has in flight on one replica.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 4096;
+/// Re-check period: short enough that a rotation on NFS is live within a minute, long enough that
+/// hashing a few PEM files is noise.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Quiet period after file events: tools that write a certificate then its key finish well within
+/// it, and it still leaves most of the 2 s budget from write to new handshakes.
+pub const DEFAULT_RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// A debounce longer than this would make a rotation look ignored; it is almost certainly a typo.
+const MAX_RELOAD_DEBOUNCE: Duration = Duration::from_secs(60);
 
 /// The largest remaining length an MQTT fixed header can announce.
 const MQTT_MAX_REMAINING_LENGTH: usize = 268_435_455;
@@ -171,6 +181,18 @@ pub struct RunArgs {
     /// How often readiness checks that the broker accepts a TCP connection [default: 5s].
     #[arg(long)]
     pub upstream_check_interval: Option<String>,
+    /// How often the TLS files are re-read and compared by content hash, for file systems whose changes
+    /// the watcher does not see (NFS); "off" or "0" disables [default: 60s].
+    #[arg(long)]
+    pub reload_interval: Option<String>,
+    /// Quiet period after the last file event before the TLS files are reloaded, so a certificate and
+    /// its key written one after the other load as a pair [default: 200ms].
+    #[arg(long)]
+    pub reload_debounce: Option<String>,
+    /// Refuse a server certificate that is expired or not yet valid (at start-up and on reload) instead
+    /// of loading it with a warning.
+    #[arg(long)]
+    pub refuse_expired: bool,
 }
 
 /// The configuration file. Unknown keys are errors: a typo must not silently fall back to a default.
@@ -200,6 +222,9 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub max_handshakes: Option<usize>,
     pub upstream_check_interval: Option<String>,
+    pub reload_interval: Option<String>,
+    pub reload_debounce: Option<String>,
+    pub refuse_expired: Option<bool>,
 }
 
 /// A configuration error: the setting, where it came from, and what is wrong with it.
@@ -241,6 +266,26 @@ pub struct TlsSettings {
     pub client_ca: Option<PathBuf>,
     pub client_auth: ClientAuth,
     pub crls: Vec<PathBuf>,
+    /// Refuse an expired or not-yet-valid server certificate instead of loading it with a warning.
+    pub refuse_expired: bool,
+}
+
+/// When the TLS files are re-read (see [`crate::reload`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadSettings {
+    /// Period of the content-hash re-check; `None` turns it off.
+    pub interval: Option<Duration>,
+    /// Quiet period after the last file event before reloading.
+    pub debounce: Duration,
+    /// Whether to watch the directories at all. Always true from the configuration; the tests turn it
+    /// off to exercise SIGHUP and the periodic re-check alone.
+    pub watch: bool,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        ReloadSettings { interval: Some(DEFAULT_RELOAD_INTERVAL), debounce: DEFAULT_RELOAD_DEBOUNCE, watch: true }
+    }
 }
 
 /// How a certificate identity reaches the broker.
@@ -294,6 +339,7 @@ pub struct Config {
     /// Admin HTTP server address; `None` = off.
     pub admin: Option<SocketAddr>,
     pub upstream_check_interval: Duration,
+    pub reload: ReloadSettings,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -436,6 +482,34 @@ impl Config {
             });
         }
         let drain_timeout = duration("drain_timeout", pick!(drain_timeout), Duration::from_secs(30))?;
+        let interval = match pick!(reload_interval) {
+            None => Some(DEFAULT_RELOAD_INTERVAL),
+            Some((s, _)) if is_off(&s) => None,
+            Some((s, origin)) => Some(parse_duration(&s).map_err(|reason| ConfigError::Invalid {
+                setting: "reload_interval",
+                origin,
+                reason: format!("{reason}; use \"off\" to disable the re-check"),
+            })?),
+        };
+        let debounce = match pick!(reload_debounce) {
+            None => DEFAULT_RELOAD_DEBOUNCE,
+            Some((s, origin)) => match parse_duration(&s) {
+                Ok(d) if d <= MAX_RELOAD_DEBOUNCE => d,
+                Ok(d) => {
+                    return Err(ConfigError::Invalid {
+                        setting: "reload_debounce",
+                        origin,
+                        reason: format!(
+                            "{} is longer than the {} limit",
+                            humantime::format_duration(d),
+                            humantime::format_duration(MAX_RELOAD_DEBOUNCE)
+                        ),
+                    })
+                }
+                Err(reason) => return Err(ConfigError::Invalid { setting: "reload_debounce", origin, reason }),
+            },
+        };
+        let refuse_expired = args.refuse_expired || f.refuse_expired.unwrap_or(false);
         let log_level = match pick!(log_level) {
             Some((s, origin)) => {
                 tracing_subscriber::EnvFilter::try_new(&s).map_err(|e| ConfigError::Invalid {
@@ -451,12 +525,13 @@ impl Config {
             file: path,
             listen,
             upstream,
-            tls: TlsSettings { cert, key, client_ca, client_auth, crls },
+            tls: TlsSettings { cert, key, client_ca, client_auth, crls, refuse_expired },
             identity,
             limits,
             drain_timeout,
             admin,
             upstream_check_interval,
+            reload: ReloadSettings { interval, debounce, watch: true },
             log_level,
             log_format: pick!(log_format).map(|v| v.0).unwrap_or_default(),
         })
@@ -495,6 +570,12 @@ fn at_least_one(setting: &'static str, v: Option<(usize, Origin)>, default: usiz
         Some((0, origin)) => Err(ConfigError::Invalid { setting, origin, reason: "must be at least 1".into() }),
         Some((n, _)) => Ok(n),
     }
+}
+
+/// "off" or a zero duration ("0", "0s") turns a periodic task off.
+fn is_off(s: &str) -> bool {
+    let s = s.trim();
+    s.eq_ignore_ascii_case("off") || s == "0" || parse_duration(s).is_ok_and(|d| d.is_zero())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -554,7 +635,13 @@ impl fmt::Display for Config {
             writeln!(f, "admin = \"{admin}\"")?;
         }
         writeln!(f, "upstream_check_interval = \"{}\"", d(self.upstream_check_interval))?;
-        write!(f, "drain_timeout = \"{}\"", d(self.drain_timeout))
+        writeln!(f, "drain_timeout = \"{}\"", d(self.drain_timeout))?;
+        match self.reload.interval {
+            Some(i) => writeln!(f, "reload_interval = \"{}\"", d(i))?,
+            None => writeln!(f, "reload_interval = \"off\"")?,
+        }
+        writeln!(f, "reload_debounce = \"{}\"", d(self.reload.debounce))?;
+        write!(f, "refuse_expired = {}", self.tls.refuse_expired)
     }
 }
 
@@ -601,6 +688,9 @@ mod tests {
         assert_eq!(cfg.identity.password, PasswordPolicy::Drop);
         assert_eq!(cfg.limits, Limits::default());
         assert_eq!(cfg.drain_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.reload.interval, Some(Duration::from_secs(60)));
+        assert_eq!(cfg.reload.debounce, Duration::from_millis(200));
+        assert!(!cfg.tls.refuse_expired);
     }
 
     #[test]
@@ -646,5 +736,63 @@ mod tests {
         let text = cfg.to_string();
         let back: FileConfig = toml::from_str(&text).expect("check output is valid config");
         assert_eq!(back.crl, vec![PathBuf::from("r.pem")]);
+    }
+
+    fn base() -> Vec<&'static str> {
+        vec!["--cert", "c", "--key", "k", "--client-auth", "none"]
+    }
+
+    #[test]
+    fn reload_interval_off_or_zero_disables_the_recheck() {
+        for off in ["off", "0", "0s", "OFF"] {
+            let mut a = base();
+            a.extend(["--reload-interval", off]);
+            assert_eq!(Config::merge(&args(&a), None).expect("valid").reload.interval, None, "{off}");
+        }
+    }
+
+    #[test]
+    fn reload_settings_are_read_from_the_file() {
+        let cfg = Config::merge(
+            &args(&base()),
+            file("reload_interval = \"5m\"\nreload_debounce = \"50ms\"\nrefuse_expired = true"),
+        )
+        .expect("valid");
+        assert_eq!(cfg.reload.interval, Some(Duration::from_secs(300)));
+        assert_eq!(cfg.reload.debounce, Duration::from_millis(50));
+        assert!(cfg.tls.refuse_expired);
+    }
+
+    #[test]
+    fn refuse_expired_flag_overrides_the_file_default() {
+        let mut a = base();
+        a.push("--refuse-expired");
+        assert!(Config::merge(&args(&a), None).expect("valid").tls.refuse_expired);
+    }
+
+    #[test]
+    fn bad_reload_interval_names_the_setting_and_file() {
+        let err = Config::merge(&args(&base()), file("reload_interval = \"soon\"")).expect_err("must fail");
+        assert!(err.to_string().starts_with("reload_interval (in /etc/mqtls/mqtls.toml)"), "{err}");
+    }
+
+    #[test]
+    fn overlong_reload_debounce_is_an_error_naming_the_setting() {
+        let mut a = base();
+        a.extend(["--reload-debounce", "5m"]);
+        let err = Config::merge(&args(&a), None).expect_err("must fail");
+        assert!(err.to_string().starts_with("reload_debounce (in command line)"), "{err}");
+    }
+
+    #[test]
+    fn check_output_round_trips_the_reload_settings() {
+        let mut a = base();
+        a.extend(["--reload-interval", "off", "--reload-debounce", "300ms", "--refuse-expired"]);
+        let text = Config::merge(&args(&a), None).expect("valid").to_string();
+        let back = Config::merge(&args(&[]), Some((PathBuf::from("/x/m.toml"), toml::from_str(&text).expect("toml"))))
+            .expect("valid");
+        assert_eq!(back.reload.interval, None);
+        assert_eq!(back.reload.debounce, Duration::from_millis(300));
+        assert!(back.tls.refuse_expired);
     }
 }

@@ -4,8 +4,8 @@
 //! A connection's life, one module per stage:
 //! [`tls`] handshake → [`connect`] read and edit the first packet → [`identity`] certificate → username →
 //! [`upstream`] broker connect → [`splice`] bytes both ways. [`proxy`] runs those stages for one
-//! connection, [`server`] accepts and drains, [`config`] and [`signal`] sit at the edges;
-//! [`admin`] and [`metrics`] are for operators.
+//! connection, [`server`] accepts and drains, [`reload`] swaps in rotated TLS files, [`config`] and
+//! [`signal`] sit at the edges; [`admin`] and [`metrics`] are for operators.
 #![forbid(unsafe_code)]
 // Nothing reachable from the network may panic: no unwrap/expect/indexing/panic outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
@@ -18,6 +18,7 @@ pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod signal;
 pub mod splice;
@@ -33,12 +34,26 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Runs everything: the proxy on `listener`, and with `admin` the admin endpoints and the broker
-/// reachability check behind `/readyz`. Returns once `shutdown` is cancelled and the drain is over;
-/// the admin endpoints stay up until then, so probes see the drain.
-pub async fn run(listener: TcpListener, admin: Option<TcpListener>, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+/// Runs everything: the proxy on `listener`; with `reloader`, certificate rotation (file watch, SIGHUP,
+/// periodic re-check); with `admin`, the admin endpoints and the broker check behind `/readyz`.
+/// Returns once `shutdown` is cancelled and the drain is over; the admin endpoints stay up until then,
+/// so probes see the drain. Fails only if the SIGHUP handler can't be installed.
+pub async fn run(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    proxy: Arc<Proxy>,
+    reloader: Option<Arc<reload::Reloader>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let side_tasks = TaskTracker::new();
     let side_stop = CancellationToken::new();
+    if let Some(reloader) = reloader {
+        // Installs the SIGHUP handler before the first connection is accepted.
+        let task = reloader.start(side_stop.clone())?;
+        side_tasks.spawn(async move {
+            let _ = task.await;
+        });
+    }
     if let Some(admin) = admin {
         side_tasks.spawn(admin::serve(admin, proxy.clone(), side_stop.clone()));
         side_tasks.spawn(admin::check_upstream(proxy.clone(), side_stop.clone()));
@@ -47,4 +62,5 @@ pub async fn run(listener: TcpListener, admin: Option<TcpListener>, proxy: Arc<P
     server::serve(listener, proxy, shutdown).await;
     side_stop.cancel();
     side_tasks.wait().await;
+    Ok(())
 }

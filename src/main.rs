@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use mqtls::config::{Cli, Command, Config, RunArgs};
-use mqtls::{identity, logging, Proxy};
+use mqtls::metrics::Metrics;
+use mqtls::reload::Reloader;
+use mqtls::{identity, logging, tls, Proxy};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
@@ -31,16 +33,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(args: &RunArgs) -> anyhow::Result<(Config, Proxy)> {
-    let config = Config::load(args)?;
-    let origin = config.origin();
-    let proxy = Proxy::new(config.clone()).map_err(|e| anyhow::anyhow!("{e} (settings from {origin})"))?;
-    Ok((config, proxy))
-}
-
 fn check(args: RunArgs) -> anyhow::Result<()> {
-    let (config, _) = load(&args)?;
-    println!("# configuration OK ({})", config.origin());
+    let config = Config::load(&args)?;
+    let origin = config.origin();
+    let in_origin = |e: tls::TlsError| anyhow::anyhow!("{e} (settings from {origin})");
+    let files = tls::TlsFiles::read(&config.tls).map_err(in_origin)?;
+    let leaf = tls::build(&config.tls, &files).map_err(in_origin)?.leaf;
+    println!("# configuration OK ({origin})");
+    println!(
+        "# server certificate: {} (serial {}, not after {}, sha256 {})",
+        leaf.subject, leaf.serial, leaf.not_after, leaf.sha256
+    );
+    match leaf.validity {
+        tls::Validity::Valid => {}
+        tls::Validity::Expired => println!("# WARNING: the server certificate EXPIRED at {}", leaf.not_after),
+        tls::Validity::NotYetValid => {
+            println!("# WARNING: the server certificate is NOT VALID before {}", leaf.not_before)
+        }
+    }
     println!("{config}");
     Ok(())
 }
@@ -56,13 +66,20 @@ fn print_identity(cert: &std::path::Path, from: identity::UsernameFrom) -> anyho
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (config, proxy) = load(&args)?;
+    let config = Config::load(&args)?;
+    // Logging first, so an expired certificate's warning at start-up reaches the log.
     logging::init(&config.log_level, config.log_format);
     // Each connection holds two descriptors; the usual soft limit (1024) would cap a proxy at ~500.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open-file limit"),
         Err(err) => tracing::warn!(%err, "could not raise the open-file limit"),
     }
+    let origin = config.origin();
+    let metrics = Arc::new(Metrics::new());
+    let reloader = Reloader::new(config.tls.clone(), config.reload, metrics.clone())
+        .map_err(|e| anyhow::anyhow!("{e} (settings from {origin})"))?;
+    let reloader = Arc::new(reloader);
+    let proxy = Proxy::with_tls(config.clone(), reloader.handle(), metrics);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -78,7 +95,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(mqtls::signal::watch(shutdown.clone()));
-        mqtls::run(listener, admin, Arc::new(proxy), shutdown).await;
+        mqtls::run(listener, admin, Arc::new(proxy), Some(reloader), shutdown)
+            .await
+            .context("installing the SIGHUP handler")?;
         signals.abort();
         Ok(())
     })

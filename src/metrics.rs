@@ -9,7 +9,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::certinfo::CertInfo;
+use crate::tls::Certificates;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -136,9 +136,9 @@ impl Metrics {
     }
 
     /// Replaces the certificate expiry gauges with those of the certificates now loaded.
-    pub fn set_certificates(&self, server: &[CertInfo], client_cas: &[CertInfo]) {
+    pub fn set_certificates(&self, certs: &Certificates) {
         self.cert_not_after.clear();
-        for (role, certs) in [("server", server), ("client_ca", client_cas)] {
+        for (role, certs) in [("server", &certs.server_chain), ("client_ca", &certs.client_ca)] {
             for (index, cert) in certs.iter().enumerate() {
                 let label = CertLabel { role, index: index as u32, serial: cert.serial.clone() };
                 self.cert_not_after.get_or_create(&label).set(cert.not_after);

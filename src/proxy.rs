@@ -16,7 +16,7 @@ use crate::connect::{self, Connect, ConnectError, Edit, ProtocolVersion, Refusal
 use crate::identity::{self, IdentityError};
 use crate::metrics::{DirectionLabel, Metrics, ReasonLabel};
 use crate::splice::{splice, SpliceStats};
-use crate::tls::{self, Loaded, TlsError, TlsHandle};
+use crate::tls::{self, TlsError, TlsFiles, TlsHandle};
 use crate::upstream::{UpstreamError, UpstreamStream};
 
 /// How long a refusal CONNACK may take to leave: a client that doesn't read must not hold the task.
@@ -26,24 +26,25 @@ const CONNACK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// operator-facing state (metrics, health).
 pub struct Proxy {
     pub config: Arc<Config>,
-    pub tls: TlsHandle,
-    pub metrics: Metrics,
+    /// Shared with the [`crate::reload::Reloader`], which publishes rotated configurations into it.
+    pub tls: Arc<TlsHandle>,
+    /// Shared with the reloader, which updates the certificate gauges and counts reloads.
+    pub metrics: Arc<Metrics>,
     pub health: Health,
 }
 
 impl Proxy {
-    /// Builds the TLS configuration from the files the config names.
+    /// Builds the TLS configuration once from the files the config names (no reloading).
     pub fn new(config: Config) -> Result<Proxy, TlsError> {
-        let loaded = tls::load(&config.tls)?;
-        let metrics = Metrics::new();
-        metrics.set_certificates(&loaded.certificates.server_chain, &loaded.certificates.client_ca);
-        Ok(Proxy { config: Arc::new(config), tls: TlsHandle::new(loaded), metrics, health: Health::default() })
+        let loaded = tls::build(&config.tls, &TlsFiles::read(&config.tls)?)?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_certificates(&loaded.certificates);
+        Ok(Proxy::with_tls(config, Arc::new(TlsHandle::new(&loaded)), metrics))
     }
 
-    /// Puts a newly loaded TLS configuration in force for every later handshake.
-    pub fn install(&self, loaded: Loaded) {
-        self.metrics.set_certificates(&loaded.certificates.server_chain, &loaded.certificates.client_ca);
-        self.tls.store(loaded);
+    /// A proxy serving whatever configuration `tls` holds at each handshake.
+    pub fn with_tls(config: Config, tls: Arc<TlsHandle>, metrics: Arc<Metrics>) -> Proxy {
+        Proxy { config: Arc::new(config), tls, metrics, health: Health::default() }
     }
 
     /// Counts a connection that ended before it was spliced, under every metric that describes why.

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -14,6 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
+use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
 use serde::Serialize;
@@ -28,12 +30,34 @@ pub enum TlsError {
     Read { setting: &'static str, path: PathBuf, reason: String },
     #[error("{setting}: {path} holds no PEM {what}")]
     Empty { setting: &'static str, path: PathBuf, what: &'static str },
+    #[error("{setting}: {path}: certificate {index} does not parse as X.509 ({reason})")]
+    BadCert { setting: &'static str, path: PathBuf, index: usize, reason: String },
     #[error("key: {key} does not belong to the first certificate in {cert} ({reason})")]
     KeyMismatch { cert: PathBuf, key: PathBuf, reason: String },
     #[error("client_ca: {path}: certificate {index} is not a usable CA certificate ({reason})")]
     BadCa { path: PathBuf, index: usize, reason: String },
+    #[error("cert: {path}: the server certificate expired at {not_after} (refuse_expired is set)")]
+    Expired { path: PathBuf, not_after: String },
+    #[error("cert: {path}: the server certificate is not valid before {not_before} (refuse_expired is set)")]
+    NotYetValid { path: PathBuf, not_before: String },
     #[error("{setting}: {reason}")]
     Verifier { setting: &'static str, reason: String },
+}
+
+impl TlsError {
+    /// Bounded label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TlsError::Read { .. } => "read",
+            TlsError::Empty { .. } => "empty",
+            TlsError::BadCert { .. } => "bad_cert",
+            TlsError::KeyMismatch { .. } => "key_mismatch",
+            TlsError::BadCa { .. } => "bad_ca",
+            TlsError::Expired { .. } => "expired",
+            TlsError::NotYetValid { .. } => "not_yet_valid",
+            TlsError::Verifier { .. } => "verifier",
+        }
+    }
 }
 
 /// The crypto provider chosen at build time (cargo feature `aws-lc-rs`, the default, or `ring`).
@@ -46,7 +70,96 @@ pub fn provider() -> Arc<CryptoProvider> {
     compile_error!("enable the cargo feature aws-lc-rs or ring");
 }
 
-/// The certificates in force, described for `/certs`, the expiry metrics and the logs.
+/// One configured file's bytes and the setting that names it.
+#[derive(Debug, Clone)]
+pub struct TlsFile {
+    pub setting: &'static str,
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+impl TlsFile {
+    /// Reads `path` through any symlinks as they are now: a Kubernetes secret swaps its `..data`
+    /// link, so a path resolved at start-up would keep pointing at a deleted directory.
+    fn read(setting: &'static str, path: &Path) -> Result<TlsFile, TlsError> {
+        let bytes = std::fs::read(path).map_err(|e| TlsError::Read {
+            setting,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(TlsFile { setting, path: path.to_path_buf(), bytes })
+    }
+
+    pub fn sha256(&self) -> [u8; 32] {
+        Sha256::digest(&self.bytes).into()
+    }
+}
+
+/// Every file the TLS configuration is built from, read in one pass so that what a reload hashes is
+/// exactly what it builds.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: TlsFile,
+    pub key: TlsFile,
+    /// Read only when client certificates are asked for.
+    pub client_ca: Option<TlsFile>,
+    pub crls: Vec<TlsFile>,
+}
+
+impl TlsFiles {
+    pub fn read(settings: &TlsSettings) -> Result<TlsFiles, TlsError> {
+        let client_ca = match (settings.client_auth, &settings.client_ca) {
+            (ClientAuth::None, _) => None,
+            (_, Some(path)) => Some(TlsFile::read("client_ca", path)?),
+            (_, None) => {
+                return Err(TlsError::Verifier {
+                    setting: "client_ca",
+                    reason: "client certificates are asked for but no client_ca bundle is set".into(),
+                })
+            }
+        };
+        let crls = match settings.client_auth {
+            ClientAuth::None => Vec::new(),
+            _ => settings.crls.iter().map(|p| TlsFile::read("crl", p)).collect::<Result<_, _>>()?,
+        };
+        Ok(TlsFiles {
+            cert: TlsFile::read("cert", &settings.cert)?,
+            key: TlsFile::read("key", &settings.key)?,
+            client_ca,
+            crls,
+        })
+    }
+
+    /// Every file, in a fixed order (cert, key, client CA, CRLs).
+    pub fn iter(&self) -> impl Iterator<Item = &TlsFile> {
+        [&self.cert, &self.key].into_iter().chain(self.client_ca.as_ref()).chain(self.crls.iter())
+    }
+}
+
+/// Whether the leaf certificate is within its validity period now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    Valid,
+    Expired,
+    NotYetValid,
+}
+
+/// What an operator needs to recognise the server certificate in service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafInfo {
+    pub subject: String,
+    /// Hex, colon-separated, as `openssl x509 -serial` shows it (modulo colons).
+    pub serial: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// SHA-256 of the DER certificate, hex: the fingerprint `openssl x509 -fingerprint -sha256` prints.
+    pub sha256: String,
+    pub validity: Validity,
+}
+
+/// The certificates in force, described for `/certs` and the expiry metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct Certificates {
     /// RFC 3339, UTC.
@@ -55,37 +168,62 @@ pub struct Certificates {
     pub client_ca: Vec<CertInfo>,
 }
 
-/// A complete, validated TLS configuration and what it was built from.
+/// A built server configuration, the leaf certificate it presents, and all its certificates described.
 pub struct Loaded {
     pub config: Arc<ServerConfig>,
+    pub leaf: LeafInfo,
     pub certificates: Arc<Certificates>,
 }
 
-/// Reads every file named by `settings` once and builds a complete server configuration
-/// (TLS 1.2 and 1.3), with a description of its certificates.
-pub fn load(settings: &TlsSettings) -> Result<Loaded, TlsError> {
+/// Reads every file named by `settings` and builds a complete server configuration (TLS 1.2 and 1.3).
+pub fn build_server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    Ok(build(settings, &TlsFiles::read(settings)?)?.config)
+}
+
+/// Validates `files` and builds a complete server configuration from them: every PEM parses, every
+/// chain certificate is X.509, the key matches the leaf, the CA bundle and CRLs parse, and (with
+/// `refuse_expired`) the leaf is within its validity period.
+pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsError> {
     let provider = provider();
-    let chain = read_certs("cert", &settings.cert)?;
+    let chain = parse_certs(&files.cert)?;
+    let leaf = leaf_info(&files.cert, &chain)?;
     let server_chain = chain.iter().filter_map(|c| CertInfo::from_der(c)).collect();
     let mut client_ca = Vec::new();
-    let key =
-        PrivateKeyDer::from_pem_file(&settings.key).map_err(|e| pem_error("key", &settings.key, "private key", e))?;
+    if settings.refuse_expired {
+        match leaf.validity {
+            Validity::Valid => {}
+            Validity::Expired => {
+                return Err(TlsError::Expired { path: files.cert.path.clone(), not_after: leaf.not_after })
+            }
+            Validity::NotYetValid => {
+                return Err(TlsError::NotYetValid { path: files.cert.path.clone(), not_before: leaf.not_before })
+            }
+        }
+    }
+    let key = PrivateKeyDer::from_pem_slice(&files.key.bytes)
+        .map_err(|e| pem_error("key", &files.key.path, "private key", e))?;
 
-    let verifier = match settings.client_auth {
-        ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
-        auth => {
-            let ca_path = settings.client_ca.as_deref().ok_or(TlsError::Verifier {
+    let verifier = match (settings.client_auth, &files.client_ca) {
+        (ClientAuth::None, _) => WebPkiClientVerifier::no_client_auth(),
+        (_, None) => {
+            return Err(TlsError::Verifier {
                 setting: "client_ca",
                 reason: "client certificates are asked for but no client_ca bundle is set".into(),
-            })?;
+            })
+        }
+        (auth, Some(ca_file)) => {
             let mut roots = RootCertStore::empty();
-            for (index, ca) in read_certs("client_ca", ca_path)?.into_iter().enumerate() {
+            for (index, ca) in parse_certs(ca_file)?.into_iter().enumerate() {
                 client_ca.extend(CertInfo::from_der(&ca));
-                roots.add(ca).map_err(|e| TlsError::BadCa { path: ca_path.into(), index, reason: e.to_string() })?;
+                roots.add(ca).map_err(|e| TlsError::BadCa {
+                    path: ca_file.path.clone(),
+                    index,
+                    reason: e.to_string(),
+                })?;
             }
             let mut crls = Vec::new();
-            for path in &settings.crls {
-                crls.extend(read_crls(path)?);
+            for file in &files.crls {
+                crls.extend(parse_crls(file)?);
             }
             let mut builder =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).with_crls(crls);
@@ -100,36 +238,80 @@ pub fn load(settings: &TlsSettings) -> Result<Loaded, TlsError> {
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Verifier { setting: "tls", reason: e.to_string() })?
         .with_client_cert_verifier(verifier)
+        // Checks that the key's public half is the leaf's (rustls 0.23 `CertifiedKey::from_der`).
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::KeyMismatch {
-            cert: settings.cert.clone(),
-            key: settings.key.clone(),
+            cert: files.cert.path.clone(),
+            key: files.key.path.clone(),
             reason: e.to_string(),
         })?;
     let loaded_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    Ok(Loaded { config: Arc::new(config), certificates: Arc::new(Certificates { loaded_at, server_chain, client_ca }) })
+    let certificates = Arc::new(Certificates { loaded_at, server_chain, client_ca });
+    Ok(Loaded { config: Arc::new(config), leaf, certificates })
 }
 
-fn read_certs(setting: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(setting, path, "certificate", e))?
+fn parse_certs(file: &TlsFile) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(&file.bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(setting, path, "certificate", e))?;
+        .map_err(|e| pem_error(file.setting, &file.path, "certificate", e))?;
     if certs.is_empty() {
-        return Err(TlsError::Empty { setting, path: path.into(), what: "CERTIFICATE" });
+        return Err(TlsError::Empty { setting: file.setting, path: file.path.clone(), what: "CERTIFICATE" });
     }
     Ok(certs)
 }
 
-fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let crls = CertificateRevocationListDer::pem_file_iter(path)
-        .map_err(|e| pem_error("crl", path, "X509 CRL", e))?
+fn parse_crls(file: &TlsFile) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crls = CertificateRevocationListDer::pem_slice_iter(&file.bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error("crl", path, "X509 CRL", e))?;
+        .map_err(|e| pem_error("crl", &file.path, "X509 CRL", e))?;
     if crls.is_empty() {
-        return Err(TlsError::Empty { setting: "crl", path: path.into(), what: "X509 CRL" });
+        return Err(TlsError::Empty { setting: "crl", path: file.path.clone(), what: "X509 CRL" });
     }
     Ok(crls)
+}
+
+/// Parses every certificate of the chain (so a truncated intermediate is caught now, not by clients)
+/// and describes the leaf.
+fn leaf_info(file: &TlsFile, chain: &[CertificateDer<'static>]) -> Result<LeafInfo, TlsError> {
+    let mut leaf = None;
+    for (index, der) in chain.iter().enumerate() {
+        let bad = |reason: String| TlsError::BadCert { setting: file.setting, path: file.path.clone(), index, reason };
+        let (rest, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(bad(format!("{} bytes after the certificate", rest.len())));
+        }
+        if index == 0 {
+            let validity = cert.validity();
+            let now = x509_parser::time::ASN1Time::now();
+            leaf = Some(LeafInfo {
+                subject: cert.subject().to_string(),
+                serial: cert.raw_serial_as_string(),
+                not_before: rfc3339(validity.not_before),
+                not_after: rfc3339(validity.not_after),
+                sha256: hex(&Sha256::digest(der.as_ref())),
+                validity: if now < validity.not_before {
+                    Validity::NotYetValid
+                } else if now > validity.not_after {
+                    Validity::Expired
+                } else {
+                    Validity::Valid
+                },
+            });
+        }
+    }
+    leaf.ok_or(TlsError::Empty { setting: file.setting, path: file.path.clone(), what: "CERTIFICATE" })
+}
+
+fn rfc3339(t: x509_parser::time::ASN1Time) -> String {
+    match u64::try_from(t.timestamp()) {
+        Ok(secs) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string(),
+        Err(_) => t.to_string(),
+    }
+}
+
+/// Lower-case hex, no separators.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn pem_error(setting: &'static str, path: &Path, what: &'static str, e: rustls::pki_types::pem::Error) -> TlsError {
@@ -148,8 +330,11 @@ pub struct TlsHandle {
 }
 
 impl TlsHandle {
-    pub fn new(loaded: Loaded) -> Self {
-        TlsHandle { current: ArcSwap::new(loaded.config), certificates: ArcSwap::new(loaded.certificates) }
+    pub fn new(loaded: &Loaded) -> Self {
+        TlsHandle {
+            current: ArcSwap::new(loaded.config.clone()),
+            certificates: ArcSwap::new(loaded.certificates.clone()),
+        }
     }
 
     /// The certificates of the configuration in force.
@@ -163,9 +348,9 @@ impl TlsHandle {
     }
 
     /// Publishes a new configuration for every later handshake; established connections keep theirs.
-    pub fn store(&self, loaded: Loaded) {
-        self.current.store(loaded.config);
-        self.certificates.store(loaded.certificates);
+    pub fn store(&self, loaded: &Loaded) {
+        self.current.store(loaded.config.clone());
+        self.certificates.store(loaded.certificates.clone());
     }
 }
 

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqtls::config::{
-    ClientAuth, ClientUsername, Config, IdentityPolicy, Limits, LogFormat, PasswordPolicy, TlsSettings,
+    ClientAuth, ClientUsername, Config, IdentityPolicy, Limits, LogFormat, PasswordPolicy, ReloadSettings, TlsSettings,
 };
 use mqtls::identity::UsernameFrom;
+use mqtls::reload::Reloader;
 use mqtls::upstream::Upstream;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -59,6 +60,16 @@ impl Ca {
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
+    }
+
+    /// A server certificate for localhost and 127.0.0.1 with the given CN and a fresh key (and so a
+    /// distinct serial: rcgen derives it from the public key).
+    pub fn server(&self, cn: &str) -> Leaf {
+        self.issue(false, |p| {
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.subject_alt_names =
+                vec![SanType::DnsName("localhost".try_into().expect("dns")), SanType::IpAddress([127, 0, 0, 1].into())];
+        })
     }
 
     /// A client certificate with the given CN.
@@ -124,11 +135,7 @@ impl Pki {
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Ca::new("mqtls test CA");
-        let server = ca.issue(false, |p| {
-            p.distinguished_name.push(DnType::CommonName, "localhost");
-            p.subject_alt_names =
-                vec![SanType::DnsName("localhost".try_into().expect("dns")), SanType::IpAddress([127, 0, 0, 1].into())];
-        });
+        let server = ca.server("localhost");
         let ca_file = dir.path().join("ca.crt");
         std::fs::write(&ca_file, &ca.pem).expect("write ca");
         let (server_cert, server_key) = server.write(dir.path(), "server");
@@ -151,6 +158,7 @@ impl Pki {
                 client_ca: Some(self.ca_file.clone()),
                 client_auth: ClientAuth::Required,
                 crls: vec![],
+                refuse_expired: false,
             },
             identity: IdentityPolicy {
                 username_from: UsernameFrom::Cn,
@@ -161,6 +169,7 @@ impl Pki {
             drain_timeout: Duration::from_secs(5),
             admin: None,
             upstream_check_interval: Duration::from_millis(200),
+            reload: ReloadSettings::default(),
             log_level: "info".into(),
             log_format: LogFormat::Text,
         }
@@ -355,14 +364,33 @@ impl Mqtls {
     }
 
     async fn launch(config: Config, with_admin: bool) -> Mqtls {
-        let proxy = Arc::new(mqtls::Proxy::new(config).expect("valid TLS config"));
+        Self::launch_with(config, with_admin, None).await
+    }
+
+    /// Like `start`, with a running reloader (watch, debounce, SIGHUP, re-check as `config.reload` says).
+    pub async fn start_reloading(config: Config) -> (Mqtls, Arc<Reloader>) {
+        let metrics = Arc::new(mqtls::metrics::Metrics::new());
+        let reloader =
+            Arc::new(Reloader::new(config.tls.clone(), config.reload, metrics.clone()).expect("valid TLS config"));
+        let proxy = mqtls::Proxy::with_tls(config, reloader.handle(), metrics);
+        (Self::launch_with_proxy(proxy, false, Some(reloader.clone())).await, reloader)
+    }
+
+    async fn launch_with(config: Config, with_admin: bool, reloader: Option<Arc<Reloader>>) -> Mqtls {
+        let proxy = mqtls::Proxy::new(config).expect("valid TLS config");
+        Self::launch_with_proxy(proxy, with_admin, reloader).await
+    }
+
+    async fn launch_with_proxy(proxy: mqtls::Proxy, with_admin: bool, reloader: Option<Arc<Reloader>>) -> Mqtls {
+        let proxy = Arc::new(proxy);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let admin_listener =
             if with_admin { Some(TcpListener::bind("127.0.0.1:0").await.expect("bind admin")) } else { None };
         let admin = admin_listener.as_ref().map(|l| l.local_addr().expect("admin addr"));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(mqtls::run(listener, admin_listener, proxy.clone(), shutdown.clone()));
+        let run = mqtls::run(listener, admin_listener, proxy.clone(), reloader, shutdown.clone());
+        let task = tokio::spawn(async move { run.await.expect("SIGHUP handler") });
         Mqtls { addr, admin, proxy, shutdown, task: Some(task) }
     }
 
@@ -715,4 +743,128 @@ where
 pub fn write_file(path: &Path, text: &str) {
     let mut f = std::fs::File::create(path).expect("create");
     f.write_all(text.as_bytes()).expect("write");
+}
+
+/// Replaces `path` the way editors and `cp`/`mv` deployments do: write a temporary file beside it,
+/// then rename it over the old one (a new inode).
+pub fn replace_by_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-new");
+    write_file(&tmp, text);
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// A volume laid out exactly as Kubernetes' AtomicWriter lays out a secret or configmap:
+/// `..<timestamp>/` holds the files, `..data` -> `..<timestamp>`, and each visible name is a symlink
+/// through `..data` (`tls.crt` -> `..data/tls.crt`). An update writes a new timestamped directory,
+/// creates `..data_tmp` pointing at it, renames that over `..data`, then removes the old directory.
+pub struct K8sVolume {
+    pub dir: PathBuf,
+    generation: u32,
+}
+
+impl K8sVolume {
+    pub fn create(dir: &Path, files: &[(&str, &str)]) -> K8sVolume {
+        std::fs::create_dir_all(dir).expect("volume dir");
+        let mut v = K8sVolume { dir: dir.to_path_buf(), generation: 0 };
+        v.update(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).expect("user-visible symlink");
+        }
+        v
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn ts_dir(&self, generation: u32) -> String {
+        // The real writer uses the time (`..2006_01_02_15_04_05.000000000`); a counter keeps names unique.
+        format!("..2026_11_27_21_00_{:02}.{:09}", generation % 60, 123_456_789 + generation)
+    }
+
+    pub fn update(&mut self, files: &[(&str, &str)]) {
+        let old = self.dir.join("..data").read_link().ok();
+        self.generation += 1;
+        let ts = self.ts_dir(self.generation);
+        let ts_path = self.dir.join(&ts);
+        std::fs::create_dir(&ts_path).expect("timestamped dir");
+        for (name, text) in files {
+            write_file(&ts_path.join(name), text);
+        }
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&ts, &tmp).expect("..data_tmp");
+        std::fs::rename(&tmp, self.dir.join("..data")).expect("swap ..data");
+        if let Some(old) = old {
+            std::fs::remove_dir_all(self.dir.join(old)).expect("remove old timestamped dir");
+        }
+    }
+}
+
+/// The server certificate mqtls presents to a client holding `client`, or the handshake error.
+pub async fn presented_cert(port: u16, client: Arc<rustls::ClientConfig>) -> std::io::Result<CertificateDer<'static>> {
+    let tls = tokio::time::timeout(WAIT, tls_connect(port, client))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
+    leaf.ok_or_else(|| std::io::Error::other("server presented no certificate"))
+}
+
+/// Handshakes until the server presents `want`; returns how long that took. Panics after `limit`.
+pub async fn wait_presented(
+    port: u16,
+    client: &Arc<rustls::ClientConfig>,
+    want: &CertificateDer<'static>,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        match presented_cert(port, client.clone()).await {
+            Ok(der) if der == *want => return started.elapsed(),
+            Ok(_) => {}
+            Err(e) => panic!("handshake failed while waiting for the new certificate: {e}"),
+        }
+        assert!(started.elapsed() < limit, "new certificate not presented within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Handshakes with `client`, sends a CONNECT and reports whether the broker's CONNACK came back: the
+/// client certificate was accepted. A refused certificate fails the handshake or its first read.
+pub async fn mqtt_accepted(port: u16, client: Arc<rustls::ClientConfig>) -> bool {
+    let Ok(mut tls) = tls_connect(port, client).await else { return false };
+    if tls.write_all(&packet::connect(4, "probe", None, None)).await.is_err() {
+        return false;
+    }
+    matches!(read_exact_within(&mut tls, 4).await, Ok(ack) if ack == [0x20, 2, 0, 0])
+}
+
+/// Polls `mqtt_accepted` until it equals `want`; returns the time taken or panics after `limit`.
+pub async fn wait_accepted(port: u16, client: &Arc<rustls::ClientConfig>, want: bool, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while mqtt_accepted(port, client.clone()).await != want {
+        assert!(started.elapsed() < limit, "client acceptance did not become {want} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// Reads one MQTT packet: (first header byte, body).
+pub async fn read_packet<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Result<(u8, Vec<u8>)> {
+    tokio::time::timeout(WAIT, async {
+        let first = s.read_u8().await?;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = s.read_u8().await?;
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await?;
+        Ok((first, body))
+    })
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no packet"))?
 }

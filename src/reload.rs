@@ -1,0 +1,390 @@
+//! Hot reload of the TLS material: certificate chain, key, client CA bundle and CRLs rotate without a
+//! restart and without touching an established connection.
+//!
+//! Three triggers feed one [`Reloader::reload`]: a `notify` watch on the *directories* holding the files
+//! (debounced), SIGHUP, and a periodic re-check by content hash. Directories rather than files, because
+//! editors, `cp`/`mv` and Kubernetes all replace a file by rename (Kubernetes by swapping a `..data`
+//! symlink to a fresh timestamped directory), and a watch on the old inode then sees nothing. The
+//! re-check covers file systems whose changes inotify never reports (NFS, some volume drivers).
+//!
+//! A reload reads every file, skips if their hashes are what is already loaded, builds and validates a
+//! whole new `ServerConfig`, and only then publishes it; on any failure the last good configuration
+//! stays in service and the failed set is *not* remembered, so the next event retries. That rule is
+//! what pairs a certificate with its key: while only one of them is new the key does not match the
+//! leaf, the build fails, and the write of the other half triggers the retry that succeeds.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{ReloadSettings, TlsSettings};
+use crate::metrics::{Metrics, ResultLabel};
+use crate::tls::{self, LeafInfo, TlsError, TlsFiles, TlsHandle, Validity};
+
+/// However busy a directory is, a burst of events delays the reload by at most this many debounce
+/// periods: keeps "new files in use within 2 s" true next to a file that is rewritten continuously.
+const MAX_DEBOUNCE_PERIODS: u32 = 5;
+
+/// Symlink hops followed when collecting the directories to watch (the kernel's own limit is 40).
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// What triggered a reload, for the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadReason {
+    Startup,
+    /// A file event in a watched directory, after the debounce.
+    Watch,
+    Sighup,
+    /// The periodic content-hash re-check.
+    Poll,
+}
+
+impl fmt::Display for ReloadReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReloadReason::Startup => "startup",
+            ReloadReason::Watch => "watch",
+            ReloadReason::Sighup => "sighup",
+            ReloadReason::Poll => "poll",
+        })
+    }
+}
+
+/// The result of a successful [`Reloader::reload`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// Every file hashes as the configuration in service: nothing was built.
+    Unchanged,
+    /// A new configuration is in service for every later handshake.
+    Reloaded {
+        /// The files whose content differs from the previous good set.
+        changed: Vec<PathBuf>,
+        leaf: LeafInfo,
+    },
+}
+
+/// What the reloader remembers between attempts.
+struct State {
+    /// (path, SHA-256) of every file of the configuration in service, in `TlsFiles::iter` order.
+    loaded: Vec<(PathBuf, [u8; 32])>,
+    /// The last failure logged at error level, so an unchanged bad set polled every minute does not
+    /// repeat the same line forever.
+    last_error: Option<String>,
+}
+
+/// Owns the TLS settings and the handle every handshake reads; see the module documentation.
+pub struct Reloader {
+    tls: TlsSettings,
+    settings: ReloadSettings,
+    handle: Arc<TlsHandle>,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+}
+
+impl Reloader {
+    /// Loads the files once (with the same validation and warnings as every reload) and returns a
+    /// reloader serving that configuration.
+    pub fn new(tls: TlsSettings, settings: ReloadSettings, metrics: Arc<Metrics>) -> Result<Reloader, TlsError> {
+        let files = TlsFiles::read(&tls)?;
+        let loaded = tls::build(&tls, &files)?;
+        let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+        log_loaded(ReloadReason::Startup, &paths, &loaded.leaf);
+        metrics.set_certificates(&loaded.certificates);
+        Ok(Reloader {
+            tls,
+            settings,
+            handle: Arc::new(TlsHandle::new(&loaded)),
+            metrics,
+            state: Mutex::new(State { loaded: digests(&files), last_error: None }),
+        })
+    }
+
+    /// The handle to give the proxy: it always holds the newest good configuration.
+    pub fn handle(&self) -> Arc<TlsHandle> {
+        self.handle.clone()
+    }
+
+    /// Re-reads every file (through symlinks as they are now) and, if any content changed, validates
+    /// and publishes a new configuration. On failure the configuration in service is kept and the
+    /// error is logged once (naming the file and the reason) and returned.
+    pub fn reload(&self, reason: ReloadReason) -> Result<ReloadOutcome, TlsError> {
+        let mut state = self.lock();
+        let result = TlsFiles::read(&self.tls).and_then(|files| {
+            let now = digests(&files);
+            if now == state.loaded {
+                return Ok((now, None));
+            }
+            tls::build(&self.tls, &files).map(|loaded| (now, Some(loaded)))
+        });
+        match result {
+            Ok((_, None)) => {
+                debug!(%reason, "TLS files unchanged");
+                Ok(ReloadOutcome::Unchanged)
+            }
+            Ok((now, Some(loaded))) => {
+                let changed: Vec<PathBuf> =
+                    now.iter().filter(|entry| !state.loaded.contains(entry)).map(|(path, _)| path.clone()).collect();
+                self.handle.store(&loaded);
+                self.metrics.set_certificates(&loaded.certificates);
+                self.metrics.reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
+                state.loaded = now;
+                state.last_error = None;
+                log_loaded(reason, &changed, &loaded.leaf);
+                Ok(ReloadOutcome::Reloaded { changed, leaf: loaded.leaf })
+            }
+            Err(err) => {
+                self.metrics.reloads.get_or_create(&ResultLabel { result: "error" }).inc();
+                let text = err.to_string();
+                if state.last_error.as_deref() == Some(text.as_str()) {
+                    debug!(%reason, %err, "TLS reload still failing; keeping the configuration in service");
+                } else {
+                    error!(%reason, kind = err.label(), %err, "TLS reload failed; keeping the configuration in service");
+                    state.last_error = Some(text);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Installs the SIGHUP handler and the directory watch now (so a SIGHUP that arrives once this
+    /// returns reloads instead of killing the process, and no write after it goes unseen), then runs
+    /// the watch, debounce and re-check loop until `shutdown`.
+    ///
+    /// Takes `Arc<Self>` rather than `self` so callers (tests, an admin endpoint) can still trigger
+    /// [`Reloader::reload`] while the loop runs.
+    pub fn start(self: Arc<Self>, shutdown: CancellationToken) -> std::io::Result<JoinHandle<()>> {
+        let hup = signal(SignalKind::hangup())?;
+        let (tx, events) = mpsc::unbounded_channel();
+        let watch = self.settings.watch.then(|| {
+            let mut w = DirWatch::new(tx);
+            w.sync(&self.tls);
+            w
+        });
+        Ok(tokio::spawn(self.run(hup, watch, events, shutdown)))
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut hup: Signal,
+        mut watch: Option<DirWatch>,
+        mut events: mpsc::UnboundedReceiver<WatchEvent>,
+        shutdown: CancellationToken,
+    ) {
+        let mut poll = self.settings.interval.map(|period| {
+            let mut i = tokio::time::interval_at(Instant::now() + period, period);
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        });
+        let debounce = self.settings.debounce;
+        // (first event of the burst, reload at). Starts due: a write between the initial load and the
+        // watch being in place produced no event, so look once now.
+        let now = Instant::now();
+        let mut pending: Option<(Instant, Instant)> = watch.is_some().then_some((now, now));
+        info!(
+            watch = self.settings.watch,
+            interval = ?self.settings.interval,
+            debounce = ?debounce,
+            "watching TLS files for changes (SIGHUP reloads at once)"
+        );
+        loop {
+            let due = pending.map(|(_, at)| at);
+            let reason = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading TLS files");
+                    ReloadReason::Sighup
+                }
+                Some(event) = events.recv() => {
+                    if watch.as_ref().is_some_and(|w| w.is_relevant(&event)) {
+                        let now = Instant::now();
+                        let first = pending.map_or(now, |(first, _)| first);
+                        let at = (now + debounce).min(first + debounce * MAX_DEBOUNCE_PERIODS);
+                        pending = Some((first, at));
+                    }
+                    continue;
+                }
+                _ = sleep_until(due), if due.is_some() => ReloadReason::Watch,
+                _ = tick(&mut poll) => ReloadReason::Poll,
+            };
+            pending = None;
+            if let Some(w) = watch.as_mut() {
+                // A replaced directory or a new symlink target needs a fresh watch before reading, so a
+                // write landing during the reload still produces an event.
+                w.sync(&self.tls);
+            }
+            let this = self.clone();
+            // File reads and certificate parsing block; keep them off the runtime's worker threads.
+            if let Err(err) = tokio::task::spawn_blocking(move || this.reload(reason)).await {
+                error!(%err, "TLS reload task failed");
+            }
+        }
+        debug!("TLS reloader stopped");
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a harmful way: at worst the
+        // next reload rebuilds an unchanged set.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn digests(files: &TlsFiles) -> Vec<(PathBuf, [u8; 32])> {
+    files.iter().map(|f| (f.path.clone(), f.sha256())).collect()
+}
+
+fn log_loaded(reason: ReloadReason, changed: &[PathBuf], leaf: &LeafInfo) {
+    let files: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
+    let files = files.join(", ");
+    let message =
+        if reason == ReloadReason::Startup { "TLS configuration loaded" } else { "TLS configuration reloaded" };
+    info!(
+        %reason,
+        files,
+        subject = %leaf.subject,
+        serial = %leaf.serial,
+        not_after = %leaf.not_after,
+        sha256 = %leaf.sha256,
+        "{message}"
+    );
+    match leaf.validity {
+        Validity::Valid => {}
+        Validity::Expired => warn!(
+            subject = %leaf.subject,
+            not_after = %leaf.not_after,
+            "SERVER CERTIFICATE EXPIRED: clients will refuse the handshake; loaded anyway because \
+             refuse_expired is false"
+        ),
+        Validity::NotYetValid => warn!(
+            subject = %leaf.subject,
+            not_before = %leaf.not_before,
+            "SERVER CERTIFICATE NOT YET VALID: clients will refuse the handshake until not_before; loaded \
+             anyway because refuse_expired is false"
+        ),
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(poll: &mut Option<Interval>) {
+    match poll {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+type WatchEvent = Result<notify::Event, notify::Error>;
+
+/// The directory watch: the directories holding every configured file (and every symlink hop's
+/// target), plus their parents so that replacing a whole directory is seen too.
+struct DirWatch {
+    tx: mpsc::UnboundedSender<WatchEvent>,
+    watcher: Option<notify::RecommendedWatcher>,
+    /// Directories that directly hold a configured file or a symlink on the way to one.
+    file_dirs: BTreeSet<PathBuf>,
+    /// What is watched now: each directory with the inode it had, to notice a replaced directory.
+    watched: Vec<(PathBuf, Option<(u64, u64)>)>,
+}
+
+impl DirWatch {
+    fn new(tx: mpsc::UnboundedSender<WatchEvent>) -> DirWatch {
+        DirWatch { tx, watcher: None, file_dirs: BTreeSet::new(), watched: Vec::new() }
+    }
+
+    /// Re-creates the watch if the set of directories, or any directory's inode, changed since the
+    /// last call. Directories that do not exist (yet) are skipped; their parent's watch reports them.
+    fn sync(&mut self, settings: &TlsSettings) {
+        let file_dirs = file_dirs(settings);
+        let mut all = file_dirs.clone();
+        all.extend(file_dirs.iter().filter_map(|d| d.parent().map(Path::to_path_buf)));
+        let wanted: Vec<(PathBuf, Option<(u64, u64)>)> = all.into_iter().map(|d| (d.clone(), inode(&d))).collect();
+        self.file_dirs = file_dirs;
+        if self.watcher.is_some() && wanted == self.watched {
+            return;
+        }
+        // Dropping the old watcher first releases its inotify watches.
+        self.watcher = None;
+        let tx = self.tx.clone();
+        let mut watcher = match notify::recommended_watcher(move |event: WatchEvent| {
+            let _ = tx.send(event);
+        }) {
+            Ok(w) => w,
+            Err(err) => {
+                warn!(%err, "cannot watch the TLS directories; relying on SIGHUP and the periodic re-check");
+                self.watched = Vec::new();
+                return;
+            }
+        };
+        for (dir, ino) in &wanted {
+            if ino.is_none() {
+                continue;
+            }
+            if let Err(err) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                warn!(dir = %dir.display(), %err, "cannot watch directory; relying on the periodic re-check for it");
+            }
+        }
+        debug!(dirs = ?wanted.iter().map(|(d, _)| d.display().to_string()).collect::<Vec<_>>(), "watching");
+        self.watcher = Some(watcher);
+        self.watched = wanted;
+    }
+
+    /// Whether `event` may concern a configured file. Opens and reads (including the reloader's own)
+    /// are not changes; events in a parent directory matter only when they name a file directory.
+    fn is_relevant(&self, event: &WatchEvent) -> bool {
+        let Ok(event) = event else { return true };
+        match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
+            EventKind::Access(_) => return false,
+            _ => {}
+        }
+        // No paths: an overflow or rescan notice; something may have changed.
+        event.paths.is_empty()
+            || event
+                .paths
+                .iter()
+                .any(|p| self.file_dirs.contains(p) || p.parent().is_some_and(|parent| self.file_dirs.contains(parent)))
+    }
+}
+
+/// The directories that hold each configured file and every symlink on the way to it, absolute.
+fn file_dirs(settings: &TlsSettings) -> BTreeSet<PathBuf> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let files = [&settings.cert, &settings.key].into_iter().chain(settings.client_ca.as_ref()).chain(&settings.crls);
+    let mut dirs = BTreeSet::new();
+    for file in files {
+        let mut path = cwd.join(file);
+        for _ in 0..MAX_SYMLINK_HOPS {
+            let Some(parent) = path.parent().map(Path::to_path_buf) else { break };
+            if let Ok(real) = parent.canonicalize() {
+                dirs.insert(real);
+            }
+            dirs.insert(parent.clone());
+            match std::fs::read_link(&path) {
+                Ok(target) => path = parent.join(target),
+                Err(_) => break,
+            }
+        }
+    }
+    dirs
+}
+
+fn inode(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
+}

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -505,67 +504,22 @@ async fn twenty_rotations_under_load_drop_nothing_and_fail_no_handshake() {
 // ---------------------------------------------------------------------------------------------
 // The binary
 
-/// The mqtls binary, killed when dropped, with its JSON log in a file.
-struct Binary {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl Binary {
-    /// Starts mqtls on `port` with `pki`'s files plus `extra` flags; waits until it accepts.
-    fn start(pki: &Pki, port: u16, extra: &[&str]) -> Binary {
-        let log = pki.path("mqtls.log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtls"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("127.0.0.1:{}", free_port())])
-            .args(["--log-format", "json"])
-            .arg("--cert")
-            .arg(&pki.server_cert)
-            .arg("--key")
-            .arg(&pki.server_key)
-            .arg("--client-ca")
-            .arg(&pki.ca_file)
-            .args(extra)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("spawn mqtls");
-        let mut b = Binary { child, log };
-        let deadline = Instant::now() + WAIT;
-        while !b.log().contains("accepting connections") {
-            assert!(b.running(), "mqtls exited: {}", b.log());
-            assert!(Instant::now() < deadline, "mqtls did not start: {}", b.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        b
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().expect("wait").is_none()
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_the_running_binary_instead_of_stopping_it() {
     let pki = Pki::new();
     let port = free_port();
     // Only SIGHUP can load the new files within the deadline: no re-check, and a debounce far longer.
-    let mut mqtls = Binary::start(&pki, port, &["--reload-interval", "off", "--reload-debounce", "30s"]);
+    let mut mqtls = Binary::start(
+        &pki,
+        port,
+        &format!("127.0.0.1:{}", free_port()),
+        &["--reload-interval", "off", "--reload-debounce", "30s"],
+    );
     let client = client_tls(&pki, Some(&pki.ca.client("device-1")));
     let next = pki.ca.server("rotated");
     replace_by_rename(&pki.server_key, &next.key_pem);
     replace_by_rename(&pki.server_cert, &next.cert_pem);
-    let pid = mqtls.child.id().to_string();
+    let pid = mqtls.pid().to_string();
     assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
     wait_presented(port, &client, &next.der, RELOAD_DEADLINE).await;
     assert!(mqtls.running(), "SIGHUP stopped mqtls: {}", mqtls.log());
@@ -579,7 +533,7 @@ async fn expired_certificate_at_startup_is_served_with_a_warning_in_the_log() {
     let pki = Pki::new();
     let old = expired(&pki);
     old.write(pki.dir.path(), "server");
-    let mqtls = Binary::start(&pki, free_port(), &[]);
+    let mqtls = Binary::start(&pki, free_port(), &format!("127.0.0.1:{}", free_port()), &[]);
     let text = mqtls.log();
     let warning = text.lines().find(|l| l.contains("SERVER CERTIFICATE EXPIRED")).unwrap_or_else(|| panic!("{text}"));
     assert!(warning.contains(r#""level":"WARN""#), "{warning}");

@@ -428,6 +428,74 @@ impl Drop for Mqtls {
     }
 }
 
+/// The mqtls binary, killed when dropped, with its JSON log in a file.
+pub struct Binary {
+    child: Child,
+    log: PathBuf,
+    pub port: u16,
+}
+
+impl Binary {
+    /// Starts mqtls on `port` with `pki`'s files, `upstream`, plus `extra` flags; waits until it accepts.
+    pub fn start(pki: &Pki, port: u16, upstream: &str, extra: &[&str]) -> Binary {
+        let log = pki.path(&format!("mqtls-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_mqtls"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", upstream])
+            .args(["--log-format", "json"])
+            .arg("--cert")
+            .arg(&pki.server_cert)
+            .arg("--key")
+            .arg(&pki.server_key)
+            .arg("--client-ca")
+            .arg(&pki.ca_file)
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn mqtls");
+        let mut b = Binary { child, log, port };
+        let deadline = Instant::now() + WAIT;
+        // Ready once it accepts TCP (whatever the log level says).
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(b.running(), "mqtls exited: {}", b.log());
+            assert!(Instant::now() < deadline, "mqtls did not start: {}", b.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        b
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process, in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Installs a tracing subscriber once so failing tests show mqtls' log lines.
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt().with_env_filter("mqtls=debug").with_test_writer().try_init();

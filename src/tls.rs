@@ -234,7 +234,7 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
         }
     };
 
-    let config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Verifier { setting: "tls", reason: e.to_string() })?
         .with_client_cert_verifier(verifier)
@@ -245,6 +245,8 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
             key: files.key.path.clone(),
             reason: e.to_string(),
         })?;
+    // The server's suite order (AEADs, strongest first) wins over whatever order a client proposes.
+    config.ignore_client_order = true;
     let loaded_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let certificates = Arc::new(Certificates { loaded_at, server_chain, client_ca });
     Ok(Loaded { config: Arc::new(config), leaf, certificates })

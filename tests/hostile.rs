@@ -223,7 +223,7 @@ async fn a_broker_resetting_mid_stream_closes_only_that_client() {
         let _ = s.write_all(&[0x20, 2, 0, 0]).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         // RST instead of FIN.
-        let _ = s.set_linger(Some(Duration::ZERO));
+        let _ = s.set_zero_linger();
         drop(s);
     })
     .await;

@@ -204,10 +204,15 @@ async fn serve_connection(
     let _ = tcp.set_nodelay(true);
     let acceptor = proxy.tls.acceptor();
     let handshake_started = Instant::now();
-    let mut client = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
-        .await
-        .map_err(|_| ConnError::HandshakeTimeout(limits.handshake_timeout))?
-        .map_err(ConnError::Handshake)?;
+    // The handshake future and the TLS stream (each over 1 KiB) live on the heap, so this task's own
+    // state stays small: a task's future is as large as its largest state for its whole life, and
+    // tens of thousands of idle connections each pay for it.
+    let mut client = Box::new(
+        tokio::time::timeout(limits.handshake_timeout, Box::pin(acceptor.accept(tcp)))
+            .await
+            .map_err(|_| ConnError::HandshakeTimeout(limits.handshake_timeout))?
+            .map_err(ConnError::Handshake)?,
+    );
     drop(handshake);
     proxy.metrics.handshake_duration.observe(handshake_started.elapsed().as_secs_f64());
 
@@ -283,15 +288,15 @@ where
         Err(e) => return Err(refuse(&mut client, version, Refusal::ServerUnavailable, e.into()).await),
     };
     match upstream {
-        UpstreamStream::Tcp(mut s) => start_splice(&mut client, &mut s, &first, version, limits.connack_timeout).await,
-        UpstreamStream::Unix(mut s) => start_splice(&mut client, &mut s, &first, version, limits.connack_timeout).await,
+        UpstreamStream::Tcp(mut s) => start_splice(&mut client, &mut s, first, version, limits.connack_timeout).await,
+        UpstreamStream::Unix(mut s) => start_splice(&mut client, &mut s, first, version, limits.connack_timeout).await,
     }
 }
 
 async fn start_splice<C, U>(
     client: &mut C,
     upstream: &mut U,
-    first: &[u8],
+    first: Vec<u8>,
     version: ProtocolVersion,
     connack_timeout: Duration,
 ) -> Result<(SpliceStats, std::io::Result<()>), ConnError>
@@ -299,10 +304,12 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    upstream.write_all(first).await.map_err(ConnError::UpstreamWrite)?;
+    upstream.write_all(&first).await.map_err(ConnError::UpstreamWrite)?;
+    let first_len = first.len() as u64;
+    drop(first);
     // The broker's first bytes (its CONNACK) must come within the deadline: a broker that accepts TCP
     // and then hangs would otherwise hold the device in limbo until its own timer fires.
-    let mut reply = [0u8; 512];
+    let mut reply = vec![0u8; 512];
     let n = match tokio::time::timeout(connack_timeout, upstream.read(&mut reply)).await {
         Err(_) => {
             let err = ConnError::NoConnack(connack_timeout);
@@ -317,9 +324,11 @@ where
     let answer = reply.get(..n).unwrap_or_default();
     client.write_all(answer).await.map_err(ConnError::ClientWrite)?;
     client.flush().await.map_err(ConnError::ClientWrite)?;
+    // Nothing from the CONNECT stage stays allocated while the connection idles.
+    drop(reply);
     info!("open");
     let (mut stats, result) = splice(client, upstream).await;
-    stats.client_to_upstream += first.len() as u64;
+    stats.client_to_upstream += first_len;
     stats.upstream_to_client += n as u64;
     Ok((stats, result))
 }
@@ -369,4 +378,35 @@ async fn send_and_close<C: AsyncWrite + Unpin>(client: &mut C, bytes: &[u8]) {
         client.shutdown().await
     })
     .await;
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tens of thousands of idle connections each hold one of these futures for their whole life; the
+    /// TLS stream and the handshake live behind boxes so it stays small.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        std::fs::write(dir.path().join("c.pem"), cert.pem()).expect("write");
+        std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).expect("write");
+        let args = crate::config::RunArgs {
+            cert: Some(dir.path().join("c.pem")),
+            key: Some(dir.path().join("k.pem")),
+            client_auth: Some(crate::config::ClientAuth::None),
+            ..Default::default()
+        };
+        let proxy = Arc::new(Proxy::new(Config::load(&args).expect("config")).expect("proxy"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (tcp, peer) = listener.accept().await.expect("accept");
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
+        let task = handle(proxy, tcp, peer, permit);
+        assert!(std::mem::size_of_val(&task) <= 2048, "connection future is {} bytes", std::mem::size_of_val(&task));
+    }
 }

@@ -60,6 +60,17 @@ impl TlsError {
     }
 }
 
+/// TLS 1.2 sessions remembered for clients that resume by session ID rather than by ticket.
+const SESSION_CACHE_ENTRIES: usize = 1024;
+
+/// Ticket keys for stateless resumption, rotated by rustls every 6 hours.
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    #[cfg(feature = "aws-lc-rs")]
+    return rustls::crypto::aws_lc_rs::Ticketer::new();
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    return rustls::crypto::ring::Ticketer::new();
+}
+
 /// The crypto provider chosen at build time (cargo feature `aws-lc-rs`, the default, or `ring`).
 pub fn provider() -> Arc<CryptoProvider> {
     #[cfg(feature = "aws-lc-rs")]
@@ -247,6 +258,13 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
         })?;
     // The server's suite order (AEADs, strongest first) wins over whatever order a client proposes.
     config.ignore_client_order = true;
+    // Resumption makes reconnect storms cheap. The ticket keys and the session cache belong to this
+    // configuration, so every reload (a new CA bundle, a new CRL) makes earlier sessions unresumable:
+    // a device whose CA was removed or whose certificate was revoked must do a full handshake again.
+    config.ticketer = ticketer().map_err(|e| TlsError::Verifier { setting: "tls", reason: e.to_string() })?;
+    // One ticket per handshake: a device reconnects with one, and each ticket costs an encryption.
+    config.send_tls13_tickets = 1;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     let loaded_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let certificates = Arc::new(Certificates { loaded_at, server_chain, client_ca });
     Ok(Loaded { config: Arc::new(config), leaf, certificates })

@@ -1,0 +1,89 @@
+//! TLS session resumption: reconnect storms get cheap handshakes, but never at the cost of trust
+//! changes or identity.
+
+mod common;
+
+use common::*;
+use mqtls::config::ReloadSettings;
+use mqtls::reload::ReloadReason;
+use rustls::HandshakeKind;
+use tokio::io::AsyncWriteExt;
+
+/// Connects, sends a CONNECT claiming `username`, waits for the CONNACK (which also delivers the
+/// session ticket) and returns how the handshake went.
+async fn session(
+    port: u16,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    username: &str,
+) -> std::io::Result<HandshakeKind> {
+    let mut tls = tls_connect(port, config).await?;
+    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
+    tls.write_all(&packet::connect(4, "resumer", Some(username), None)).await?;
+    let ack = read_exact_within(&mut tls, 4).await?;
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    tls.write_all(&packet::DISCONNECT).await?;
+    read_to_close(&mut tls).await;
+    Ok(kind)
+}
+
+fn reloading() -> ReloadSettings {
+    ReloadSettings { interval: None, watch: false, ..ReloadSettings::default() }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reconnecting_device_resumes_and_keeps_the_identity_of_its_certificate() {
+    init_logs();
+    let pki = Pki::new();
+    let broker = Mosquitto::start();
+    let proxy = Mqtls::start(pki.config(broker.upstream())).await;
+    let device = pki.ca.client("device-42");
+    // One client configuration = one device with its session store.
+    let config = client_tls(&pki, Some(&device));
+    assert_eq!(session(proxy.port(), config.clone(), "device-42").await.expect("first"), HandshakeKind::Full);
+    assert_eq!(session(proxy.port(), config.clone(), "monitor").await.expect("second"), HandshakeKind::Resumed);
+    assert_eq!(broker.usernames(), vec!["device-42", "device-42"], "the resumed session maps the same certificate");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_ca_change_makes_earlier_sessions_unresumable() {
+    init_logs();
+    let pki = Pki::new();
+    let broker = Mosquitto::start();
+    let mut config = pki.config(broker.upstream());
+    config.reload = reloading();
+    let (proxy, reloader) = Mqtls::start_reloading(config).await;
+    let device = pki.ca.client("device-42");
+    let client = client_tls(&pki, Some(&device));
+    session(proxy.port(), client.clone(), "x").await.expect("first");
+    assert_eq!(session(proxy.port(), client.clone(), "x").await.expect("resumes"), HandshakeKind::Resumed);
+
+    // The bundle gains a second CA: every session from before must do a full handshake again.
+    let other = Ca::new("second CA");
+    std::fs::write(&pki.ca_file, format!("{}{}", pki.ca.pem, other.pem)).expect("write bundle");
+    reloader.reload(ReloadReason::Sighup).expect("reload");
+    assert_eq!(session(proxy.port(), client.clone(), "x").await.expect("after reload"), HandshakeKind::Full);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_certificate_cannot_resume_its_session() {
+    init_logs();
+    let pki = Pki::new();
+    let broker = Mosquitto::start();
+    let crl = pki.path("ca.crl");
+    std::fs::write(&crl, pki.ca.crl(&[])).expect("empty crl");
+    let mut config = pki.config(broker.upstream());
+    config.tls.crls = vec![crl.clone()];
+    config.reload = reloading();
+    let (proxy, reloader) = Mqtls::start_reloading(config).await;
+    let stolen = pki.ca.issue(true, |p| {
+        p.distinguished_name.push(rcgen::DnType::CommonName, "stolen");
+        p.serial_number = Some(rcgen::SerialNumber::from(4242u64));
+    });
+    let client = client_tls(&pki, Some(&stolen));
+    session(proxy.port(), client.clone(), "x").await.expect("first");
+    assert_eq!(session(proxy.port(), client.clone(), "x").await.expect("resumes"), HandshakeKind::Resumed);
+
+    std::fs::write(&crl, pki.ca.crl(&[4242])).expect("revoke");
+    reloader.reload(ReloadReason::Sighup).expect("reload");
+    assert!(session(proxy.port(), client.clone(), "x").await.is_err(), "no resumption, and the full handshake fails");
+}

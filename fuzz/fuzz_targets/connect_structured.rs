@@ -56,11 +56,12 @@ enum WillProp {
     User(String, String),
 }
 
+/// Will QoS 0, 1 or 2 (3 is invalid, and refused by the reader).
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Qos {
-    AtMostOnce,
-    AtLeastOnce,
-    ExactlyOnce,
+    Zero = 0,
+    One = 1,
+    Two = 2,
 }
 
 #[derive(Arbitrary, Debug, Clone)]

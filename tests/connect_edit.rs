@@ -681,6 +681,17 @@ fn wrong_protocol_name_is_refused_as_soon_as_its_bytes_arrive() {
 }
 
 #[test]
+fn packet_ending_before_the_protocol_level_is_refused_not_awaited() {
+    // Found by mutating the reader under the connect_raw fuzz target: the whole packet is here, so
+    // "need more bytes" would wait forever. Pipelined bytes after it must not be read as the level.
+    let pkt = [0x10, 6, 0, 4, b'M', b'Q', b'T', b'T'];
+    assert_eq!(read(&pkt), Err(ConnectError::UnknownProtocol));
+    let mut buf = pkt.to_vec();
+    buf.extend_from_slice(&[5, 0x02, 0, 60]);
+    assert_eq!(read(&buf), Err(ConnectError::UnknownProtocol));
+}
+
+#[test]
 fn unknown_level_gets_unacceptable_protocol_version_connack() {
     let body = [0, 4, b'M', b'Q', b'T', b'T', 6];
     let err = read(&packet(&body)).unwrap_err();

@@ -1,0 +1,57 @@
+//! Replays the committed fuzz corpus through the `connect_raw` fuzz target's checks on stable Rust,
+//! so CI guards every input the fuzzer found interesting (and every crash it ever reproduced)
+//! without running a fuzzer.
+//!
+//! The checks live in `fuzz/checks/connect_roundtrip.rs` and are included here verbatim; they use
+//! only the public `mqtls::connect` API.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+#[path = "../fuzz/checks/connect_roundtrip.rs"]
+mod connect_roundtrip;
+
+use connect_roundtrip::check_connect_roundtrip;
+
+/// The files directly inside `fuzz/<dir>`, sorted; empty if the directory does not exist.
+fn inputs(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(dir);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> =
+        entries.map(|e| e.expect("readable directory entry").path()).filter(|p| p.is_file()).collect();
+    files.sort();
+    files
+}
+
+fn replay(files: &[PathBuf]) {
+    for path in files {
+        let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let outcome = std::panic::catch_unwind(|| check_connect_roundtrip(&data));
+        assert!(outcome.is_ok(), "{} fails the connect_raw checks ({} bytes: {data:02x?})", path.display(), data.len());
+    }
+}
+
+#[test]
+fn connect_raw_corpus_passes_the_fuzz_checks() {
+    let files = inputs("corpus/connect_raw");
+    assert!(!files.is_empty(), "fuzz/corpus/connect_raw is empty or missing");
+    replay(&files);
+}
+
+#[test]
+fn connect_raw_corpus_holds_every_captured_connect() {
+    let corpus: Vec<Vec<u8>> = inputs("corpus/connect_raw").iter().filter_map(|p| fs::read(p).ok()).collect();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    for entry in fs::read_dir(&data).expect("tests/data") {
+        let path = entry.expect("readable directory entry").path();
+        let captured = fs::read(&path).expect("readable capture");
+        assert!(corpus.contains(&captured), "{} is missing from fuzz/corpus/connect_raw", path.display());
+    }
+}
+
+#[test]
+fn crash_reproducers_pass_the_fuzz_checks() {
+    replay(&inputs("regressions/connect_raw"));
+}

@@ -22,3 +22,15 @@ ensure_cargo() {
   fi
   command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup) first" >&2; exit 1; }
 }
+
+# ensure_pyenv DIR REQUIREMENTS: a Python venv at DIR with REQUIREMENTS installed from PyPI; reinstalled only
+# when REQUIREMENTS changes.
+ensure_pyenv() {
+  local dir=$1 req=$2
+  if [ -x "$dir/bin/python" ] && cmp -s "$req" "$dir/requirements.installed"; then return 0; fi
+  echo "installing Python packages into $dir: $(grep -v '^#' "$req" | tr '\n' ' ')"
+  rm -rf "$dir"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  cp "$req" "$dir/requirements.installed"
+}

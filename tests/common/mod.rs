@@ -438,17 +438,21 @@ pub struct Binary {
 impl Binary {
     /// Starts mqtls on `port` with `pki`'s files, `upstream`, plus `extra` flags; waits until it accepts.
     pub fn start(pki: &Pki, port: u16, upstream: &str, extra: &[&str]) -> Binary {
-        let log = pki.path(&format!("mqtls-{port}.log"));
+        let mut args: Vec<String> =
+            vec!["--listen".into(), format!("127.0.0.1:{port}"), "--upstream".into(), upstream.into()];
+        args.extend(["--log-format", "json"].map(String::from));
+        for (flag, path) in [("--cert", &pki.server_cert), ("--key", &pki.server_key), ("--client-ca", &pki.ca_file)] {
+            args.extend([flag.to_string(), path.display().to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(&args, pki.dir.path(), port)
+    }
+
+    /// Starts `mqtls ARGS` with its log in `dir`; waits until `port` accepts connections.
+    pub fn spawn(args: &[String], dir: &Path, port: u16) -> Binary {
+        let log = dir.join(format!("mqtls-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_mqtls"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", upstream])
-            .args(["--log-format", "json"])
-            .arg("--cert")
-            .arg(&pki.server_cert)
-            .arg("--key")
-            .arg(&pki.server_key)
-            .arg("--client-ca")
-            .arg(&pki.ca_file)
-            .args(extra)
+            .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -374,4 +374,53 @@ mod tests {
         assert_eq!(announced_v2_len(h.get(..15).expect("prefix")), None);
         assert_eq!(announced_v2_len(b"PROXY TCP4 "), None);
     }
+    /// A connected pair: what the client writes arrives at the returned server side.
+    async fn pair(client_sends: &[u8]) -> TcpStream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        tokio::io::AsyncWriteExt::write_all(&mut client, client_sends).await.expect("write");
+        // Keep the client side open (an EOF would end the reads early) for the test's duration.
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            drop(client);
+        });
+        server
+    }
+
+    async fn rest_of(server: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut rest = vec![0u8; n];
+        server.read_exact(&mut rest).await.expect("rest");
+        rest
+    }
+
+    #[tokio::test]
+    async fn the_header_is_consumed_exactly_even_when_the_client_hello_arrives_with_it() {
+        let client_hello_start = b"\x16\x03\x01\x00\xf4\x01";
+        for header in [&b"PROXY TCP4 203.0.113.7 10.0.0.5 4242 8883\r\n"[..], &{
+            let mut h = V2_SIGNATURE.to_vec();
+            h.extend([0x21, 0x11, 0x00, 0x0c, 203, 0, 113, 7, 10, 0, 0, 5, 0x10, 0x92, 0x22, 0xb3]);
+            h
+        }] {
+            let mut sent = header.to_vec();
+            sent.extend(client_hello_start);
+            let mut server = pair(&sent).await;
+            let got = read_inbound(&mut server).await.expect("header");
+            assert_eq!(got, Some(addrs("203.0.113.7:4242", "10.0.0.5:8883")));
+            assert_eq!(rest_of(&mut server, client_hello_start.len()).await, client_hello_start);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_where_a_header_must_be_is_missing_and_a_header_from_elsewhere_is_untrusted() {
+        let mut server = pair(b"\x16\x03\x01\x00\xf4").await;
+        assert!(matches!(read_inbound(&mut server).await, Err(InboundError::Missing)));
+        let mut server = pair(b"\x16\x03\x01\x00\xf4").await;
+        refuse_untrusted_header(&server).await.expect("a ClientHello is fine");
+        assert_eq!(rest_of(&mut server, 5).await, b"\x16\x03\x01\x00\xf4", "nothing consumed");
+        let server = pair(b"PROXY TCP4 ").await;
+        assert!(matches!(refuse_untrusted_header(&server).await, Err(InboundError::Untrusted)));
+        let server = pair(V2_SIGNATURE).await;
+        assert!(matches!(refuse_untrusted_header(&server).await, Err(InboundError::Untrusted)));
+    }
 }

@@ -223,7 +223,11 @@ async fn serve_connection(
     let _ = tcp.set_nodelay(true);
     // The handshake deadline covers a load balancer's PROXY header too.
     let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
-    let addrs = Box::pin(client_addrs(proxy, &mut tcp, peer, deadline)).await?;
+    let addrs = if proxy.config.proxy_protocol.accepts() {
+        Box::pin(client_addrs(proxy, &mut tcp, peer, deadline)).await?
+    } else {
+        own_addrs(proxy, &tcp, peer)
+    };
     let acceptor = proxy.tls.acceptor();
     let handshake_started = Instant::now();
     // The handshake future and the TLS stream (each over 1 KiB) live on the heap, so this task's own
@@ -287,8 +291,8 @@ async fn serve_connection(
     forward(proxy, client, &mut buf, &connect, username.as_deref(), drop_password, upstream_header).await
 }
 
-/// The client's addresses: the TCP connection's, or, from a trusted load balancer, those its PROXY
-/// header carries. Records the span's `peer` (and `proxied_by`) when they were left for the header.
+/// With `accept_proxy_protocol`: the client's addresses, the TCP connection's, or, from a trusted load
+/// balancer, those its PROXY header carries. Records the span's `peer` (and `proxied_by`) when they were left for the header.
 async fn client_addrs(
     proxy: &Proxy,
     tcp: &mut TcpStream,
@@ -296,10 +300,7 @@ async fn client_addrs(
     deadline: tokio::time::Instant,
 ) -> Result<ClientAddrs, ConnError> {
     let settings = &proxy.config.proxy_protocol;
-    let own = ClientAddrs { source: peer, destination: tcp.local_addr().unwrap_or(peer) };
-    if !settings.accepts() {
-        return Ok(own);
-    }
+    let own = own_addrs(proxy, tcp, peer);
     if !settings.trusts(peer.ip()) {
         return match tokio::time::timeout_at(deadline, proxy_protocol::refuse_untrusted_header(tcp)).await {
             Ok(Err(e)) => Err(ConnError::ProxyProtocol(e)),
@@ -329,6 +330,16 @@ async fn client_addrs(
             Err(ConnError::ProxyProtocol(InboundError::Timeout))
         }
     }
+}
+
+/// The connection's own addresses. The local one is asked of the kernel only when a header to the
+/// broker will carry it (otherwise nothing reads it).
+fn own_addrs(proxy: &Proxy, tcp: &TcpStream, peer: SocketAddr) -> ClientAddrs {
+    let destination = match proxy.config.proxy_protocol.upstream {
+        UpstreamProxyProtocol::Off => peer,
+        _ => tcp.local_addr().unwrap_or(peer),
+    };
+    ClientAddrs { source: peer, destination }
 }
 
 /// The PROXY header for the broker (empty when `upstream_proxy_protocol` is off).

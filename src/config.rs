@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::identity::UsernameFrom;
+use crate::proxy_protocol::{self, ProxyProtocolSettings, UpstreamProxyProtocol};
 use crate::upstream::Upstream;
 
 /// Largest CONNECT mqtls buffers by default: ample for long MQTT 5 property lists, small enough that a
@@ -193,6 +194,19 @@ pub struct RunArgs {
     /// of loading it with a warning.
     #[arg(long)]
     pub refuse_expired: bool,
+    /// PROXY protocol header written to the broker before the CONNECT: off | v1 | v2 [default: off].
+    #[arg(long, value_enum)]
+    pub upstream_proxy_protocol: Option<UpstreamProxyProtocol>,
+    /// true | false: write the certificate identity into the CONNECT's username. false passes the
+    /// CONNECT unchanged and leaves the identity to the PROXY v2 header's CN [default: true].
+    #[arg(long)]
+    pub rewrite_connect: Option<bool>,
+    /// Read a PROXY protocol v1/v2 header before the TLS handshake, from proxy_protocol_from sources.
+    #[arg(long)]
+    pub accept_proxy_protocol: bool,
+    /// Source range (CIDR or address) whose connections must start with a PROXY header (repeatable).
+    #[arg(long = "proxy-protocol-from")]
+    pub proxy_protocol_from: Vec<String>,
 }
 
 /// The configuration file. Unknown keys are errors: a typo must not silently fall back to a default.
@@ -225,6 +239,11 @@ pub struct FileConfig {
     pub reload_interval: Option<String>,
     pub reload_debounce: Option<String>,
     pub refuse_expired: Option<bool>,
+    pub upstream_proxy_protocol: Option<UpstreamProxyProtocol>,
+    pub rewrite_connect: Option<bool>,
+    pub accept_proxy_protocol: Option<bool>,
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
 }
 
 /// A configuration error: the setting, where it came from, and what is wrong with it.
@@ -342,6 +361,8 @@ pub struct Config {
     pub reload: ReloadSettings,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// PROXY protocol in (from a load balancer) and out (to the broker).
+    pub proxy_protocol: ProxyProtocolSettings,
 }
 
 impl Config {
@@ -521,6 +542,7 @@ impl Config {
             }
             None => "info".to_string(),
         };
+        let proxy_protocol = proxy_protocol_settings(args, &f, &file_origin(), &identity)?;
         Ok(Config {
             file: path,
             listen,
@@ -534,6 +556,7 @@ impl Config {
             reload: ReloadSettings { interval, debounce, watch: true },
             log_level,
             log_format: pick!(log_format).map(|v| v.0).unwrap_or_default(),
+            proxy_protocol,
         })
     }
 
@@ -544,6 +567,76 @@ impl Config {
             None => "command line".to_string(),
         }
     }
+}
+
+/// The PROXY protocol settings, checked against each other and the identity policy.
+fn proxy_protocol_settings(
+    args: &RunArgs,
+    f: &FileConfig,
+    file_origin: &Origin,
+    identity: &IdentityPolicy,
+) -> Result<ProxyProtocolSettings, ConfigError> {
+    let origin = |from_args: bool| if from_args { Origin::CommandLine } else { file_origin.clone() };
+    let accept = args.accept_proxy_protocol || f.accept_proxy_protocol.unwrap_or(false);
+    let accept_origin = origin(args.accept_proxy_protocol);
+    let (ranges, ranges_origin) = if args.proxy_protocol_from.is_empty() {
+        (&f.proxy_protocol_from, origin(false))
+    } else {
+        (&args.proxy_protocol_from, Origin::CommandLine)
+    };
+    let accept_from =
+        ranges.iter().map(|r| proxy_protocol::parse_source_range(r)).collect::<Result<Vec<_>, _>>().map_err(
+            |reason| ConfigError::Invalid { setting: "proxy_protocol_from", origin: ranges_origin.clone(), reason },
+        )?;
+    if accept && accept_from.is_empty() {
+        return Err(ConfigError::Invalid {
+            setting: "accept_proxy_protocol",
+            origin: accept_origin,
+            reason: "needs proxy_protocol_from: the source ranges of the load balancers that send PROXY headers \
+                     (a header from anywhere else would let a client choose its own address)"
+                .into(),
+        });
+    }
+    if !accept && !accept_from.is_empty() {
+        return Err(ConfigError::Invalid {
+            setting: "proxy_protocol_from",
+            origin: ranges_origin,
+            reason: "has no effect unless accept_proxy_protocol is true".into(),
+        });
+    }
+    let (upstream, _) = match (args.upstream_proxy_protocol, f.upstream_proxy_protocol) {
+        (Some(v), _) => (v, Origin::CommandLine),
+        (None, Some(v)) => (v, origin(false)),
+        (None, None) => (UpstreamProxyProtocol::Off, Origin::Default),
+    };
+    let (rewrite_connect, rewrite_origin) = match (args.rewrite_connect, f.rewrite_connect) {
+        (Some(v), _) => (v, Origin::CommandLine),
+        (None, Some(v)) => (v, origin(false)),
+        (None, None) => (true, Origin::Default),
+    };
+    if !rewrite_connect && upstream != UpstreamProxyProtocol::V2 {
+        return Err(ConfigError::Invalid {
+            setting: "rewrite_connect",
+            origin: rewrite_origin,
+            reason: format!(
+                "false leaves the certificate identity to the PROXY v2 header, but upstream_proxy_protocol is {}; \
+                 set upstream_proxy_protocol = \"v2\" (for a broker that reads it) or rewrite_connect = true",
+                upstream.as_str()
+            ),
+        });
+    }
+    if !rewrite_connect && identity.username_from != UsernameFrom::Cn {
+        return Err(ConfigError::Invalid {
+            setting: "rewrite_connect",
+            origin: rewrite_origin,
+            reason: format!(
+                "false leaves the identity to the PROXY v2 header, which carries the certificate CN only, \
+                 but username_from is {}; use username_from = \"cn\" or rewrite_connect = true",
+                identity.username_from
+            ),
+        });
+    }
+    Ok(ProxyProtocolSettings { accept_from, upstream, rewrite_connect })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -598,6 +691,12 @@ impl fmt::Display for Config {
         let q = |p: &Path| format!("{:?}", p.display().to_string());
         writeln!(f, "listen = \"{}\"", self.listen)?;
         writeln!(f, "upstream = \"{}\"", self.upstream)?;
+        let pp = &self.proxy_protocol;
+        writeln!(f, "upstream_proxy_protocol = \"{}\"", pp.upstream.as_str())?;
+        writeln!(f, "rewrite_connect = {}", pp.rewrite_connect)?;
+        writeln!(f, "accept_proxy_protocol = {}", pp.accepts())?;
+        let ranges: Vec<String> = pp.accept_from.iter().map(|r| format!("\"{r}\"")).collect();
+        writeln!(f, "proxy_protocol_from = [{}]", ranges.join(", "))?;
         writeln!(f, "cert = {}", q(&self.tls.cert))?;
         writeln!(f, "key = {}", q(&self.tls.key))?;
         if let Some(ca) = &self.tls.client_ca {
@@ -794,5 +893,100 @@ mod tests {
         assert_eq!(back.reload.interval, None);
         assert_eq!(back.reload.debounce, Duration::from_millis(300));
         assert!(back.tls.refuse_expired);
+    }
+    #[test]
+    fn proxy_protocol_is_off_by_default() {
+        let cfg = Config::merge(&args(&base()), None).expect("valid");
+        assert_eq!(cfg.proxy_protocol, ProxyProtocolSettings::default());
+        assert_eq!(cfg.proxy_protocol.upstream, UpstreamProxyProtocol::Off);
+        assert!(cfg.proxy_protocol.rewrite_connect);
+        assert!(!cfg.proxy_protocol.accepts());
+    }
+
+    #[test]
+    fn proxy_protocol_settings_are_read_from_the_file_and_round_trip_through_check() {
+        let cfg = Config::merge(
+            &args(&base()),
+            file(
+                "accept_proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"192.0.2.1\"]\n\
+                 upstream_proxy_protocol = \"v2\"\nrewrite_connect = false",
+            ),
+        )
+        .expect("valid");
+        let pp = &cfg.proxy_protocol;
+        assert_eq!(pp.upstream, UpstreamProxyProtocol::V2);
+        assert!(!pp.rewrite_connect);
+        assert!(pp.trusts("10.9.8.7".parse().expect("ip")) && pp.trusts("192.0.2.1".parse().expect("ip")));
+        assert!(!pp.trusts("192.0.2.2".parse().expect("ip")));
+        let text = cfg.to_string();
+        let back = Config::merge(&args(&[]), Some((PathBuf::from("/x/m.toml"), toml::from_str(&text).expect("toml"))))
+            .expect("valid");
+        assert_eq!(back.proxy_protocol, cfg.proxy_protocol);
+    }
+
+    #[test]
+    fn proxy_protocol_flags_override_the_file() {
+        let mut a = base();
+        a.extend([
+            "--accept-proxy-protocol",
+            "--proxy-protocol-from",
+            "172.16.0.0/12",
+            "--upstream-proxy-protocol",
+            "v1",
+        ]);
+        let cfg = Config::merge(&args(&a), file("upstream_proxy_protocol = \"v2\"")).expect("valid");
+        assert_eq!(cfg.proxy_protocol.upstream, UpstreamProxyProtocol::V1);
+        assert_eq!(cfg.proxy_protocol.accept_from, vec!["172.16.0.0/12".parse::<ipnet::IpNet>().expect("net")]);
+    }
+
+    #[test]
+    fn accept_proxy_protocol_without_sources_is_an_error_naming_the_setting_and_file() {
+        let err = Config::merge(&args(&base()), file("accept_proxy_protocol = true")).expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.starts_with("accept_proxy_protocol (in /etc/mqtls/mqtls.toml)"), "{msg}");
+        assert!(msg.contains("proxy_protocol_from"), "{msg}");
+    }
+
+    #[test]
+    fn proxy_protocol_sources_without_accept_are_an_error() {
+        let mut a = base();
+        a.extend(["--proxy-protocol-from", "10.0.0.0/8"]);
+        let err = Config::merge(&args(&a), None).expect_err("must fail");
+        assert!(err.to_string().starts_with("proxy_protocol_from (in command line)"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_source_range_names_the_setting_and_the_value() {
+        let err = Config::merge(
+            &args(&base()),
+            file("accept_proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"10.0.0.0/40\"]"),
+        )
+        .expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.starts_with("proxy_protocol_from (in /etc/mqtls/mqtls.toml)"), "{msg}");
+        assert!(msg.contains("\"10.0.0.0/40\""), "{msg}");
+    }
+
+    #[test]
+    fn rewrite_connect_off_needs_the_v2_header_and_the_cn() {
+        let mut a = base();
+        a.extend(["--rewrite-connect", "false"]);
+        let err = Config::merge(&args(&a), None).expect_err("no header");
+        assert!(err.to_string().starts_with("rewrite_connect (in command line)"), "{err}");
+        assert!(err.to_string().contains("upstream_proxy_protocol"), "{err}");
+
+        a.extend(["--upstream-proxy-protocol", "v1"]);
+        assert!(Config::merge(&args(&a), None).is_err(), "v1 carries no identity");
+
+        let err = Config::merge(&args(&a), file("upstream_proxy_protocol = \"v2\"\nusername_from = \"subject\""));
+        assert!(err.is_err(), "v1 from the command line wins");
+        let mut b = base();
+        b.extend(["--rewrite-connect", "false", "--upstream-proxy-protocol", "v2", "--username-from", "subject"]);
+        let err = Config::merge(&args(&b), None).expect_err("subject can't travel in the header");
+        assert!(err.to_string().contains("username_from is subject"), "{err}");
+
+        let mut ok = base();
+        ok.extend(["--rewrite-connect", "false", "--upstream-proxy-protocol", "v2"]);
+        assert!(!Config::merge(&args(&ok), None).expect("valid").proxy_protocol.rewrite_connect);
     }
 }

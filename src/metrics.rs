@@ -52,6 +52,7 @@ pub struct Metrics {
     pub bytes: Family<DirectionLabel, Counter>,
     pub cert_not_after: Family<CertLabel, Gauge>,
     pub reloads: Family<ResultLabel, Counter>,
+    pub proxy_protocol_errors: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -76,6 +77,7 @@ impl Metrics {
             bytes: Family::default(),
             cert_not_after: Family::default(),
             reloads: Family::default(),
+            proxy_protocol_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register("active_connections", "Client connections open now", m.active_connections.clone());
@@ -118,6 +120,11 @@ impl Metrics {
             m.cert_not_after.clone(),
         );
         registry.register("tls_reloads", "TLS configuration reloads by result (ok, error)", m.reloads.clone());
+        registry.register(
+            "proxy_protocol_errors",
+            "Connections closed over their inbound PROXY header, by reason (untrusted, missing, invalid, too_large, timeout, eof, io)",
+            m.proxy_protocol_errors.clone(),
+        );
         registry.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         Metrics { registry, ..m }
     }

@@ -15,6 +15,7 @@ use crate::config::{ClientUsername, Config, PasswordPolicy};
 use crate::connect::{self, Connect, ConnectError, Edit, ProtocolVersion, Refusal};
 use crate::identity::{self, IdentityError};
 use crate::metrics::{DirectionLabel, Metrics, ReasonLabel};
+use crate::proxy_protocol::{self, ClientAddrs, InboundError, TlsFacts, UpstreamProxyProtocol};
 use crate::splice::{splice, SpliceStats};
 use crate::tls::{self, TlsError, TlsFiles, TlsHandle};
 use crate::upstream::{UpstreamError, UpstreamStream};
@@ -52,6 +53,7 @@ impl Proxy {
         let m = &self.metrics;
         m.outcome(err.label());
         let (family, reason) = match err {
+            ConnError::ProxyProtocol(e) => (&m.proxy_protocol_errors, e.label()),
             ConnError::HandshakeTimeout(_) => (&m.handshake_failures, "timeout"),
             ConnError::Handshake(e) => (&m.handshake_failures, tls::handshake_failure_label(e)),
             ConnError::ConnectTimeout(_) => (&m.connect_refusals, "timeout"),
@@ -90,6 +92,8 @@ impl Drop for ActiveGuard<'_> {
 /// Why a connection ended before or instead of being spliced. Variants double as bounded outcome labels.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
+    #[error("PROXY protocol: {0}")]
+    ProxyProtocol(InboundError),
     #[error("TLS handshake timed out after {0:?}")]
     HandshakeTimeout(Duration),
     #[error("TLS handshake failed: {0}")]
@@ -122,6 +126,7 @@ impl ConnError {
     /// Bounded label for logs and metrics.
     pub fn label(&self) -> &'static str {
         match self {
+            ConnError::ProxyProtocol(_) => "proxy_protocol",
             ConnError::HandshakeTimeout(_) => "tls_timeout",
             ConnError::Handshake(_) => "tls_failed",
             ConnError::ConnectTimeout(_) => "connect_timeout",
@@ -140,11 +145,23 @@ impl ConnError {
 /// Runs one client connection to its end, logging its outcome once.
 /// `handshake` is this connection's place among the handshakes in flight, given back once TLS is done.
 pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, handshake: OwnedSemaphorePermit) {
-    let span = info_span!("conn", %peer, identity = field::Empty, client_id = field::Empty, proto = field::Empty);
+    // With a trusted load balancer in front, `peer` is the client its PROXY header names (recorded once
+    // read) and `proxied_by` the balancer.
+    let span = info_span!(
+        "conn",
+        peer = field::Empty,
+        proxied_by = field::Empty,
+        identity = field::Empty,
+        client_id = field::Empty,
+        proto = field::Empty
+    );
+    if !proxy.config.proxy_protocol.trusts(peer.ip()) {
+        span.record("peer", field::display(peer));
+    }
     async move {
         let started = Instant::now();
         let _active = ActiveGuard::new(&proxy.metrics);
-        let result = serve_connection(&proxy, tcp, handshake).await;
+        let result = serve_connection(&proxy, tcp, peer, handshake).await;
         match &result {
             Ok((stats, _)) => {
                 let m = &proxy.metrics;
@@ -176,6 +193,7 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, handsha
             Err(err) => {
                 let detail = match &err {
                     ConnError::Handshake(e) => tls::handshake_failure_label(e),
+                    ConnError::ProxyProtocol(e) => e.label(),
                     ConnError::BadConnect(e) => e.label(),
                     ConnError::Identity(e) => e.label(),
                     ConnError::Upstream(e) => e.label(),
@@ -196,19 +214,27 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, handsha
 
 async fn serve_connection(
     proxy: &Proxy,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
     handshake: OwnedSemaphorePermit,
 ) -> Result<(SpliceStats, std::io::Result<()>), ConnError> {
     let limits = proxy.config.limits;
     // Nagle would hold back PINGRESPs and small publishes behind a delayed ACK.
     let _ = tcp.set_nodelay(true);
+    // The handshake deadline covers a load balancer's PROXY header too.
+    let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+    let addrs = if proxy.config.proxy_protocol.accepts() {
+        Box::pin(client_addrs(proxy, &mut tcp, peer, deadline)).await?
+    } else {
+        own_addrs(proxy, &tcp, peer)
+    };
     let acceptor = proxy.tls.acceptor();
     let handshake_started = Instant::now();
     // The handshake future and the TLS stream (each over 1 KiB) live on the heap, so this task's own
     // state stays small: a task's future is as large as its largest state for its whole life, and
     // tens of thousands of idle connections each pay for it.
     let mut client = Box::new(
-        tokio::time::timeout(limits.handshake_timeout, Box::pin(acceptor.accept(tcp)))
+        tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp)))
             .await
             .map_err(|_| ConnError::HandshakeTimeout(limits.handshake_timeout))?
             .map_err(ConnError::Handshake)?,
@@ -227,6 +253,7 @@ async fn serve_connection(
     if let Some(Ok(id)) = &identity {
         Span::current().record("identity", id.as_str());
     }
+    let upstream_header = upstream_header(proxy, client.get_ref().1, addrs);
 
     let (mut buf, connect) =
         match tokio::time::timeout(limits.connect_timeout, read_connect(&mut client, limits.max_connect_size)).await {
@@ -257,7 +284,78 @@ async fn serve_connection(
             (Some(id), policy.password == PasswordPolicy::Drop)
         }
     };
-    forward(proxy, client, &mut buf, &connect, username.as_deref(), drop_password).await
+    // Without the rewrite the broker takes the identity from the PROXY v2 header's CN, and the CONNECT
+    // goes on byte for byte (a `reject` policy above still refuses a CONNECT naming someone else).
+    let (username, drop_password) =
+        if proxy.config.proxy_protocol.rewrite_connect { (username, drop_password) } else { (None, false) };
+    forward(proxy, client, &mut buf, &connect, username.as_deref(), drop_password, upstream_header).await
+}
+
+/// With `accept_proxy_protocol`: the client's addresses, the TCP connection's, or, from a trusted load
+/// balancer, those its PROXY header carries. Records the span's `peer` (and `proxied_by`) when they were left for the header.
+async fn client_addrs(
+    proxy: &Proxy,
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Result<ClientAddrs, ConnError> {
+    let settings = &proxy.config.proxy_protocol;
+    let own = own_addrs(proxy, tcp, peer);
+    if !settings.trusts(peer.ip()) {
+        return match tokio::time::timeout_at(deadline, proxy_protocol::refuse_untrusted_header(tcp)).await {
+            Ok(Err(e)) => Err(ConnError::ProxyProtocol(e)),
+            // A silent client: the handshake that follows times out at the same deadline.
+            Ok(Ok(())) | Err(_) => Ok(own),
+        };
+    }
+    let read = tokio::time::timeout_at(deadline, proxy_protocol::read_inbound(tcp)).await;
+    let span = Span::current();
+    match read {
+        Ok(Ok(Some(addrs))) => {
+            span.record("peer", field::display(addrs.source));
+            span.record("proxied_by", field::display(peer));
+            Ok(addrs)
+        }
+        // LOCAL / UNKNOWN: the balancer's own connection (a health check); its addresses are the real ones.
+        Ok(Ok(None)) => {
+            span.record("peer", field::display(peer));
+            Ok(own)
+        }
+        Ok(Err(e)) => {
+            span.record("peer", field::display(peer));
+            Err(ConnError::ProxyProtocol(e))
+        }
+        Err(_) => {
+            span.record("peer", field::display(peer));
+            Err(ConnError::ProxyProtocol(InboundError::Timeout))
+        }
+    }
+}
+
+/// The connection's own addresses. The local one is asked of the kernel only when a header to the
+/// broker will carry it (otherwise nothing reads it).
+fn own_addrs(proxy: &Proxy, tcp: &TcpStream, peer: SocketAddr) -> ClientAddrs {
+    let destination = match proxy.config.proxy_protocol.upstream {
+        UpstreamProxyProtocol::Off => peer,
+        _ => tcp.local_addr().unwrap_or(peer),
+    };
+    ClientAddrs { source: peer, destination }
+}
+
+/// The PROXY header for the broker (empty when `upstream_proxy_protocol` is off).
+fn upstream_header(proxy: &Proxy, tls: &rustls::ServerConnection, addrs: ClientAddrs) -> Vec<u8> {
+    let version = proxy.config.proxy_protocol.upstream;
+    let cn = match version {
+        UpstreamProxyProtocol::Off => return Vec::new(),
+        UpstreamProxyProtocol::V1 => None,
+        // The header's CN is the certificate's CN whatever username_from says (HAProxy's meaning), and
+        // only one that is usable as a username.
+        UpstreamProxyProtocol::V2 => tls
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| identity::username(leaf, identity::UsernameFrom::Cn).ok()),
+    };
+    proxy_protocol::outbound_header(version, addrs, &TlsFacts::of(tls, cn))
 }
 
 /// Edits the CONNECT, connects the broker, sends the CONNECT and any pipelined bytes, then splices.
@@ -268,6 +366,7 @@ async fn forward<C>(
     connect: &Connect,
     username: Option<&str>,
     drop_password: bool,
+    upstream_header: Vec<u8>,
 ) -> Result<(SpliceStats, std::io::Result<()>), ConnError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -278,6 +377,10 @@ where
         Ok(bytes) => bytes,
         Err(e) => return Err(refuse(&mut client, version, Refusal::BadUsernameOrPassword, e.into()).await),
     };
+    if !upstream_header.is_empty() {
+        // The PROXY header goes first: the broker reads it before any MQTT.
+        first = [upstream_header, first].concat();
+    }
     // Packets the client pipelined behind its CONNECT go out right after it, in order.
     first.extend_from_slice(buf.get(connect.packet_len()..).unwrap_or_default());
     *buf = Vec::new();

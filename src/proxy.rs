@@ -1,17 +1,20 @@
 //! One connection's life: TLS handshake → read the CONNECT → map the certificate identity onto it →
 //! connect the broker → forward the edited CONNECT and anything pipelined behind it → splice.
+//! The allow rules and the client-id policy are applied before the broker is contacted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
 use crate::admin::Health;
-use crate::config::{ClientUsername, Config, PasswordPolicy};
+use crate::authorize::{self, Refused, Rules};
+use crate::config::{ClientIdPolicy, ClientUsername, Config, PasswordPolicy};
 use crate::connect::{self, Connect, ConnectError, Edit, ProtocolVersion, Refusal};
 use crate::identity::{self, IdentityError};
 use crate::metrics::{DirectionLabel, Metrics, ReasonLabel};
@@ -31,6 +34,8 @@ pub struct Proxy {
     /// Shared with the reloader, which updates the certificate gauges and counts reloads.
     pub metrics: Arc<Metrics>,
     pub health: Health,
+    /// The allow rules every new connection is checked against; SIGHUP swaps in the file's new ones.
+    pub rules: Arc<ArcSwap<Rules>>,
 }
 
 impl Proxy {
@@ -44,7 +49,8 @@ impl Proxy {
 
     /// A proxy serving whatever configuration `tls` holds at each handshake.
     pub fn with_tls(config: Config, tls: Arc<TlsHandle>, metrics: Arc<Metrics>) -> Proxy {
-        Proxy { config: Arc::new(config), tls, metrics, health: Health::default() }
+        let rules = Arc::new(ArcSwap::from_pointee(config.authz.clone()));
+        Proxy { config: Arc::new(config), tls, metrics, health: Health::default(), rules }
     }
 
     /// Counts a connection that ended before it was spliced, under every metric that describes why.
@@ -59,6 +65,8 @@ impl Proxy {
             ConnError::BadConnect(e) => (&m.connect_refusals, e.label()),
             ConnError::Identity(_) => (&m.connect_refusals, "no_identity"),
             ConnError::UsernameMismatch { .. } => (&m.connect_refusals, "username_mismatch"),
+            ConnError::NotAllowed(e) => (&m.connect_refusals, e.label()),
+            ConnError::ClientIdRejected { .. } => (&m.connect_refusals, "client_id_rejected"),
             ConnError::Upstream(e) => (&m.upstream_errors, e.label()),
             ConnError::UpstreamWrite(_) => (&m.upstream_errors, "io"),
             ConnError::NoConnack(_) => (&m.upstream_errors, "no_connack"),
@@ -107,6 +115,10 @@ pub enum ConnError {
     #[error("CONNECT username {sent:?} differs from certificate identity {identity:?} (client_username = reject)")]
     UsernameMismatch { sent: String, identity: String },
     #[error("{0}")]
+    NotAllowed(#[from] Refused),
+    #[error("CONNECT client id {client_id:?} does not start with the certificate identity {identity:?} (client_id = require-prefix)")]
+    ClientIdRejected { client_id: String, identity: String },
+    #[error("{0}")]
     Upstream(#[from] UpstreamError),
     #[error("forwarding CONNECT to broker: {0}")]
     UpstreamWrite(std::io::Error),
@@ -127,7 +139,10 @@ impl ConnError {
             ConnError::ConnectTimeout(_) => "connect_timeout",
             ConnError::ClosedBeforeConnect | ConnError::ConnectIo(_) => "connect_eof",
             ConnError::BadConnect(_) => "connect_refused",
-            ConnError::Identity(_) | ConnError::UsernameMismatch { .. } => "not_authorized",
+            ConnError::Identity(_)
+            | ConnError::UsernameMismatch { .. }
+            | ConnError::NotAllowed(_)
+            | ConnError::ClientIdRejected { .. } => "not_authorized",
             ConnError::Upstream(_)
             | ConnError::UpstreamWrite(_)
             | ConnError::NoConnack(_)
@@ -178,6 +193,8 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, handsha
                     ConnError::Handshake(e) => tls::handshake_failure_label(e),
                     ConnError::BadConnect(e) => e.label(),
                     ConnError::Identity(e) => e.label(),
+                    ConnError::NotAllowed(e) => e.label(),
+                    ConnError::ClientIdRejected { .. } => "client_id_rejected",
                     ConnError::Upstream(e) => e.label(),
                     _ => "",
                 };
@@ -216,14 +233,12 @@ async fn serve_connection(
     drop(handshake);
     proxy.metrics.handshake_duration.observe(handshake_started.elapsed().as_secs_f64());
 
-    // Map the identity now; refusing needs the CONNECT's version, so the verdict waits for it.
+    // Check the allow rules and map the identity now; refusing needs the CONNECT's version, so the
+    // verdicts wait for it. A client without a certificate is subject to neither.
     let policy = proxy.config.identity;
-    let identity = client
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| identity::username(leaf, policy.username_from));
+    let leaf = client.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+    let allowed = leaf.map(|leaf| authorize::admits_der(&proxy.rules.load(), leaf));
+    let identity = leaf.map(|leaf| identity::username(leaf, policy.username_from));
     if let Some(Ok(id)) = &identity {
         Span::current().record("identity", id.as_str());
     }
@@ -243,9 +258,12 @@ async fn serve_connection(
     Span::current().record("proto", version.as_str());
     Span::current().record("client_id", connect.client_id(&buf));
 
-    let (username, drop_password) = match identity {
+    if let Some(Err(refused)) = allowed {
+        return Err(refuse(&mut client, version, Refusal::NotAuthorized, refused.into()).await);
+    }
+    let (username, drop_password, client_id) = match identity {
         // No certificate (client_auth optional or none): the broker authenticates the client itself.
-        None => (None, false),
+        None => (None, false, None),
         Some(Err(e)) => return Err(refuse(&mut client, version, Refusal::NotAuthorized, e.into()).await),
         Some(Ok(id)) => {
             if policy.client_username == ClientUsername::Reject {
@@ -254,10 +272,23 @@ async fn serve_connection(
                     return Err(refuse(&mut client, version, Refusal::NotAuthorized, err).await);
                 }
             }
-            (Some(id), policy.password == PasswordPolicy::Drop)
+            let client_id = match policy.client_id {
+                ClientIdPolicy::Keep => None,
+                ClientIdPolicy::FromIdentity => Some(id.clone()),
+                ClientIdPolicy::RequirePrefix => {
+                    let sent = connect.client_id(&buf);
+                    if !sent.starts_with(id.as_str()) {
+                        let err = ConnError::ClientIdRejected { client_id: sent.to_string(), identity: id };
+                        return Err(refuse(&mut client, version, Refusal::IdentifierRejected, err).await);
+                    }
+                    None
+                }
+            };
+            (Some(id), policy.password == PasswordPolicy::Drop, client_id)
         }
     };
-    forward(proxy, client, &mut buf, &connect, username.as_deref(), drop_password).await
+    let edit = Edit { username: username.as_deref(), drop_password, client_id: client_id.as_deref() };
+    forward(proxy, client, &mut buf, &connect, &edit).await
 }
 
 /// Edits the CONNECT, connects the broker, sends the CONNECT and any pipelined bytes, then splices.
@@ -266,15 +297,13 @@ async fn forward<C>(
     mut client: C,
     buf: &mut Vec<u8>,
     connect: &Connect,
-    username: Option<&str>,
-    drop_password: bool,
+    edit: &Edit<'_>,
 ) -> Result<(SpliceStats, std::io::Result<()>), ConnError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let version = connect.version();
-    let edit = Edit { username, drop_password };
-    let mut first = match connect::edit(buf, connect, &edit) {
+    let mut first = match connect::edit(buf, connect, edit) {
         Ok(bytes) => bytes,
         Err(e) => return Err(refuse(&mut client, version, Refusal::BadUsernameOrPassword, e.into()).await),
     };

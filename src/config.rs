@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::authorize::{RuleKind, Rules};
 use crate::identity::UsernameFrom;
 use crate::proxy_protocol::{self, ProxyProtocolSettings, UpstreamProxyProtocol};
 use crate::upstream::Upstream;
@@ -102,6 +103,29 @@ pub enum PasswordPolicy {
     Keep,
 }
 
+/// What happens to the client identifier the client sent when it presented a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIdPolicy {
+    /// Pass it on unchanged.
+    #[default]
+    Keep,
+    /// Replace it with the mapped identity, so one device can't take over another's session.
+    FromIdentity,
+    /// Refuse (CONNACK "identifier rejected") a client id that does not start with the identity.
+    RequirePrefix,
+}
+
+impl ClientIdPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientIdPolicy::Keep => "keep",
+            ClientIdPolicy::FromIdentity => "from-identity",
+            ClientIdPolicy::RequirePrefix => "require-prefix",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
@@ -146,6 +170,24 @@ pub struct RunArgs {
     /// drop | keep the client's password when the username comes from the certificate [default: drop].
     #[arg(long, value_enum)]
     pub password: Option<PasswordPolicy>,
+    /// keep | from-identity | require-prefix: the client id of a client with a certificate [default: keep].
+    #[arg(long, value_enum)]
+    pub client_id: Option<ClientIdPolicy>,
+    /// Admit certificates whose subject CN matches this glob (repeatable; any allow rule matching admits).
+    #[arg(long = "allow-cn", value_name = "GLOB")]
+    pub allow_cn: Vec<String>,
+    /// Admit certificates with a subject OU matching this glob (repeatable).
+    #[arg(long = "allow-ou", value_name = "GLOB")]
+    pub allow_ou: Vec<String>,
+    /// Admit certificates with a DNS subjectAltName matching this glob (repeatable).
+    #[arg(long = "allow-dns", value_name = "GLOB")]
+    pub allow_dns: Vec<String>,
+    /// Admit certificates with a URI subjectAltName matching this glob; `*` stays within a path segment (repeatable).
+    #[arg(long = "allow-uri", value_name = "GLOB")]
+    pub allow_uri: Vec<String>,
+    /// Admit certificates whose issuer DN (RFC 2253, e.g. "CN=Device CA,O=Acme") matches this glob (repeatable).
+    #[arg(long = "allow-issuer", value_name = "GLOB")]
+    pub allow_issuer: Vec<String>,
     /// Log filter: a level (info, debug, ...) or RUST_LOG-style directives [default: info].
     #[arg(long)]
     pub log_level: Option<String>,
@@ -224,6 +266,17 @@ pub struct FileConfig {
     pub username_from: Option<UsernameFrom>,
     pub client_username: Option<ClientUsername>,
     pub password: Option<PasswordPolicy>,
+    pub client_id: Option<ClientIdPolicy>,
+    #[serde(default)]
+    pub allow_cn: Vec<String>,
+    #[serde(default)]
+    pub allow_ou: Vec<String>,
+    #[serde(default)]
+    pub allow_dns: Vec<String>,
+    #[serde(default)]
+    pub allow_uri: Vec<String>,
+    #[serde(default)]
+    pub allow_issuer: Vec<String>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
     pub handshake_timeout: Option<String>,
@@ -313,6 +366,7 @@ pub struct IdentityPolicy {
     pub username_from: UsernameFrom,
     pub client_username: ClientUsername,
     pub password: PasswordPolicy,
+    pub client_id: ClientIdPolicy,
 }
 
 /// Deadlines and caps applied to each connection.
@@ -353,6 +407,8 @@ pub struct Config {
     pub upstream: Upstream,
     pub tls: TlsSettings,
     pub identity: IdentityPolicy,
+    /// Allow rules on the client certificate; reloaded from the file on SIGHUP.
+    pub authz: Rules,
     pub limits: Limits,
     pub drain_timeout: Duration,
     /// Admin HTTP server address; `None` = off.
@@ -452,7 +508,25 @@ impl Config {
             username_from: pick!(username_from).map(|v| v.0).unwrap_or_default(),
             client_username: pick!(client_username).map(|v| v.0).unwrap_or_default(),
             password: pick!(password).map(|v| v.0).unwrap_or_default(),
+            client_id: pick!(client_id).map(|v| v.0).unwrap_or_default(),
         };
+        let mut authz = Rules::default();
+        for (kind, from_args, from_file) in [
+            (RuleKind::Cn, &args.allow_cn, &f.allow_cn),
+            (RuleKind::Ou, &args.allow_ou, &f.allow_ou),
+            (RuleKind::Dns, &args.allow_dns, &f.allow_dns),
+            (RuleKind::Uri, &args.allow_uri, &f.allow_uri),
+            (RuleKind::Issuer, &args.allow_issuer, &f.allow_issuer),
+        ] {
+            // Like `crl`: patterns given as flags replace the file's list of that kind.
+            let (patterns, origin) =
+                if from_args.is_empty() { (from_file, file_origin()) } else { (from_args, Origin::CommandLine) };
+            authz.set(kind, patterns).map_err(|e| ConfigError::Invalid {
+                setting: kind.setting(),
+                origin,
+                reason: e.to_string(),
+            })?;
+        }
         let defaults = Limits::default();
         let duration = |setting: &'static str, v: Option<(String, Origin)>, default: Duration| match v {
             None => Ok(default),
@@ -549,6 +623,7 @@ impl Config {
             upstream,
             tls: TlsSettings { cert, key, client_ca, client_auth, crls, refuse_expired },
             identity,
+            authz,
             limits,
             drain_timeout,
             admin,
@@ -636,6 +711,15 @@ fn proxy_protocol_settings(
             ),
         });
     }
+    if !rewrite_connect && identity.client_id == ClientIdPolicy::FromIdentity {
+        return Err(ConfigError::Invalid {
+            setting: "rewrite_connect",
+            origin: rewrite_origin,
+            reason: "false leaves the CONNECT untouched, so client_id = \"from-identity\" can't apply; \
+                     use client_id = \"require-prefix\" or rewrite_connect = true"
+                .into(),
+        });
+    }
     Ok(ProxyProtocolSettings { accept_from, upstream, rewrite_connect })
 }
 
@@ -716,6 +800,8 @@ impl fmt::Display for Config {
             PasswordPolicy::Keep => "keep",
         };
         writeln!(f, "password = \"{pw}\"")?;
+        writeln!(f, "client_id = \"{}\"", self.identity.client_id.as_str())?;
+        writeln!(f, "{}", self.authz)?;
         writeln!(f, "log_level = {:?}", self.log_level)?;
         let lf = match self.log_format {
             LogFormat::Text => "text",
@@ -881,6 +967,63 @@ mod tests {
         a.extend(["--reload-debounce", "5m"]);
         let err = Config::merge(&args(&a), None).expect_err("must fail");
         assert!(err.to_string().starts_with("reload_debounce (in command line)"), "{err}");
+    }
+
+    #[test]
+    fn allow_rules_and_client_id_are_read_from_the_file() {
+        let cfg = Config::merge(
+            &args(&base()),
+            file("allow_cn = [\"device-*\", \"gw-?\"]\nallow_uri = [\"spiffe://example.org/sensors/*\"]\nclient_id = \"from-identity\""),
+        )
+        .expect("valid");
+        assert_eq!(cfg.authz.patterns(RuleKind::Cn), ["device-*", "gw-?"]);
+        assert_eq!(cfg.authz.patterns(RuleKind::Uri), ["spiffe://example.org/sensors/*"]);
+        assert!(cfg.authz.patterns(RuleKind::Issuer).is_empty());
+        assert_eq!(cfg.identity.client_id, ClientIdPolicy::FromIdentity);
+    }
+
+    #[test]
+    fn allow_flags_replace_the_file_list_of_their_kind_only() {
+        let mut a = base();
+        a.extend(["--allow-cn", "a", "--allow-cn", "b", "--client-id", "require-prefix"]);
+        let cfg = Config::merge(&args(&a), file("allow_cn = [\"file\"]\nallow_ou = [\"Fleet\"]")).expect("valid");
+        assert_eq!(cfg.authz.patterns(RuleKind::Cn), ["a", "b"]);
+        assert_eq!(cfg.authz.patterns(RuleKind::Ou), ["Fleet"]);
+        assert_eq!(cfg.identity.client_id, ClientIdPolicy::RequirePrefix);
+    }
+
+    #[test]
+    fn no_allow_rules_and_keep_are_the_defaults() {
+        let cfg = Config::merge(&args(&base()), None).expect("valid");
+        assert!(cfg.authz.is_empty());
+        assert_eq!(cfg.identity.client_id, ClientIdPolicy::Keep);
+    }
+
+    #[test]
+    fn bad_allow_glob_names_the_setting_and_file() {
+        let err = Config::merge(&args(&base()), file("allow_issuer = [\"CN=[\"]")).expect_err("must fail");
+        assert!(
+            err.to_string().starts_with("allow_issuer (in /etc/mqtls/mqtls.toml): \"CN=[\" is not a valid glob"),
+            "{err}"
+        );
+        let mut a = base();
+        a.extend(["--allow-dns", ""]);
+        let err = Config::merge(&args(&a), None).expect_err("must fail");
+        assert!(err.to_string().starts_with("allow_dns (in command line)"), "{err}");
+    }
+
+    #[test]
+    fn check_output_round_trips_allow_rules_and_client_id() {
+        let mut a = base();
+        a.extend(["--allow-uri", "spiffe://x/*", "--allow-cn", r#"say "hi"\*"#, "--client-id", "from-identity"]);
+        let cfg = Config::merge(&args(&a), None).expect("valid");
+        let back = Config::merge(
+            &args(&[]),
+            Some((PathBuf::from("/x/m.toml"), toml::from_str(&cfg.to_string()).expect("toml"))),
+        )
+        .expect("valid");
+        assert_eq!(back.authz, cfg.authz);
+        assert_eq!(back.identity.client_id, ClientIdPolicy::FromIdentity);
     }
 
     #[test]

@@ -205,7 +205,7 @@ const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
 
 /// The first CN in DER order, which is what OpenSSL's
 /// `X509_NAME_get_index_by_NID(.., NID_commonName, -1)` (and so Mosquitto) picks.
-fn common_name(cert: &X509Certificate<'_>) -> Result<String, IdentityError> {
+pub(crate) fn common_name(cert: &X509Certificate<'_>) -> Result<String, IdentityError> {
     let field = UsernameFrom::Cn.field();
     let attr = cert
         .subject()
@@ -213,6 +213,19 @@ fn common_name(cert: &X509Certificate<'_>) -> Result<String, IdentityError> {
         .find(|a| a.attr_type().as_bytes() == OID_CN)
         .ok_or(IdentityError::Missing { field })?;
     decode_directory_string(field, attr.attr_value())
+}
+
+/// OID 2.5.4.11 (organizationalUnitName), content octets.
+const OID_OU: &[u8] = &[0x55, 0x04, 0x0b];
+
+/// Every subject OU in DER order, decoded as [`decode_directory_string`] decodes a CN; a value that
+/// is not unambiguous text is skipped (it can match nothing).
+pub(crate) fn organizational_units(cert: &X509Certificate<'_>) -> Vec<String> {
+    cert.subject()
+        .iter_attributes()
+        .filter(|a| a.attr_type().as_bytes() == OID_OU)
+        .filter_map(|a| decode_directory_string("subject OU", a.attr_value()).ok())
+        .collect()
 }
 
 /// Decodes an X.520 DirectoryString (or one of the legacy string types) to

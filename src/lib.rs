@@ -2,7 +2,8 @@
 //! splices the rest of the connection to a plain-TCP broker untouched.
 //!
 //! A connection's life, one module per stage:
-//! [`tls`] handshake → [`connect`] read and edit the first packet → [`identity`] certificate → username →
+//! [`tls`] handshake → [`connect`] read and edit the first packet → [`authorize`] allow rules →
+//! [`identity`] certificate → username →
 //! [`upstream`] broker connect → [`splice`] bytes both ways. [`proxy`] runs those stages for one
 //! connection, [`server`] accepts and drains, [`reload`] swaps in rotated TLS files, [`config`] and
 //! [`signal`] sit at the edges; [`admin`] and [`metrics`] are for operators.
@@ -11,6 +12,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod admin;
+pub mod authorize;
 pub mod certinfo;
 pub mod config;
 pub mod connect;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use mqtls::config::{Cli, Command, Config, RunArgs};
 use mqtls::metrics::Metrics;
-use mqtls::reload::Reloader;
+use mqtls::reload::{ConfigReload, Reloader};
 use mqtls::{identity, logging, tls, Proxy};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -78,8 +78,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let reloader = Reloader::new(config.tls.clone(), config.reload, metrics.clone())
         .map_err(|e| anyhow::anyhow!("{e} (settings from {origin})"))?;
-    let reloader = Arc::new(reloader);
     let proxy = Proxy::with_tls(config.clone(), reloader.handle(), metrics);
+    // SIGHUP re-reads the file with the same command line on top and swaps in its allow rules.
+    let reloader = Arc::new(reloader.with_config_reload(ConfigReload::new(args, config.clone(), proxy.rules.clone())));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -1,17 +1,21 @@
 //! One connection's life: TLS handshake → read the CONNECT → map the certificate identity onto it →
 //! connect the broker → forward the edited CONNECT and anything pipelined behind it → splice.
+//! The allow rules and the client-id policy are applied before the broker is contacted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::server::TlsStream;
 use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
 use crate::admin::Health;
-use crate::config::{ClientUsername, Config, PasswordPolicy};
+use crate::authorize::{self, Refused, Rules};
+use crate::config::{ClientIdPolicy, ClientUsername, Config, PasswordPolicy};
 use crate::connect::{self, Connect, ConnectError, Edit, ProtocolVersion, Refusal};
 use crate::identity::{self, IdentityError};
 use crate::metrics::{DirectionLabel, Metrics, ReasonLabel};
@@ -32,6 +36,8 @@ pub struct Proxy {
     /// Shared with the reloader, which updates the certificate gauges and counts reloads.
     pub metrics: Arc<Metrics>,
     pub health: Health,
+    /// The allow rules every new connection is checked against; SIGHUP swaps in the file's new ones.
+    pub rules: Arc<ArcSwap<Rules>>,
 }
 
 impl Proxy {
@@ -45,7 +51,8 @@ impl Proxy {
 
     /// A proxy serving whatever configuration `tls` holds at each handshake.
     pub fn with_tls(config: Config, tls: Arc<TlsHandle>, metrics: Arc<Metrics>) -> Proxy {
-        Proxy { config: Arc::new(config), tls, metrics, health: Health::default() }
+        let rules = Arc::new(ArcSwap::from_pointee(config.authz.clone()));
+        Proxy { config: Arc::new(config), tls, metrics, health: Health::default(), rules }
     }
 
     /// Counts a connection that ended before it was spliced, under every metric that describes why.
@@ -61,6 +68,8 @@ impl Proxy {
             ConnError::BadConnect(e) => (&m.connect_refusals, e.label()),
             ConnError::Identity(_) => (&m.connect_refusals, "no_identity"),
             ConnError::UsernameMismatch { .. } => (&m.connect_refusals, "username_mismatch"),
+            ConnError::NotAllowed(e) => (&m.connect_refusals, e.label()),
+            ConnError::ClientIdRejected { .. } => (&m.connect_refusals, "client_id_rejected"),
             ConnError::Upstream(e) => (&m.upstream_errors, e.label()),
             ConnError::UpstreamWrite(_) => (&m.upstream_errors, "io"),
             ConnError::NoConnack(_) => (&m.upstream_errors, "no_connack"),
@@ -111,6 +120,10 @@ pub enum ConnError {
     #[error("CONNECT username {sent:?} differs from certificate identity {identity:?} (client_username = reject)")]
     UsernameMismatch { sent: String, identity: String },
     #[error("{0}")]
+    NotAllowed(#[from] Refused),
+    #[error("CONNECT client id {client_id:?} does not start with the certificate identity {identity:?} (client_id = require-prefix)")]
+    ClientIdRejected { client_id: String, identity: String },
+    #[error("{0}")]
     Upstream(#[from] UpstreamError),
     #[error("forwarding CONNECT to broker: {0}")]
     UpstreamWrite(std::io::Error),
@@ -132,7 +145,10 @@ impl ConnError {
             ConnError::ConnectTimeout(_) => "connect_timeout",
             ConnError::ClosedBeforeConnect | ConnError::ConnectIo(_) => "connect_eof",
             ConnError::BadConnect(_) => "connect_refused",
-            ConnError::Identity(_) | ConnError::UsernameMismatch { .. } => "not_authorized",
+            ConnError::Identity(_)
+            | ConnError::UsernameMismatch { .. }
+            | ConnError::NotAllowed(_)
+            | ConnError::ClientIdRejected { .. } => "not_authorized",
             ConnError::Upstream(_)
             | ConnError::UpstreamWrite(_)
             | ConnError::NoConnack(_)
@@ -196,6 +212,8 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, handsha
                     ConnError::ProxyProtocol(e) => e.label(),
                     ConnError::BadConnect(e) => e.label(),
                     ConnError::Identity(e) => e.label(),
+                    ConnError::NotAllowed(e) => e.label(),
+                    ConnError::ClientIdRejected { .. } => "client_id_rejected",
                     ConnError::Upstream(e) => e.label(),
                     _ => "",
                 };
@@ -212,12 +230,34 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, handsha
     .await
 }
 
+/// A client past every check, with the bytes to send the broker first.
+struct Ready {
+    client: Box<TlsStream<TcpStream>>,
+    /// PROXY header (if any), the edited CONNECT, and the packets pipelined behind it.
+    first: Vec<u8>,
+    version: ProtocolVersion,
+}
+
 async fn serve_connection(
+    proxy: &Proxy,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    handshake: OwnedSemaphorePermit,
+) -> Result<(SpliceStats, std::io::Result<()>), ConnError> {
+    // Everything before the broker is contacted runs in its own heap-allocated future, freed once done:
+    // a task's future is as large as its largest state for its whole life, and the checks' state
+    // (buffers, identity, rules' verdicts) must not stay pinned to tens of thousands of idle connections.
+    let ready = Box::pin(prepare(proxy, tcp, peer, handshake)).await?;
+    forward(proxy, ready).await
+}
+
+/// TLS handshake, CONNECT, allow rules, identity and client-id policies, and the CONNECT edit.
+async fn prepare(
     proxy: &Proxy,
     mut tcp: TcpStream,
     peer: SocketAddr,
     handshake: OwnedSemaphorePermit,
-) -> Result<(SpliceStats, std::io::Result<()>), ConnError> {
+) -> Result<Ready, ConnError> {
     let limits = proxy.config.limits;
     // Nagle would hold back PINGRESPs and small publishes behind a delayed ACK.
     let _ = tcp.set_nodelay(true);
@@ -242,20 +282,18 @@ async fn serve_connection(
     drop(handshake);
     proxy.metrics.handshake_duration.observe(handshake_started.elapsed().as_secs_f64());
 
-    // Map the identity now; refusing needs the CONNECT's version, so the verdict waits for it.
+    // Check the allow rules and map the identity now; refusing needs the CONNECT's version, so the
+    // verdicts wait for it. A client without a certificate is subject to neither.
     let policy = proxy.config.identity;
-    let identity = client
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| identity::username(leaf, policy.username_from));
+    let leaf = client.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+    let allowed = leaf.map(|leaf| authorize::admits_der(&proxy.rules.load(), leaf));
+    let identity = leaf.map(|leaf| identity::username(leaf, policy.username_from));
     if let Some(Ok(id)) = &identity {
         Span::current().record("identity", id.as_str());
     }
     let upstream_header = upstream_header(proxy, client.get_ref().1, addrs);
 
-    let (mut buf, connect) =
+    let (buf, connect) =
         match tokio::time::timeout(limits.connect_timeout, read_connect(&mut client, limits.max_connect_size)).await {
             Err(_) => return Err(ConnError::ConnectTimeout(limits.connect_timeout)),
             Ok(Err(ConnError::BadConnect(e))) => {
@@ -270,9 +308,12 @@ async fn serve_connection(
     Span::current().record("proto", version.as_str());
     Span::current().record("client_id", connect.client_id(&buf));
 
-    let (username, drop_password) = match identity {
+    if let Some(Err(refused)) = allowed {
+        return Err(refuse(&mut client, version, Refusal::NotAuthorized, refused.into()).await);
+    }
+    let (username, drop_password, client_id) = match identity {
         // No certificate (client_auth optional or none): the broker authenticates the client itself.
-        None => (None, false),
+        None => (None, false, None),
         Some(Err(e)) => return Err(refuse(&mut client, version, Refusal::NotAuthorized, e.into()).await),
         Some(Ok(id)) => {
             if policy.client_username == ClientUsername::Reject {
@@ -281,14 +322,37 @@ async fn serve_connection(
                     return Err(refuse(&mut client, version, Refusal::NotAuthorized, err).await);
                 }
             }
-            (Some(id), policy.password == PasswordPolicy::Drop)
+            let client_id = match policy.client_id {
+                ClientIdPolicy::Keep => None,
+                ClientIdPolicy::FromIdentity => Some(id.clone()),
+                ClientIdPolicy::RequirePrefix => {
+                    let sent = connect.client_id(&buf);
+                    if !sent.starts_with(id.as_str()) {
+                        let err = ConnError::ClientIdRejected { client_id: sent.to_string(), identity: id };
+                        return Err(refuse(&mut client, version, Refusal::IdentifierRejected, err).await);
+                    }
+                    None
+                }
+            };
+            (Some(id), policy.password == PasswordPolicy::Drop, client_id)
         }
     };
     // Without the rewrite the broker takes the identity from the PROXY v2 header's CN, and the CONNECT
     // goes on byte for byte (a `reject` policy above still refuses a CONNECT naming someone else).
-    let (username, drop_password) =
-        if proxy.config.proxy_protocol.rewrite_connect { (username, drop_password) } else { (None, false) };
-    forward(proxy, client, &mut buf, &connect, username.as_deref(), drop_password, upstream_header).await
+    let edit = if proxy.config.proxy_protocol.rewrite_connect {
+        Edit { username: username.as_deref(), drop_password, client_id: client_id.as_deref() }
+    } else {
+        Edit::default()
+    };
+    let edited = match connect::edit(&buf, &connect, &edit) {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(refuse(&mut client, version, Refusal::BadUsernameOrPassword, e.into()).await),
+    };
+    // The PROXY header goes first (the broker reads it before any MQTT), then the CONNECT, then the
+    // packets the client pipelined behind it, in order.
+    let pipelined = buf.get(connect.packet_len()..).unwrap_or_default();
+    let first = [upstream_header.as_slice(), &edited, pipelined].concat();
+    Ok(Ready { client, first, version })
 }
 
 /// With `accept_proxy_protocol`: the client's addresses, the TCP connection's, or, from a trusted load
@@ -358,33 +422,9 @@ fn upstream_header(proxy: &Proxy, tls: &rustls::ServerConnection, addrs: ClientA
     proxy_protocol::outbound_header(version, addrs, &TlsFacts::of(tls, cn))
 }
 
-/// Edits the CONNECT, connects the broker, sends the CONNECT and any pipelined bytes, then splices.
-async fn forward<C>(
-    proxy: &Proxy,
-    mut client: C,
-    buf: &mut Vec<u8>,
-    connect: &Connect,
-    username: Option<&str>,
-    drop_password: bool,
-    upstream_header: Vec<u8>,
-) -> Result<(SpliceStats, std::io::Result<()>), ConnError>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
-    let version = connect.version();
-    let edit = Edit { username, drop_password };
-    let mut first = match connect::edit(buf, connect, &edit) {
-        Ok(bytes) => bytes,
-        Err(e) => return Err(refuse(&mut client, version, Refusal::BadUsernameOrPassword, e.into()).await),
-    };
-    if !upstream_header.is_empty() {
-        // The PROXY header goes first: the broker reads it before any MQTT.
-        first = [upstream_header, first].concat();
-    }
-    // Packets the client pipelined behind its CONNECT go out right after it, in order.
-    first.extend_from_slice(buf.get(connect.packet_len()..).unwrap_or_default());
-    *buf = Vec::new();
-
+/// Connects the broker, sends it the prepared bytes, then splices.
+async fn forward(proxy: &Proxy, ready: Ready) -> Result<(SpliceStats, std::io::Result<()>), ConnError> {
+    let Ready { mut client, first, version } = ready;
     let limits = proxy.config.limits;
     let upstream = match proxy.config.upstream.connect(limits.upstream_connect_timeout).await {
         Ok(u) => u,
@@ -510,6 +550,6 @@ mod tests {
         let (tcp, peer) = listener.accept().await.expect("accept");
         let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
         let task = handle(proxy, tcp, peer, permit);
-        assert!(std::mem::size_of_val(&task) <= 2048, "connection future is {} bytes", std::mem::size_of_val(&task));
+        assert!(std::mem::size_of_val(&task) <= 1536, "connection future is {} bytes", std::mem::size_of_val(&task));
     }
 }

@@ -12,6 +12,10 @@
 //! stays in service and the failed set is *not* remembered, so the next event retries. That rule is
 //! what pairs a certificate with its key: while only one of them is new the key does not match the
 //! leaf, the build fails, and the write of the other half triggers the retry that succeeds.
+//!
+//! SIGHUP also re-reads the configuration file ([`ConfigReload`]): the allow rules are swapped in;
+//! every other setting keeps its start-up value, and a log line names the ones that changed and need
+//! a restart.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -28,7 +32,10 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{ReloadSettings, TlsSettings};
+use arc_swap::ArcSwap;
+
+use crate::authorize::Rules;
+use crate::config::{Config, ConfigError, ReloadSettings, RunArgs, TlsSettings};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::tls::{self, LeafInfo, TlsError, TlsFiles, TlsHandle, Validity};
 
@@ -90,6 +97,8 @@ pub struct Reloader {
     handle: Arc<TlsHandle>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
+    /// What SIGHUP re-reads besides the TLS files, if set.
+    config: Option<ConfigReload>,
 }
 
 impl Reloader {
@@ -107,7 +116,14 @@ impl Reloader {
             handle: Arc::new(TlsHandle::new(&loaded)),
             metrics,
             state: Mutex::new(State { loaded: digests(&files), last_error: None }),
+            config: None,
         })
+    }
+
+    /// Makes SIGHUP re-read the configuration file too (see [`ConfigReload`]).
+    pub fn with_config_reload(mut self, config: ConfigReload) -> Reloader {
+        self.config = Some(config);
+        self
     }
 
     /// The handle to give the proxy: it always holds the newest good configuration.
@@ -225,7 +241,14 @@ impl Reloader {
             }
             let this = self.clone();
             // File reads and certificate parsing block; keep them off the runtime's worker threads.
-            if let Err(err) = tokio::task::spawn_blocking(move || this.reload(reason)).await {
+            let work = move || {
+                if let (ReloadReason::Sighup, Some(config)) = (reason, &this.config) {
+                    // Errors are logged inside; the TLS files are reloaded either way.
+                    let _ = config.reload();
+                }
+                this.reload(reason)
+            };
+            if let Err(err) = tokio::task::spawn_blocking(work).await {
                 error!(%err, "TLS reload task failed");
             }
         }
@@ -237,6 +260,88 @@ impl Reloader {
         // next reload rebuilds an unchanged set.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The result of a successful [`ConfigReload::reload`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigReloadOutcome {
+    /// New allow rules are in service.
+    pub rules_changed: bool,
+    /// Settings whose new value only a restart puts in service (their config key).
+    pub needs_restart: Vec<String>,
+}
+
+/// Re-reads the configuration file on SIGHUP: validates it whole, with the same command line on
+/// top, and swaps in its allow rules. Nothing else changes at runtime; settings that differ from the
+/// ones in service are named in a log line (on every SIGHUP until the restart).
+pub struct ConfigReload {
+    args: RunArgs,
+    /// The configuration the process started with (its allow rules aside).
+    in_service: Config,
+    rules: Arc<ArcSwap<Rules>>,
+}
+
+impl ConfigReload {
+    /// `args` are the command line the process started with, `in_service` the configuration loaded
+    /// from them, `rules` the handle the proxy reads.
+    pub fn new(args: RunArgs, in_service: Config, rules: Arc<ArcSwap<Rules>>) -> ConfigReload {
+        ConfigReload { args, in_service, rules }
+    }
+
+    /// Re-reads the file (if one was given). On an invalid file nothing changes and the error is
+    /// logged (naming the setting and the file) and returned.
+    pub fn reload(&self) -> Result<ConfigReloadOutcome, ConfigError> {
+        let Some(file) = &self.in_service.file else {
+            debug!("no configuration file to re-read; allow rules unchanged");
+            return Ok(ConfigReloadOutcome { rules_changed: false, needs_restart: Vec::new() });
+        };
+        let new = match Config::load(&self.args) {
+            Ok(c) => c,
+            Err(err) => {
+                error!(file = %file.display(), %err, "configuration reload failed; keeping the allow rules in service");
+                return Err(err);
+            }
+        };
+        let rules_changed = **self.rules.load() != new.authz;
+        if rules_changed {
+            let counts: Vec<String> = crate::authorize::RuleKind::ALL
+                .iter()
+                .map(|&k| format!("{}={}", k.setting(), new.authz.patterns(k).len()))
+                .collect();
+            self.rules.store(Arc::new(new.authz.clone()));
+            info!(file = %file.display(), rules = counts.join(" "), "allow rules reloaded");
+        } else {
+            info!(file = %file.display(), "configuration re-read; allow rules unchanged");
+        }
+        let needs_restart = changed_settings(&self.in_service, &new);
+        if !needs_restart.is_empty() {
+            warn!(
+                file = %file.display(),
+                settings = needs_restart.join(", "),
+                "configuration changes that need a restart to take effect; they are not in service"
+            );
+        }
+        Ok(ConfigReloadOutcome { rules_changed, needs_restart })
+    }
+}
+
+/// The keys whose effective value differs, allow rules excluded: compared on the `mqtls check`
+/// rendering, which prints every setting as one `key = value` line.
+fn changed_settings(old: &Config, new: &Config) -> Vec<String> {
+    let lines = |c: &Config| -> Vec<(String, String)> {
+        c.to_string()
+            .lines()
+            .filter_map(|l| l.split_once(" = "))
+            .filter(|(key, _)| !key.starts_with("allow_"))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let (old, new) = (lines(old), lines(new));
+    let mut keys: Vec<String> = old.iter().chain(&new).map(|(k, _)| k.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    let value = |list: &[(String, String)], key: &str| list.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    keys.into_iter().filter(|k| value(&old, k) != value(&new, k)).collect()
 }
 
 fn digests(files: &TlsFiles) -> Vec<(PathBuf, [u8; 32])> {

@@ -261,8 +261,14 @@ fn model() -> impl Strategy<Value = Model> {
         })
 }
 
-fn an_edit() -> impl Strategy<Value = (Option<String>, bool)> {
-    (prop::option::of(prop_oneof![text(), "[a-z]{100,140}".prop_map(|s| s)]), any::<bool>())
+/// A new username, whether to drop the password, and a new client id. Long values move the
+/// remaining length across a varint boundary.
+fn an_edit() -> impl Strategy<Value = (Option<String>, bool, Option<String>)> {
+    (
+        prop::option::of(prop_oneof![text(), "[a-z]{100,140}".prop_map(|s| s)]),
+        any::<bool>(),
+        prop::option::of(prop_oneof![text(), "[a-z]{100,140}".prop_map(|s| s)]),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -298,14 +304,17 @@ proptest! {
     }
 
     #[test]
-    fn edit_changes_only_username_password_and_remaining_length(
+    fn edit_changes_only_username_password_client_id_and_remaining_length(
         m in model(),
-        (username, drop_password) in an_edit(),
+        pipelined in prop::collection::vec(any::<u8>(), 0..10),
+        (username, drop_password, client_id) in an_edit(),
     ) {
         let pkt = encode(&m);
-        let c = parse(&pkt);
-        let e = Edit { username: username.as_deref(), drop_password };
-        let out = edit(&pkt, &c, &e).unwrap();
+        let mut buf = pkt.clone();
+        buf.extend_from_slice(&pipelined);
+        let c = parse(&buf);
+        let e = Edit { username: username.as_deref(), drop_password, client_id: client_id.as_deref() };
+        let out = edit(&buf, &c, &e).unwrap();
 
         let mut expected = m.clone();
         if let Some(u) = &username {
@@ -314,13 +323,17 @@ proptest! {
         if drop_password {
             expected.password = None;
         }
+        if let Some(id) = &client_id {
+            expected.client_id = id.clone();
+        }
         prop_assert_eq!(&out, &encode(&expected));
 
         let c2 = parse(&out);
         prop_assert_eq!(c2.packet_len(), out.len());
         prop_assert_eq!(c2.username(&out), expected.username.as_deref());
         prop_assert_eq!(c2.has_password(), expected.password.is_some());
-        prop_assert_eq!(c2.client_id(&out), m.client_id.as_str());
+        prop_assert_eq!(c2.client_id(&out), expected.client_id.as_str());
+        prop_assert_eq!(c2.has_will(), m.will.is_some());
     }
 
     #[test]
@@ -339,26 +352,26 @@ proptest! {
     fn corrupted_connects_never_panic(
         m in model(),
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
-        (username, drop_password) in an_edit(),
+        (username, drop_password, client_id) in an_edit(),
     ) {
         let mut pkt = encode(&m);
         for (at, byte) in flips {
             let i = at.index(pkt.len());
             pkt[i] = byte;
         }
-        exercise(&pkt, username.as_deref(), drop_password);
+        exercise(&pkt, username.as_deref(), drop_password, client_id.as_deref());
         for n in 0..pkt.len().min(80) {
-            exercise(&pkt[..n], None, false);
+            exercise(&pkt[..n], None, false, None);
         }
     }
 }
 
 /// Runs every public entry point on `buf`; only panics are failures here.
-fn exercise(buf: &[u8], username: Option<&str>, drop_password: bool) {
+fn exercise(buf: &[u8], username: Option<&str>, drop_password: bool, client_id: Option<&str>) {
     match read(buf) {
         Ok(Some(c)) => {
             let _ = (c.client_id(buf), c.username(buf), c.version().as_str());
-            let out = edit(buf, &c, &Edit { username, drop_password }).unwrap();
+            let out = edit(buf, &c, &Edit { username, drop_password, client_id }).unwrap();
             // Whatever we accept, our own output must be accepted too.
             assert!(matches!(read(&out), Ok(Some(_))));
         }
@@ -391,7 +404,7 @@ fn random_bytes_and_all_their_prefixes_never_panic() {
             buf[8] = [4, 5][i % 8 / 4];
         }
         for n in 0..=buf.len() {
-            exercise(&buf[..n], Some("mapped"), true);
+            exercise(&buf[..n], Some("mapped"), true, [None, Some("id")][n % 2]);
         }
     }
 }
@@ -474,7 +487,7 @@ fn edit_keeps_will_properties_byte_for_byte() {
     // will properties (user property a=b), will topic/payload, then username "bob" (5 bytes).
     let orig: &[u8] = include_bytes!("data/connect-v5.bin");
     let c = parse(orig);
-    let out = edit(orig, &c, &Edit { username: Some("mapped"), drop_password: true }).unwrap();
+    let out = edit(orig, &c, &Edit { username: Some("mapped"), drop_password: true, client_id: None }).unwrap();
     let body_without_username = &orig[2..orig.len() - 5];
     let mut expected = vec![0x10, u8::try_from(body_without_username.len() + 8).unwrap()];
     expected.extend_from_slice(body_without_username);
@@ -486,7 +499,7 @@ fn edit_keeps_will_properties_byte_for_byte() {
 fn edit_inserts_username_at_the_end_when_client_sent_none() {
     let orig: &[u8] = include_bytes!("data/connect-v311.bin");
     let c = parse(orig);
-    let out = edit(orig, &c, &Edit { username: Some("u"), drop_password: false }).unwrap();
+    let out = edit(orig, &c, &Edit { username: Some("u"), drop_password: false, client_id: None }).unwrap();
     let mut expected = orig.to_vec();
     expected[1] += 3;
     expected[9] |= 0x80; // username flag
@@ -500,7 +513,8 @@ fn edit_inserts_username_before_a_v5_password_sent_without_username() {
     m.password = Some(b"pw".to_vec());
     let pkt = encode(&m);
     assert!(parse(&pkt).has_password());
-    let out = edit(&pkt, &parse(&pkt), &Edit { username: Some("alice"), drop_password: false }).unwrap();
+    let out =
+        edit(&pkt, &parse(&pkt), &Edit { username: Some("alice"), drop_password: false, client_id: None }).unwrap();
     m.username = Some("alice".into());
     assert_eq!(out, encode(&m));
 }
@@ -509,7 +523,7 @@ fn edit_inserts_username_before_a_v5_password_sent_without_username() {
 fn edit_drops_password_and_clears_its_flag() {
     let orig: &[u8] = include_bytes!("data/connect-v311-userpass.bin");
     let c = parse(orig);
-    let out = edit(orig, &c, &Edit { username: None, drop_password: true }).unwrap();
+    let out = edit(orig, &c, &Edit { username: None, drop_password: true, client_id: None }).unwrap();
     let mut expected = orig[..orig.len() - 8].to_vec(); // "\0\x06s3cr3t"
     expected[1] -= 8;
     expected[9] &= !0x40;
@@ -523,7 +537,7 @@ fn edit_drops_password_and_clears_its_flag() {
 fn edit_replaces_the_client_username() {
     let orig: &[u8] = include_bytes!("data/connect-v31.bin");
     let c = parse(orig);
-    let out = edit(orig, &c, &Edit { username: Some("cn=device-42"), drop_password: true }).unwrap();
+    let out = edit(orig, &c, &Edit { username: Some("cn=device-42"), drop_password: true, client_id: None }).unwrap();
     let c2 = parse(&out);
     assert_eq!(c2.version(), ProtocolVersion::V31);
     assert_eq!(c2.client_id(&out), "client31");
@@ -535,7 +549,7 @@ fn edit_replaces_the_client_username() {
 fn edit_grows_the_remaining_length_varint_when_needed() {
     let orig: &[u8] = include_bytes!("data/connect-v311.bin");
     let name = "x".repeat(110);
-    let out = edit(orig, &parse(orig), &Edit { username: Some(&name), drop_password: false }).unwrap();
+    let out = edit(orig, &parse(orig), &Edit { username: Some(&name), drop_password: false, client_id: None }).unwrap();
     let remaining = orig.len() - 2 + 2 + 110;
     assert_eq!(remaining, 133);
     assert_eq!(&out[1..3], &[0x85, 0x01]); // 133 = 5 + 1 * 128
@@ -550,7 +564,7 @@ fn edit_output_excludes_pipelined_packets() {
     buf.extend_from_slice(&[0x30, 0x03, 0x00, 0x01, b't']); // a PUBLISH right behind it
     let c = parse(&buf);
     assert_eq!(c.packet_len(), len);
-    let out = edit(&buf, &c, &Edit { username: Some("u"), drop_password: false }).unwrap();
+    let out = edit(&buf, &c, &Edit { username: Some("u"), drop_password: false, client_id: None }).unwrap();
     assert_eq!(parse(&out).packet_len(), out.len());
     assert_eq!(edit(&buf, &c, &Edit::default()).unwrap(), &buf[..len]);
 }
@@ -559,7 +573,8 @@ fn edit_output_excludes_pipelined_packets() {
 fn edit_refuses_a_username_longer_than_65535_bytes() {
     let orig: &[u8] = include_bytes!("data/connect-v311.bin");
     let name = "x".repeat(65_536);
-    let err = edit(orig, &parse(orig), &Edit { username: Some(&name), drop_password: false }).unwrap_err();
+    let err =
+        edit(orig, &parse(orig), &Edit { username: Some(&name), drop_password: false, client_id: None }).unwrap_err();
     assert!(matches!(err, ConnectError::Unencodable { .. }), "{err}");
     assert_eq!(err.label(), "edit");
     assert_eq!(err.connack(), Some(vec![0x20, 0x02, 0x00, 0x03]));
@@ -569,16 +584,59 @@ fn edit_refuses_a_username_longer_than_65535_bytes() {
 fn edit_accepts_a_username_of_exactly_65535_bytes() {
     let orig: &[u8] = include_bytes!("data/connect-v5.bin");
     let name = "y".repeat(65_535);
-    let out = edit(orig, &parse(orig), &Edit { username: Some(&name), drop_password: false }).unwrap();
+    let out = edit(orig, &parse(orig), &Edit { username: Some(&name), drop_password: false, client_id: None }).unwrap();
     assert_eq!(parse(&out).username(&out), Some(name.as_str()));
 }
 
 #[test]
 fn edit_refuses_a_username_containing_nul() {
     let orig: &[u8] = include_bytes!("data/connect-v5.bin");
-    let err = edit(orig, &parse(orig), &Edit { username: Some("a\0b"), drop_password: false }).unwrap_err();
+    let err =
+        edit(orig, &parse(orig), &Edit { username: Some("a\0b"), drop_password: false, client_id: None }).unwrap_err();
     assert!(matches!(err, ConnectError::Unencodable { .. }), "{err}");
     assert_eq!(err.connack(), Some(vec![0x20, 0x03, 0x00, 0x88, 0x00]));
+}
+
+#[test]
+fn edit_replaces_the_client_id_and_keeps_the_will_and_properties() {
+    // connect-v5.bin: client id "client5", then will properties, will topic and payload, username.
+    let orig: &[u8] = include_bytes!("data/connect-v5.bin");
+    let c = parse(orig);
+    let out = edit(orig, &c, &Edit { client_id: Some("device-42"), ..Edit::default() }).unwrap();
+    let at = orig.windows(9).position(|w| w == b"\x00\x07client5").unwrap();
+    let mut expected = vec![0x10, orig[1] + 2];
+    expected.extend_from_slice(&orig[2..at]);
+    expected.extend_from_slice(b"\x00\x09device-42");
+    expected.extend_from_slice(&orig[at + 9..]);
+    assert_eq!(out, expected);
+    let c2 = parse(&out);
+    assert_eq!(c2.client_id(&out), "device-42");
+    assert_eq!(c2.username(&out), Some("bob"));
+    assert!(c2.has_will());
+}
+
+#[test]
+fn edit_replaces_an_empty_client_id_in_every_version() {
+    for version in [ProtocolVersion::V31, ProtocolVersion::V311, ProtocolVersion::V5] {
+        let mut m = base(version);
+        m.client_id = String::new();
+        m.username = Some("u".into());
+        let pkt = encode(&m);
+        let out = edit(&pkt, &parse(&pkt), &Edit { client_id: Some("dev-a"), ..Edit::default() }).unwrap();
+        m.client_id = "dev-a".into();
+        assert_eq!(out, encode(&m), "{version}");
+    }
+}
+
+#[test]
+fn edit_refuses_a_client_id_that_mqtt_cannot_encode() {
+    let orig: &[u8] = include_bytes!("data/connect-v311.bin");
+    let long = "x".repeat(65_536);
+    for bad in ["a\0b", long.as_str()] {
+        let err = edit(orig, &parse(orig), &Edit { client_id: Some(bad), ..Edit::default() }).unwrap_err();
+        assert!(matches!(err, ConnectError::Unencodable { .. }), "{err}");
+        assert!(err.to_string().contains("client identifier"), "{err}");
+    }
 }
 
 #[test]

@@ -15,6 +15,10 @@ const MAX_LENS: [usize; 6] = [usize::MAX, MAX_REMAINING_LEN, DEFAULT_MAX_CONNECT
 /// Usernames the editor is asked to write: ASCII, empty, and multi-byte UTF-8.
 const USERNAMES: [&str; 3] = ["fuzz-user", "", "ü-🦀"];
 
+/// Client ids the editor is asked to write: empty, and one long enough (200 bytes) to move the
+/// remaining length across a varint boundary for small packets.
+const CLIENT_IDS: [&str; 2] = ["", "device-42-device-42-device-42-device-42-device-42-device-42-device-42-device-42-device-42-device-42-device-42-device-42-device-42-device-42-device-42-device-42-device-42-device-42-device-42-device-42"];
+
 /// Upper bound on the number of proper prefixes of an accepted CONNECT that are re-read, to keep
 /// the check linear-ish in the input size.
 const PREFIXES_CHECKED: usize = 32;
@@ -62,24 +66,44 @@ fn check_accepted(data: &[u8], c: &Connect) {
     }
 
     // An edit that changes nothing gives back the CONNECT byte for byte, without pipelined bytes.
-    let unchanged = edit(data, c, &Edit { username: None, drop_password: false });
+    let unchanged = edit(data, c, &Edit::default());
     assert_eq!(unchanged.as_deref(), Ok(data.get(..len).unwrap_or_default()), "no-op edit changed the packet");
 
     for drop_password in [false, true] {
         let kept_password = c.has_password() && !drop_password;
         for name in USERNAMES.map(Some).into_iter().chain([None]) {
-            let out = edit(data, c, &Edit { username: name, drop_password })
-                .unwrap_or_else(|e| panic!("edit({name:?}, drop_password: {drop_password}) failed: {e}"));
-            let c2 = match read_connect(&out, usize::MAX) {
-                Ok(Some(c2)) => c2,
-                other => panic!("edited CONNECT does not re-parse: {other:?}\n{out:02x?}"),
-            };
-            assert_eq!(c2.packet_len(), out.len(), "edited CONNECT has trailing bytes");
-            assert_eq!(c2.version(), c.version(), "edit changed the version");
-            assert_eq!(c2.client_id(&out), client_id, "edit changed the client id");
-            assert_eq!(c2.username(&out), name.or(username), "edited username");
-            assert_eq!(c2.has_password(), kept_password, "edited password presence");
-            assert_eq!(c2.has_will(), c.has_will(), "edit changed the will flag");
+            for new_id in CLIENT_IDS.map(Some).into_iter().chain([None]) {
+                let e = Edit { username: name, drop_password, client_id: new_id };
+                let out = edit(data, c, &e).unwrap_or_else(|err| panic!("{e:?} failed: {err}"));
+                let c2 = match read_connect(&out, usize::MAX) {
+                    Ok(Some(c2)) => c2,
+                    other => panic!("edited CONNECT does not re-parse: {other:?}\n{out:02x?}"),
+                };
+                assert_eq!(c2.packet_len(), out.len(), "edited CONNECT has trailing bytes");
+                assert_eq!(c2.version(), c.version(), "edit changed the version");
+                assert_eq!(c2.client_id(&out), new_id.unwrap_or(client_id), "edited client id");
+                assert_eq!(c2.username(&out), name.or(username), "edited username");
+                assert_eq!(c2.has_password(), kept_password, "edited password presence");
+                assert_eq!(c2.has_will(), c.has_will(), "edit changed the will flag");
+                if new_id.is_some() {
+                    // Changing the client id back restores exactly the edit without it (up to the
+                    // remaining-length encoding: a no-op edit keeps a client's non-minimal varint).
+                    let only_creds = Edit { client_id: None, ..e };
+                    let back = edit(&out, &c2, &Edit { client_id: Some(client_id), ..Edit::default() });
+                    let want = edit(data, c, &only_creds);
+                    assert_eq!(
+                        back.as_deref().map(body),
+                        want.as_deref().map(body),
+                        "client id edit is not reversible"
+                    );
+                }
+            }
         }
     }
+}
+
+/// A packet without its fixed header (first byte and remaining-length varint).
+fn body(packet: &[u8]) -> &[u8] {
+    let varint_len = packet.iter().skip(1).take(4).take_while(|b| *b & 0x80 != 0).count() + 1;
+    packet.get(1 + varint_len..).unwrap_or_default()
 }

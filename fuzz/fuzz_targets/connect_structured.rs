@@ -1,7 +1,7 @@
 //! Valid CONNECTs of all three versions, built from a model by a small encoder, then edited.
 //!
 //! The editor must produce exactly what the encoder produces for the same model with only the
-//! username and password changed: every other byte (flags aside from the username/password bits,
+//! username, password and client id changed: every other byte (flags aside from the username/password bits,
 //! keep alive, client id, will, every v5 property in its original order) is copied, and only the
 //! remaining length is recomputed.
 #![no_main]
@@ -90,6 +90,7 @@ struct Input {
     model: Model,
     new_username: Option<String>,
     drop_password: bool,
+    new_client_id: Option<String>,
     pipelined: Vec<u8>,
 }
 
@@ -263,7 +264,7 @@ fn encode(m: &Model) -> Option<Vec<u8>> {
 }
 
 fuzz_target!(|input: Input| {
-    let Input { mut model, new_username, drop_password, pipelined } = input;
+    let Input { mut model, new_username, drop_password, new_client_id, pipelined } = input;
     model.normalise();
     let Some(pkt) = encode(&model) else { return };
     let mut buf = pkt.clone();
@@ -280,9 +281,10 @@ fuzz_target!(|input: Input| {
     assert_eq!(c.has_password(), model.password.is_some());
     assert_eq!(c.has_will(), model.will.is_some());
 
-    let e = Edit { username: new_username.as_deref(), drop_password };
+    let e = Edit { username: new_username.as_deref(), drop_password, client_id: new_client_id.as_deref() };
     let result = edit(&buf, &c, &e);
-    if new_username.as_deref().is_some_and(|u| u.contains('\0') || u.len() > usize::from(u16::MAX)) {
+    let unencodable = |s: Option<&str>| s.is_some_and(|s| s.contains('\0') || s.len() > usize::from(u16::MAX));
+    if unencodable(new_username.as_deref()) || unencodable(new_client_id.as_deref()) {
         assert!(matches!(result, Err(ConnectError::Unencodable { .. })), "{result:?}");
         return;
     }
@@ -295,8 +297,11 @@ fuzz_target!(|input: Input| {
     if drop_password {
         expected.password = None;
     }
+    if let Some(id) = new_client_id {
+        expected.client_id = id;
+    }
     let Some(expected_pkt) = encode(&expected) else { return };
-    assert_eq!(out, expected_pkt, "edit changed more than username/password/remaining length");
+    assert_eq!(out, expected_pkt, "edit changed more than username/password/client id/remaining length");
     match read_connect(&out, DEFAULT_MAX_CONNECT_LEN) {
         Ok(Some(c2)) => assert_eq!(c2.packet_len(), out.len()),
         other => panic!("edited CONNECT does not re-parse: {other:?}"),

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqtls::config::{
-    ClientAuth, ClientUsername, Config, IdentityPolicy, Limits, LogFormat, PasswordPolicy, ReloadSettings, TlsSettings,
+    ClientAuth, ClientIdPolicy, ClientUsername, Config, IdentityPolicy, Limits, LogFormat, PasswordPolicy,
+    ReloadSettings, TlsSettings,
 };
 use mqtls::identity::UsernameFrom;
 use mqtls::reload::Reloader;
@@ -164,7 +165,9 @@ impl Pki {
                 username_from: UsernameFrom::Cn,
                 client_username: ClientUsername::Overwrite,
                 password: PasswordPolicy::Drop,
+                client_id: ClientIdPolicy::Keep,
             },
+            authz: Default::default(),
             limits: Limits::default(),
             drain_timeout: Duration::from_secs(5),
             admin: None,

@@ -78,7 +78,9 @@ pub async fn check_upstream(proxy: Arc<Proxy>, shutdown: CancellationToken) {
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+/// `proxies` are every listener's; metrics and `/certs` come from them, readiness needs all of them.
+pub async fn serve(listener: TcpListener, proxies: Vec<Arc<Proxy>>, shutdown: CancellationToken) {
+    let proxies: Arc<[Arc<Proxy>]> = proxies.into();
     if let Ok(addr) = listener.local_addr() {
         info!(admin = %addr, "admin endpoints: /metrics /healthz /readyz /certs");
     }
@@ -95,11 +97,11 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
                 }
             },
         };
-        let proxy = proxy.clone();
+        let proxies = proxies.clone();
         tracker.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(route(&proxy, &req)) }
+                let proxies = proxies.clone();
+                async move { Ok::<_, Infallible>(route(&proxies, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn).await;
@@ -109,10 +111,13 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
     tracker.wait().await;
 }
 
-fn route<B>(proxy: &Proxy, req: &Request<B>) -> Response<Full<Bytes>> {
+fn route<B>(proxies: &[Arc<Proxy>], req: &Request<B>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }
+    let Some(proxy) = proxies.first() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "no listeners\n".into());
+    };
     match req.uri().path() {
         "/metrics" => {
             let mut r = text(StatusCode::OK, proxy.metrics.render());
@@ -123,10 +128,23 @@ fn route<B>(proxy: &Proxy, req: &Request<B>) -> Response<Full<Bytes>> {
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" if proxy.health.ready() => text(StatusCode::OK, "ready\n".into()),
+        "/readyz" if proxies.iter().all(|p| p.health.ready()) => text(StatusCode::OK, "ready\n".into()),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
         "/certs" => {
-            let body = serde_json::to_string_pretty(&*proxy.tls.certificates()).unwrap_or_default();
+            // One listener: its certificates, as always; several: an object keyed by listener name.
+            let body = if proxies.len() == 1 {
+                serde_json::to_string_pretty(&*proxy.tls.certificates())
+            } else {
+                let by_name: serde_json::Map<String, serde_json::Value> = proxies
+                    .iter()
+                    .map(|p| {
+                        let name = p.config.name.clone().unwrap_or_else(|| p.config.listen.to_string());
+                        (name, serde_json::to_value(&*p.tls.certificates()).unwrap_or_default())
+                    })
+                    .collect();
+                serde_json::to_string_pretty(&by_name)
+            }
+            .unwrap_or_default();
             let mut r = text(StatusCode::OK, body + "\n");
             r.headers_mut()
                 .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));

@@ -249,10 +249,13 @@ pub struct RunArgs {
     /// Source range (CIDR or address) whose connections must start with a PROXY header (repeatable).
     #[arg(long = "proxy-protocol-from")]
     pub proxy_protocol_from: Vec<String>,
+    /// ALPN protocol offered in the handshake, e.g. mqtt or x-amzn-mqtt-ca (repeatable); none = no ALPN.
+    #[arg(long = "alpn", value_name = "PROTOCOL")]
+    pub alpn: Vec<String>,
 }
 
 /// The configuration file. Unknown keys are errors: a typo must not silently fall back to a default.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
@@ -297,6 +300,93 @@ pub struct FileConfig {
     pub accept_proxy_protocol: Option<bool>,
     #[serde(default)]
     pub proxy_protocol_from: Vec<String>,
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    /// Certificates chosen by the name the client sends (SNI); `cert`/`key` serve every other name.
+    #[serde(default)]
+    pub sni: Vec<SniFile>,
+    /// `[[listener]]` blocks; without any, the top level is the one listener.
+    #[serde(default)]
+    pub listener: Vec<ListenerFile>,
+}
+
+/// One `[[sni]]` / `[[listener.sni]]` entry: a certificate and key served for the listed names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniFile {
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One `[[listener]]` block: the per-listener keys. Each one it leaves out is inherited from the top
+/// level; a global key (admin, log_level, timeouts, ...) here is an error naming it.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    /// For log lines and error messages; defaults to `#1`, `#2`, ... in file order.
+    pub name: Option<String>,
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: Option<ClientAuth>,
+    pub crl: Option<Vec<PathBuf>>,
+    pub username_from: Option<UsernameFrom>,
+    pub client_username: Option<ClientUsername>,
+    pub password: Option<PasswordPolicy>,
+    pub client_id: Option<ClientIdPolicy>,
+    pub allow_cn: Option<Vec<String>>,
+    pub allow_ou: Option<Vec<String>>,
+    pub allow_dns: Option<Vec<String>>,
+    pub allow_uri: Option<Vec<String>>,
+    pub allow_issuer: Option<Vec<String>>,
+    pub upstream_proxy_protocol: Option<UpstreamProxyProtocol>,
+    pub rewrite_connect: Option<bool>,
+    pub accept_proxy_protocol: Option<bool>,
+    pub proxy_protocol_from: Option<Vec<String>>,
+    pub alpn: Option<Vec<String>>,
+    pub sni: Option<Vec<SniFile>>,
+}
+
+impl FileConfig {
+    /// The top level with one listener block's keys laid over it.
+    fn with_listener(&self, l: &ListenerFile) -> FileConfig {
+        let mut f = self.clone();
+        f.listener = Vec::new();
+        macro_rules! over {
+            ($($name:ident),*) => {$(
+                if l.$name.is_some() {
+                    f.$name = l.$name.clone();
+                }
+            )*};
+        }
+        over!(
+            listen,
+            upstream,
+            cert,
+            key,
+            client_ca,
+            client_auth,
+            username_from,
+            client_username,
+            password,
+            client_id,
+            upstream_proxy_protocol,
+            rewrite_connect,
+            accept_proxy_protocol
+        );
+        macro_rules! over_list {
+            ($($name:ident),*) => {$(
+                if let Some(v) = &l.$name {
+                    f.$name = v.clone();
+                }
+            )*};
+        }
+        over_list!(crl, allow_cn, allow_ou, allow_dns, allow_uri, allow_issuer, proxy_protocol_from, alpn, sni);
+        f
+    }
 }
 
 /// A configuration error: the setting, where it came from, and what is wrong with it.
@@ -317,6 +407,8 @@ pub enum ConfigError {
 pub enum Origin {
     CommandLine,
     File(PathBuf),
+    /// A `[[listener]]` block of the file (or the top level it inherits from), by name.
+    Listener(PathBuf, String),
     Default,
 }
 
@@ -325,6 +417,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::CommandLine => f.write_str("command line"),
             Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Listener(p, name) => write!(f, "{}, listener {name}", p.display()),
             Origin::Default => f.write_str("default"),
         }
     }
@@ -340,6 +433,19 @@ pub struct TlsSettings {
     pub crls: Vec<PathBuf>,
     /// Refuse an expired or not-yet-valid server certificate instead of loading it with a warning.
     pub refuse_expired: bool,
+    /// ALPN protocols the server accepts, in preference order; empty = no ALPN.
+    pub alpn: Vec<String>,
+    /// Certificates picked by SNI name; `cert`/`key` serve clients sending no or another name.
+    pub sni: Vec<SniCert>,
+}
+
+/// A certificate and key served to clients that ask for one of `names` (SNI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniCert {
+    /// Lower-case DNS names; `*.example.org` matches exactly one label in front of `example.org`.
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// When the TLS files are re-read (see [`crate::reload`]).
@@ -403,6 +509,8 @@ impl Default for Limits {
 pub struct Config {
     /// The file it was read from, if any.
     pub file: Option<PathBuf>,
+    /// The `[[listener]]` block's name (`#1`, `#2`, ... when unnamed); `None` without blocks.
+    pub name: Option<String>,
     pub listen: SocketAddr,
     pub upstream: Upstream,
     pub tls: TlsSettings,
@@ -423,21 +531,74 @@ pub struct Config {
 
 impl Config {
     /// Merges a config file (if named) with the flags and validates the result.
+    /// With `[[listener]]` blocks in the file, the first listener; use [`Config::load_all`] for all.
     pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
+        Self::load_all(args)?.into_iter().next().ok_or(ConfigError::Missing { setting: "listener" })
+    }
+
+    /// One configuration per listener: each `[[listener]]` block laid over the file's top level, with
+    /// the command line over both; without blocks, the top level is the one listener.
+    pub fn load_all(args: &RunArgs) -> Result<Vec<Config>, ConfigError> {
         let file = match &args.config {
             Some(path) => Some((path.clone(), read_file(path)?)),
             None => None,
         };
-        Self::merge(args, file)
+        Self::merge_all(args, file)
+    }
+
+    fn merge_all(args: &RunArgs, file: Option<(PathBuf, FileConfig)>) -> Result<Vec<Config>, ConfigError> {
+        let (path, f) = match file {
+            Some((path, f)) if !f.listener.is_empty() => (path, f),
+            other => return Ok(vec![Self::merge(args, other)?]),
+        };
+        let mut configs: Vec<Config> = Vec::with_capacity(f.listener.len());
+        for (i, block) in f.listener.iter().enumerate() {
+            let name = block.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
+            let origin = Origin::Listener(path.clone(), name.clone());
+            if configs.iter().any(|c| c.name.as_deref() == Some(name.as_str())) {
+                return Err(ConfigError::Invalid {
+                    setting: "name",
+                    origin,
+                    reason: "two listeners have this name".into(),
+                });
+            }
+            let mut config = Self::merge_in(args, Some((path.clone(), f.with_listener(block))), Some(name.clone()))?;
+            // Port 0 (any free port) can't clash.
+            if let Some(other) = configs.iter().find(|c| c.listen == config.listen && c.listen.port() != 0) {
+                return Err(ConfigError::Invalid {
+                    setting: "listen",
+                    origin,
+                    reason: format!(
+                        "{} is also the address of listener {}",
+                        config.listen,
+                        other.name.as_deref().unwrap_or_default()
+                    ),
+                });
+            }
+            config.name = Some(name);
+            configs.push(config);
+        }
+        Ok(configs)
     }
 
     fn merge(args: &RunArgs, file: Option<(PathBuf, FileConfig)>) -> Result<Config, ConfigError> {
+        Self::merge_in(args, file, None)
+    }
+
+    fn merge_in(
+        args: &RunArgs,
+        file: Option<(PathBuf, FileConfig)>,
+        listener: Option<String>,
+    ) -> Result<Config, ConfigError> {
         let (path, f) = match file {
             Some((p, f)) => (Some(p), f),
             None => (None, FileConfig::default()),
         };
         let origin_path = path.clone().unwrap_or_default();
-        let file_origin = || Origin::File(origin_path.clone());
+        let file_origin = || match &listener {
+            Some(name) => Origin::Listener(origin_path.clone(), name.clone()),
+            None => Origin::File(origin_path.clone()),
+        };
         // Relative paths in a file are relative to that file, so a config directory can be moved whole.
         let base = path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
         let rel = |p: PathBuf| match &base {
@@ -472,7 +633,7 @@ impl Config {
         let path_setting =
             |setting: &'static str, v: Option<(PathBuf, Origin)>| -> Result<Option<PathBuf>, ConfigError> {
                 match v {
-                    Some((p, Origin::File(_))) => Ok(Some(rel(p))),
+                    Some((p, Origin::File(_) | Origin::Listener(..))) => Ok(Some(rel(p))),
                     Some((p, _)) if p.as_os_str().is_empty() => {
                         Err(ConfigError::Invalid { setting, origin: Origin::CommandLine, reason: "empty path".into() })
                     }
@@ -617,11 +778,26 @@ impl Config {
             None => "info".to_string(),
         };
         let proxy_protocol = proxy_protocol_settings(args, &f, &file_origin(), &identity)?;
+        let (alpn_list, alpn_origin) =
+            if args.alpn.is_empty() { (&f.alpn, file_origin()) } else { (&args.alpn, Origin::CommandLine) };
+        let alpn = alpn_protocols(alpn_list, alpn_origin)?;
+        let sni = f
+            .sni
+            .iter()
+            .map(|entry| {
+                Ok(SniCert {
+                    names: sni_names(&entry.names, file_origin())?,
+                    cert: rel(entry.cert.clone()),
+                    key: rel(entry.key.clone()),
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(Config {
             file: path,
+            name: None,
             listen,
             upstream,
-            tls: TlsSettings { cert, key, client_ca, client_auth, crls, refuse_expired },
+            tls: TlsSettings { cert, key, client_ca, client_auth, crls, refuse_expired, alpn, sni },
             identity,
             authz,
             limits,
@@ -642,6 +818,52 @@ impl Config {
             None => "command line".to_string(),
         }
     }
+}
+
+/// ALPN protocol names: non-empty, at most 255 bytes (the TLS limit), no duplicates.
+fn alpn_protocols(list: &[String], origin: Origin) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for p in list {
+        let reason = if p.is_empty() || p.len() > 255 {
+            format!("{p:?} is not an ALPN protocol name (1 to 255 bytes)")
+        } else if out.contains(p) {
+            format!("{p:?} is listed twice")
+        } else {
+            out.push(p.clone());
+            continue;
+        };
+        return Err(ConfigError::Invalid { setting: "alpn", origin, reason });
+    }
+    Ok(out)
+}
+
+/// SNI names: DNS names, lower-cased; a wildcard only as the whole first label (`*.example.org`).
+fn sni_names(names: &[String], origin: Origin) -> Result<Vec<String>, ConfigError> {
+    if names.is_empty() {
+        return Err(ConfigError::Invalid { setting: "sni", origin, reason: "an entry has no names".into() });
+    }
+    names
+        .iter()
+        .map(|n| {
+            let lower = n.trim_end_matches('.').to_ascii_lowercase();
+            let rest = lower.strip_prefix("*.").unwrap_or(&lower);
+            let ok = !rest.is_empty()
+                && rest.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if ok {
+                Ok(lower)
+            } else {
+                Err(ConfigError::Invalid {
+                    setting: "sni",
+                    origin: origin.clone(),
+                    reason: format!("{n:?} is not a DNS name or a *.suffix wildcard"),
+                })
+            }
+        })
+        .collect()
 }
 
 /// The PROXY protocol settings, checked against each other and the identity policy.
@@ -773,6 +995,9 @@ impl fmt::Display for Config {
     /// The effective settings, in the file's own syntax, so `mqtls check` output can seed a config file.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let q = |p: &Path| format!("{:?}", p.display().to_string());
+        if let Some(name) = &self.name {
+            writeln!(f, "# listener {name}")?;
+        }
         writeln!(f, "listen = \"{}\"", self.listen)?;
         writeln!(f, "upstream = \"{}\"", self.upstream)?;
         let pp = &self.proxy_protocol;
@@ -787,6 +1012,8 @@ impl fmt::Display for Config {
             writeln!(f, "client_ca = {}", q(ca))?;
         }
         writeln!(f, "client_auth = \"{}\"", self.tls.client_auth.as_str())?;
+        let alpn: Vec<String> = self.tls.alpn.iter().map(|p| format!("{p:?}")).collect();
+        writeln!(f, "alpn = [{}]", alpn.join(", "))?;
         let crls: Vec<String> = self.tls.crls.iter().map(|p| q(p)).collect();
         writeln!(f, "crl = [{}]", crls.join(", "))?;
         writeln!(f, "username_from = \"{}\"", self.identity.username_from.as_str())?;
@@ -826,7 +1053,13 @@ impl fmt::Display for Config {
             None => writeln!(f, "reload_interval = \"off\"")?,
         }
         writeln!(f, "reload_debounce = \"{}\"", d(self.reload.debounce))?;
-        write!(f, "refuse_expired = {}", self.tls.refuse_expired)
+        write!(f, "refuse_expired = {}", self.tls.refuse_expired)?;
+        // Tables last: every key after a [[sni]] header would belong to it.
+        for sni in &self.tls.sni {
+            let names: Vec<String> = sni.names.iter().map(|n| format!("{n:?}")).collect();
+            write!(f, "\n\n[[sni]]\nnames = [{}]\ncert = {}\nkey = {}", names.join(", "), q(&sni.cert), q(&sni.key))?;
+        }
+        Ok(())
     }
 }
 
@@ -1037,6 +1270,105 @@ mod tests {
         assert_eq!(back.reload.debounce, Duration::from_millis(300));
         assert!(back.tls.refuse_expired);
     }
+    const TWO_LISTENERS: &str = r#"
+cert = "c.pem"
+key = "k.pem"
+client_ca = "ca.pem"
+upstream = "broker:1883"
+alpn = ["mqtt"]
+
+[[sni]]
+names = ["A.example.org", "*.b.example.org"]
+cert = "a.pem"
+key = "a.key"
+
+[[listener]]
+name = "certs"
+listen = "127.0.0.1:8883"
+
+[[listener]]
+listen = "127.0.0.1:8884"
+client_auth = "optional"
+upstream = "other:1884"
+allow_cn = ["dev-*"]
+alpn = []
+sni = []
+"#;
+
+    #[test]
+    fn listener_blocks_inherit_the_top_level_and_override_it() {
+        let all = Config::merge_all(&args(&[]), file(TWO_LISTENERS)).expect("valid");
+        assert_eq!(all.len(), 2);
+        let (a, b) = (&all[0], &all[1]);
+        assert_eq!((a.name.as_deref(), b.name.as_deref()), (Some("certs"), Some("#2")));
+        assert_eq!((a.listen.port(), b.listen.port()), (8883, 8884));
+        assert_eq!(a.upstream.to_string(), "broker:1883");
+        assert_eq!(b.upstream.to_string(), "other:1884");
+        assert_eq!((a.tls.client_auth, b.tls.client_auth), (ClientAuth::Required, ClientAuth::Optional));
+        assert_eq!(b.tls.cert, PathBuf::from("/etc/mqtls/c.pem"), "inherited, relative to the file");
+        assert!(a.authz.is_empty());
+        assert_eq!(b.authz.patterns(RuleKind::Cn), ["dev-*"]);
+        assert_eq!(a.tls.alpn, ["mqtt"]);
+        assert!(b.tls.alpn.is_empty(), "an empty list in a block turns ALPN off");
+        assert_eq!(a.tls.sni.len(), 1);
+        assert_eq!(a.tls.sni[0].names, ["a.example.org", "*.b.example.org"], "lower-cased");
+        assert_eq!(a.tls.sni[0].cert, PathBuf::from("/etc/mqtls/a.pem"));
+        assert!(b.tls.sni.is_empty());
+    }
+
+    #[test]
+    fn command_line_listener_flags_apply_to_every_listener() {
+        let all = Config::merge_all(&args(&["--upstream", "flag:1", "--alpn", "x-amzn-mqtt-ca"]), file(TWO_LISTENERS))
+            .expect("valid");
+        assert!(all.iter().all(|c| c.upstream.to_string() == "flag:1" && c.tls.alpn == ["x-amzn-mqtt-ca"]));
+    }
+
+    #[test]
+    fn without_listener_blocks_the_top_level_is_the_one_listener() {
+        let all = Config::merge_all(&args(&base()), file("listen = \"127.0.0.1:1\"")).expect("valid");
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].name, None);
+        assert_eq!(all[0].listen.port(), 1);
+    }
+
+    #[test]
+    fn a_global_key_in_a_listener_block_is_an_error_naming_it() {
+        let err = toml::from_str::<FileConfig>("[[listener]]\nlisten = \"127.0.0.1:1\"\ndrain_timeout = \"1s\"")
+            .expect_err("must fail");
+        assert!(err.to_string().contains("drain_timeout"), "{err}");
+    }
+
+    #[test]
+    fn listener_errors_name_the_setting_the_file_and_the_listener() {
+        let text = format!("{TWO_LISTENERS}\n[[listener]]\nname = \"dup\"\nlisten = \"127.0.0.1:8884\"\n");
+        let err = Config::merge_all(&args(&[]), file(&text)).expect_err("same address");
+        let msg = err.to_string();
+        assert!(msg.starts_with("listen (in /etc/mqtls/mqtls.toml, listener dup)"), "{msg}");
+        assert!(msg.contains("listener #2"), "{msg}");
+
+        let text = TWO_LISTENERS.replace("upstream = \"other:1884\"", "upstream = \"other\"");
+        let err = Config::merge_all(&args(&[]), file(&text)).expect_err("bad upstream");
+        assert!(err.to_string().starts_with("upstream (in /etc/mqtls/mqtls.toml, listener #2)"), "{err}");
+
+        let text = TWO_LISTENERS.replace("alpn = []", "alpn = [\"\"]");
+        let err = Config::merge_all(&args(&[]), file(&text)).expect_err("bad alpn");
+        assert!(err.to_string().starts_with("alpn (in /etc/mqtls/mqtls.toml, listener #2)"), "{err}");
+
+        let text = TWO_LISTENERS.replace("*.b.example.org", "a.*.org");
+        let err = Config::merge_all(&args(&[]), file(&text)).expect_err("bad sni name");
+        assert!(err.to_string().starts_with("sni (in /etc/mqtls/mqtls.toml, listener certs)"), "{err}");
+    }
+
+    #[test]
+    fn check_output_round_trips_alpn_and_sni() {
+        let all = Config::merge_all(&args(&[]), file(TWO_LISTENERS)).expect("valid");
+        let text = all[0].to_string();
+        let back = Config::merge(&args(&[]), Some((PathBuf::from("/x/m.toml"), toml::from_str(&text).expect("toml"))))
+            .expect("valid");
+        assert_eq!(back.tls.alpn, all[0].tls.alpn);
+        assert_eq!(back.tls.sni, all[0].tls.sni);
+    }
+
     #[test]
     fn proxy_protocol_is_off_by_default() {
         let cfg = Config::merge(&args(&base()), None).expect("valid");

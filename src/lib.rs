@@ -37,32 +37,49 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Runs everything: the proxy on `listener`; with `reloader`, certificate rotation (file watch, SIGHUP,
-/// periodic re-check); with `admin`, the admin endpoints and the broker check behind `/readyz`.
-/// Returns once `shutdown` is cancelled and the drain is over; the admin endpoints stay up until then,
-/// so probes see the drain. Fails only if the SIGHUP handler can't be installed.
+/// One listener as [`run`] takes it: the bound socket, its proxy, and (optionally) the reloader that
+/// rotates its TLS files.
+pub type Listener = (TcpListener, Arc<Proxy>, Option<Arc<reload::Reloader>>);
+
+/// Runs everything: a proxy on each listener; with its reloader, certificate rotation (file watch,
+/// SIGHUP, periodic re-check); with `admin`, the admin endpoints (metrics of the first proxy, which the
+/// binary shares between all; ready when every listener is) and the broker checks behind `/readyz`.
+/// Returns once `shutdown` is cancelled and every listener's drain is over; the admin endpoints stay
+/// up until then, so probes see the drain. Fails only if the SIGHUP handler can't be installed.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     admin: Option<TcpListener>,
-    proxy: Arc<Proxy>,
-    reloader: Option<Arc<reload::Reloader>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let side_tasks = TaskTracker::new();
     let side_stop = CancellationToken::new();
-    if let Some(reloader) = reloader {
+    let proxies: Vec<Arc<Proxy>> = listeners.iter().map(|(_, proxy, _)| proxy.clone()).collect();
+    for reloader in listeners.iter().filter_map(|(_, _, r)| r.clone()) {
         // Installs the SIGHUP handler before the first connection is accepted.
-        let task = reloader.start(side_stop.clone())?;
+        let task = match reloader.start(side_stop.clone()) {
+            Ok(task) => task,
+            Err(err) => {
+                side_stop.cancel();
+                return Err(err);
+            }
+        };
         side_tasks.spawn(async move {
             let _ = task.await;
         });
     }
     if let Some(admin) = admin {
-        side_tasks.spawn(admin::serve(admin, proxy.clone(), side_stop.clone()));
-        side_tasks.spawn(admin::check_upstream(proxy.clone(), side_stop.clone()));
+        side_tasks.spawn(admin::serve(admin, proxies.clone(), side_stop.clone()));
+        for proxy in &proxies {
+            side_tasks.spawn(admin::check_upstream(proxy.clone(), side_stop.clone()));
+        }
     }
     side_tasks.close();
-    server::serve(listener, proxy, shutdown).await;
+    let servers = TaskTracker::new();
+    for (listener, proxy, _) in listeners {
+        servers.spawn(server::serve(listener, proxy, shutdown.clone()));
+    }
+    servers.close();
+    servers.wait().await;
     side_stop.cancel();
     side_tasks.wait().await;
     Ok(())

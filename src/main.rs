@@ -34,24 +34,32 @@ fn main() -> ExitCode {
 }
 
 fn check(args: RunArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args)?;
-    let origin = config.origin();
-    let in_origin = |e: tls::TlsError| anyhow::anyhow!("{e} (settings from {origin})");
-    let files = tls::TlsFiles::read(&config.tls).map_err(in_origin)?;
-    let leaf = tls::build(&config.tls, &files).map_err(in_origin)?.leaf;
-    println!("# configuration OK ({origin})");
-    println!(
-        "# server certificate: {} (serial {}, not after {}, sha256 {})",
-        leaf.subject, leaf.serial, leaf.not_after, leaf.sha256
-    );
-    match leaf.validity {
-        tls::Validity::Valid => {}
-        tls::Validity::Expired => println!("# WARNING: the server certificate EXPIRED at {}", leaf.not_after),
-        tls::Validity::NotYetValid => {
-            println!("# WARNING: the server certificate is NOT VALID before {}", leaf.not_before)
+    let configs = Config::load_all(&args)?;
+    for (i, config) in configs.iter().enumerate() {
+        let origin = match &config.name {
+            Some(name) => format!("{}, listener {name}", config.origin()),
+            None => config.origin(),
+        };
+        let in_origin = |e: tls::TlsError| anyhow::anyhow!("{e} (settings from {origin})");
+        let files = tls::TlsFiles::read(&config.tls).map_err(in_origin)?;
+        let leaf = tls::build(&config.tls, &files).map_err(in_origin)?.leaf;
+        if i > 0 {
+            println!();
         }
+        println!("# configuration OK ({origin})");
+        println!(
+            "# server certificate: {} (serial {}, not after {}, sha256 {})",
+            leaf.subject, leaf.serial, leaf.not_after, leaf.sha256
+        );
+        match leaf.validity {
+            tls::Validity::Valid => {}
+            tls::Validity::Expired => println!("# WARNING: the server certificate EXPIRED at {}", leaf.not_after),
+            tls::Validity::NotYetValid => {
+                println!("# WARNING: the server certificate is NOT VALID before {}", leaf.not_before)
+            }
+        }
+        println!("{config}");
     }
-    println!("{config}");
     Ok(())
 }
 
@@ -66,39 +74,52 @@ fn print_identity(cert: &std::path::Path, from: identity::UsernameFrom) -> anyho
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args)?;
-    // Logging first, so an expired certificate's warning at start-up reaches the log.
-    logging::init(&config.log_level, config.log_format);
+    let configs = Config::load_all(&args)?;
+    let first = configs.first().context("no listener configured")?.clone();
+    // Logging first, so an expired certificate's warning at start-up reaches the log. Global settings
+    // (logging, admin) are top-level only, so every listener's copy holds the same values.
+    logging::init(&first.log_level, first.log_format);
     // Each connection holds two descriptors; the usual soft limit (1024) would cap a proxy at ~500.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open-file limit"),
         Err(err) => tracing::warn!(%err, "could not raise the open-file limit"),
     }
-    let origin = config.origin();
+    // One registry for every listener: the counters add up across them.
     let metrics = Arc::new(Metrics::new());
-    let reloader = Reloader::new(config.tls.clone(), config.reload, metrics.clone())
-        .map_err(|e| anyhow::anyhow!("{e} (settings from {origin})"))?;
-    let proxy = Proxy::with_tls(config.clone(), reloader.handle(), metrics);
-    // SIGHUP re-reads the file with the same command line on top and swaps in its allow rules.
-    let reloader = Arc::new(reloader.with_config_reload(ConfigReload::new(args, config.clone(), proxy.rules.clone())));
+    let mut prepared = Vec::with_capacity(configs.len());
+    for config in configs {
+        let origin = match &config.name {
+            Some(name) => format!("{}, listener {name}", config.origin()),
+            None => config.origin(),
+        };
+        let reloader = Reloader::new(config.tls.clone(), config.reload, metrics.clone())
+            .map_err(|e| anyhow::anyhow!("{e} (settings from {origin})"))?;
+        let proxy = Proxy::with_tls(config.clone(), reloader.handle(), metrics.clone());
+        // SIGHUP re-reads the file with the same command line on top and swaps in its allow rules.
+        let reloader =
+            Arc::new(reloader.with_config_reload(ConfigReload::new(args.clone(), config.clone(), proxy.rules.clone())));
+        prepared.push((config, origin, Arc::new(proxy), reloader));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listen: cannot bind {} (in {})", config.listen, config.origin()))?;
-        let admin = match config.admin {
+        let mut listeners = Vec::with_capacity(prepared.len());
+        for (config, origin, proxy, reloader) in prepared {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("listen: cannot bind {} (in {origin})", config.listen))?;
+            listeners.push((listener, proxy, Some(reloader)));
+        }
+        let admin = match first.admin {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
                     .await
-                    .with_context(|| format!("admin: cannot bind {addr} (in {})", config.origin()))?,
+                    .with_context(|| format!("admin: cannot bind {addr} (in {})", first.origin()))?,
             ),
             None => None,
         };
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(mqtls::signal::watch(shutdown.clone()));
-        mqtls::run(listener, admin, Arc::new(proxy), Some(reloader), shutdown)
-            .await
-            .context("installing the SIGHUP handler")?;
+        mqtls::run(listeners, admin, shutdown).await.context("installing the SIGHUP handler")?;
         signals.abort();
         Ok(())
     })

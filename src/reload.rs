@@ -295,7 +295,20 @@ impl ConfigReload {
             debug!("no configuration file to re-read; allow rules unchanged");
             return Ok(ConfigReloadOutcome { rules_changed: false, needs_restart: Vec::new() });
         };
-        let new = match Config::load(&self.args) {
+        let listener = self.in_service.name.clone();
+        let new = match Config::load_all(&self.args).and_then(|all| {
+            let len = all.len();
+            all.into_iter().find(|c| c.name == listener || (listener.is_none() && len == 1)).ok_or_else(|| {
+                ConfigError::Invalid {
+                    setting: "listener",
+                    origin: crate::config::Origin::File(file.clone()),
+                    reason: format!(
+                        "the listener {} in service is no longer in the file; restart to change listeners",
+                        listener.as_deref().unwrap_or("(top level)")
+                    ),
+                }
+            })
+        }) {
             Ok(c) => c,
             Err(err) => {
                 error!(file = %file.display(), %err, "configuration reload failed; keeping the allow rules in service");
@@ -471,7 +484,11 @@ impl DirWatch {
 /// The directories that hold each configured file and every symlink on the way to it, absolute.
 fn file_dirs(settings: &TlsSettings) -> BTreeSet<PathBuf> {
     let cwd = std::env::current_dir().unwrap_or_default();
-    let files = [&settings.cert, &settings.key].into_iter().chain(settings.client_ca.as_ref()).chain(&settings.crls);
+    let files = [&settings.cert, &settings.key]
+        .into_iter()
+        .chain(settings.client_ca.as_ref())
+        .chain(&settings.crls)
+        .chain(settings.sni.iter().flat_map(|s| [&s.cert, &s.key]));
     let mut dirs = BTreeSet::new();
     for file in files {
         let mut path = cwd.join(file);

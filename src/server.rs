@@ -24,7 +24,8 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
     let handshakes = Arc::new(Semaphore::new(limits.max_handshakes.min(Semaphore::MAX_PERMITS)));
     proxy.health.set_listening(true);
     if let Ok(addr) = listener.local_addr() {
-        info!(listen = %addr, upstream = %proxy.config.upstream, "accepting connections");
+        let name = proxy.config.name.as_deref().unwrap_or_default();
+        info!(listen = %addr, listener = name, upstream = %proxy.config.upstream, "accepting connections");
     }
     loop {
         tokio::select! {

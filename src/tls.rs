@@ -5,6 +5,7 @@
 //! published by swapping an `Arc`: rustls fixes CRLs inside the client verifier, so any change to trust
 //! material needs a new `ServerConfig` anyway, and a connection keeps the configuration it started with.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -13,7 +14,8 @@ use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
@@ -115,6 +117,8 @@ pub struct TlsFiles {
     /// Read only when client certificates are asked for.
     pub client_ca: Option<TlsFile>,
     pub crls: Vec<TlsFile>,
+    /// (cert, key) of each SNI entry, in configuration order.
+    pub sni: Vec<(TlsFile, TlsFile)>,
 }
 
 impl TlsFiles {
@@ -133,17 +137,27 @@ impl TlsFiles {
             ClientAuth::None => Vec::new(),
             _ => settings.crls.iter().map(|p| TlsFile::read("crl", p)).collect::<Result<_, _>>()?,
         };
+        let sni = settings
+            .sni
+            .iter()
+            .map(|s| Ok((TlsFile::read("sni cert", &s.cert)?, TlsFile::read("sni key", &s.key)?)))
+            .collect::<Result<_, TlsError>>()?;
         Ok(TlsFiles {
             cert: TlsFile::read("cert", &settings.cert)?,
             key: TlsFile::read("key", &settings.key)?,
             client_ca,
             crls,
+            sni,
         })
     }
 
-    /// Every file, in a fixed order (cert, key, client CA, CRLs).
+    /// Every file, in a fixed order (cert, key, client CA, CRLs, SNI certs and keys).
     pub fn iter(&self) -> impl Iterator<Item = &TlsFile> {
-        [&self.cert, &self.key].into_iter().chain(self.client_ca.as_ref()).chain(self.crls.iter())
+        [&self.cert, &self.key]
+            .into_iter()
+            .chain(self.client_ca.as_ref())
+            .chain(self.crls.iter())
+            .chain(self.sni.iter().flat_map(|(c, k)| [c, k]))
     }
 }
 
@@ -245,17 +259,46 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
         }
     };
 
-    let mut config = ServerConfig::builder_with_provider(provider)
+    // Checks that the key's public half is the leaf's (rustls 0.23 `CertifiedKey::from_der`).
+    let certified = |cert: &TlsFile, key_file: &TlsFile, chain, key| {
+        CertifiedKey::from_der(chain, key, &provider).map(Arc::new).map_err(|e| TlsError::KeyMismatch {
+            cert: cert.path.clone(),
+            key: key_file.path.clone(),
+            reason: e.to_string(),
+        })
+    };
+    let default = certified(&files.cert, &files.key, chain, key)?;
+    let mut resolver = SniResolver { exact: HashMap::new(), wildcard: HashMap::new(), default };
+    for ((cert_file, key_file), entry) in files.sni.iter().zip(&settings.sni) {
+        let chain = parse_certs(cert_file)?;
+        let sni_leaf = leaf_info(cert_file, &chain)?;
+        match (settings.refuse_expired, sni_leaf.validity) {
+            (false, _) | (_, Validity::Valid) => {}
+            (true, Validity::Expired) => {
+                return Err(TlsError::Expired { path: cert_file.path.clone(), not_after: sni_leaf.not_after })
+            }
+            (true, Validity::NotYetValid) => {
+                return Err(TlsError::NotYetValid { path: cert_file.path.clone(), not_before: sni_leaf.not_before })
+            }
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key_file.bytes)
+            .map_err(|e| pem_error(key_file.setting, &key_file.path, "private key", e))?;
+        let ck = certified(cert_file, key_file, chain, key)?;
+        for name in &entry.names {
+            match name.strip_prefix("*.") {
+                Some(suffix) => resolver.wildcard.insert(suffix.to_string(), ck.clone()),
+                None => resolver.exact.insert(name.clone(), ck.clone()),
+            };
+        }
+    }
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Verifier { setting: "tls", reason: e.to_string() })?
         .with_client_cert_verifier(verifier)
-        // Checks that the key's public half is the leaf's (rustls 0.23 `CertifiedKey::from_der`).
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError::KeyMismatch {
-            cert: files.cert.path.clone(),
-            key: files.key.path.clone(),
-            reason: e.to_string(),
-        })?;
+        .with_cert_resolver(Arc::new(resolver));
+    // Empty: no ALPN extension in the answer (a client offering some still connects). Otherwise a
+    // client offering only other protocols is refused by rustls with a no_application_protocol alert.
+    config.alpn_protocols = settings.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     // The server's suite order (AEADs, strongest first) wins over whatever order a client proposes.
     config.ignore_client_order = true;
     // Resumption makes reconnect storms cheap. The ticket keys and the session cache belong to this
@@ -374,6 +417,34 @@ impl TlsHandle {
     }
 }
 
+/// Picks the certificate for the name a client sends (SNI): an exact name first, then a `*.suffix`
+/// wildcard covering one label, else the listener's own certificate.
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
+            return self.default.clone();
+        };
+        if let Some(ck) = self.exact.get(&name) {
+            return ck.clone();
+        }
+        name.split_once('.').and_then(|(_, suffix)| self.wildcard.get(suffix)).unwrap_or(&self.default).clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(client_hello.server_name()))
+    }
+}
+
 /// Bounded label for a failed handshake, for logs and metrics.
 pub fn handshake_failure_label(err: &std::io::Error) -> &'static str {
     use rustls::{CertificateError, Error as R};
@@ -393,7 +464,7 @@ pub fn handshake_failure_label(err: &std::io::Error) -> &'static str {
         R::InvalidCertificate(CertificateError::Revoked) => "revoked",
         R::InvalidCertificate(_) => "bad_cert",
         R::AlertReceived(_) => "alert_received",
-        R::PeerIncompatible(_) => "incompatible",
+        R::PeerIncompatible(_) | R::NoApplicationProtocol => "incompatible",
         _ => "protocol",
     }
 }

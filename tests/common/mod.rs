@@ -151,6 +151,7 @@ impl Pki {
     pub fn config(&self, upstream: Upstream) -> Config {
         Config {
             file: None,
+            name: None,
             listen: "127.0.0.1:0".parse().expect("addr"),
             upstream,
             tls: TlsSettings {
@@ -160,6 +161,8 @@ impl Pki {
                 client_auth: ClientAuth::Required,
                 crls: vec![],
                 refuse_expired: false,
+                alpn: vec![],
+                sni: vec![],
             },
             identity: IdentityPolicy {
                 username_from: UsernameFrom::Cn,
@@ -393,7 +396,7 @@ impl Mqtls {
             if with_admin { Some(TcpListener::bind("127.0.0.1:0").await.expect("bind admin")) } else { None };
         let admin = admin_listener.as_ref().map(|l| l.local_addr().expect("admin addr"));
         let shutdown = CancellationToken::new();
-        let run = mqtls::run(listener, admin_listener, proxy.clone(), reloader, shutdown.clone());
+        let run = mqtls::run(vec![(listener, proxy.clone(), reloader)], admin_listener, shutdown.clone());
         let task = tokio::spawn(async move { run.await.expect("SIGHUP handler") });
         Mqtls { addr, admin, proxy, shutdown, task: Some(task) }
     }

@@ -9,6 +9,9 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
 use crate::tls::Certificates;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +56,9 @@ pub struct Metrics {
     pub cert_not_after: Family<CertLabel, Gauge>,
     pub reloads: Family<ResultLabel, Counter>,
     pub proxy_protocol_errors: Family<ReasonLabel, Counter>,
+    /// The certificates in force, per source (a listener's `cert` path): with several listeners each
+    /// reloader replaces only its own set, and the expiry gauges show them all.
+    certificate_sets: Mutex<BTreeMap<String, Arc<Certificates>>>,
 }
 
 impl Default for Metrics {
@@ -78,6 +84,7 @@ impl Metrics {
             cert_not_after: Family::default(),
             reloads: Family::default(),
             proxy_protocol_errors: Family::default(),
+            certificate_sets: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register("active_connections", "Client connections open now", m.active_connections.clone());
@@ -116,7 +123,7 @@ impl Metrics {
         );
         registry.register(
             "certificate_not_after_timestamp_seconds",
-            "Expiry (Unix time) of each loaded certificate, by role (server, client_ca)",
+            "Expiry (Unix time) of each loaded certificate, by role (server, client_ca, sni)",
             m.cert_not_after.clone(),
         );
         registry.register("tls_reloads", "TLS configuration reloads by result (ok, error)", m.reloads.clone());
@@ -142,13 +149,24 @@ impl Metrics {
         self.connections.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
-    /// Replaces the certificate expiry gauges with those of the certificates now loaded.
-    pub fn set_certificates(&self, certs: &Certificates) {
+    /// Replaces the certificate expiry gauges with those of the certificates now loaded (one listener).
+    pub fn set_certificates(&self, certs: &Arc<Certificates>) {
+        self.set_certificates_for("", certs);
+    }
+
+    /// Replaces the certificates of `source` (one listener's) and re-derives the expiry gauges from
+    /// every source's. A certificate several listeners share is one series.
+    pub fn set_certificates_for(&self, source: &str, certs: &Arc<Certificates>) {
+        let mut sets = self.certificate_sets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        sets.insert(source.to_string(), certs.clone());
         self.cert_not_after.clear();
-        for (role, certs) in [("server", &certs.server_chain), ("client_ca", &certs.client_ca)] {
-            for (index, cert) in certs.iter().enumerate() {
-                let label = CertLabel { role, index: index as u32, serial: cert.serial.clone() };
-                self.cert_not_after.get_or_create(&label).set(cert.not_after);
+        for certs in sets.values() {
+            for (role, certs) in [("server", &certs.server_chain), ("client_ca", &certs.client_ca), ("sni", &certs.sni)]
+            {
+                for (index, cert) in certs.iter().enumerate() {
+                    let label = CertLabel { role, index: index as u32, serial: cert.serial.clone() };
+                    self.cert_not_after.get_or_create(&label).set(cert.not_after);
+                }
             }
         }
     }

@@ -109,7 +109,7 @@ impl Reloader {
         let loaded = tls::build(&tls, &files)?;
         let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
         log_loaded(ReloadReason::Startup, &paths, &loaded.leaf);
-        metrics.set_certificates(&loaded.certificates);
+        metrics.set_certificates_for(&cert_source(&tls), &loaded.certificates);
         Ok(Reloader {
             tls,
             settings,
@@ -152,7 +152,7 @@ impl Reloader {
                 let changed: Vec<PathBuf> =
                     now.iter().filter(|entry| !state.loaded.contains(entry)).map(|(path, _)| path.clone()).collect();
                 self.handle.store(&loaded);
-                self.metrics.set_certificates(&loaded.certificates);
+                self.metrics.set_certificates_for(&cert_source(&self.tls), &loaded.certificates);
                 self.metrics.reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
                 state.loaded = now;
                 state.last_error = None;
@@ -479,6 +479,11 @@ impl DirWatch {
                 .iter()
                 .any(|p| self.file_dirs.contains(p) || p.parent().is_some_and(|parent| self.file_dirs.contains(parent)))
     }
+}
+
+/// Whose certificates these are, for the expiry gauges: one set per listener, keyed by its `cert`.
+fn cert_source(tls: &TlsSettings) -> String {
+    tls.cert.display().to_string()
 }
 
 /// The directories that hold each configured file and every symlink on the way to it, absolute.

@@ -191,6 +191,9 @@ pub struct Certificates {
     pub loaded_at: String,
     pub server_chain: Vec<CertInfo>,
     pub client_ca: Vec<CertInfo>,
+    /// Every certificate of every SNI entry's chain, in configuration order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<CertInfo>,
 }
 
 /// A built server configuration, the leaf certificate it presents, and all its certificates described.
@@ -268,10 +271,12 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
         })
     };
     let default = certified(&files.cert, &files.key, chain, key)?;
+    let mut sni = Vec::new();
     let mut resolver = SniResolver { exact: HashMap::new(), wildcard: HashMap::new(), default };
     for ((cert_file, key_file), entry) in files.sni.iter().zip(&settings.sni) {
         let chain = parse_certs(cert_file)?;
         let sni_leaf = leaf_info(cert_file, &chain)?;
+        sni.extend(chain.iter().filter_map(|c| CertInfo::from_der(c)));
         match (settings.refuse_expired, sni_leaf.validity) {
             (false, _) | (_, Validity::Valid) => {}
             (true, Validity::Expired) => {
@@ -309,7 +314,7 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
     config.send_tls13_tickets = 1;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     let loaded_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let certificates = Arc::new(Certificates { loaded_at, server_chain, client_ca });
+    let certificates = Arc::new(Certificates { loaded_at, server_chain, client_ca, sni });
     Ok(Loaded { config: Arc::new(config), leaf, certificates })
 }
 

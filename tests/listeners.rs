@@ -217,3 +217,85 @@ async fn alpn_negotiates_a_configured_protocol_and_refuses_others() {
     })
     .await;
 }
+
+/// SIGHUP re-reads each listener's allow rules from its own block.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_allow_rules_of_each_listener_from_its_block() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start();
+    let (p1, p2) = (free_port(), free_port());
+    let config = |second: &str| {
+        format!(
+            r#"
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+upstream = "127.0.0.1:{}"
+reload_interval = "off"
+
+[[listener]]
+name = "open"
+listen = "127.0.0.1:{p1}"
+
+[[listener]]
+name = "strict"
+listen = "127.0.0.1:{p2}"
+allow_cn = ["{second}"]
+"#,
+            broker.port
+        )
+    };
+    let mut mqtls = start_binary(pki.dir.path(), &config("nobody"), &[p1, p2]);
+    let device = client_tls(&pki, Some(&pki.ca.client("device-1")));
+    assert!(mqtt_accepted(p1, device.clone()).await, "no rules on the first listener: {}", mqtls.log());
+    assert!(!mqtt_accepted(p2, device.clone()).await, "the second listener's rules refuse it");
+
+    write_file(&pki.path("mqtls.toml"), &config("device-*"));
+    let ok = std::process::Command::new("kill").args(["-HUP", &mqtls.pid().to_string()]).status().expect("kill");
+    assert!(ok.success());
+    wait_accepted(p2, &device, true, Duration::from_secs(5)).await;
+    assert!(mqtt_accepted(p1, device).await, "the first listener is unaffected");
+    assert!(mqtls.running(), "SIGHUP stopped mqtls: {}", mqtls.log());
+}
+
+#[tokio::test]
+async fn admin_endpoints_cover_every_listener() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start();
+    let (p1, p2, admin) = (free_port(), free_port(), free_port());
+    let dir = pki.dir.path();
+    pki.ca.issue(false, |p| p.distinguished_name.push(rcgen::DnType::CommonName, "sni-a")).write(dir, "a");
+    let config = format!(
+        r#"
+admin = "127.0.0.1:{admin}"
+cert = "server.crt"
+key = "server.key"
+client_auth = "none"
+upstream = "127.0.0.1:{}"
+upstream_check_interval = "100ms"
+
+[[listener]]
+name = "one"
+listen = "127.0.0.1:{p1}"
+
+[[listener]]
+name = "two"
+listen = "127.0.0.1:{p2}"
+[[listener.sni]]
+names = ["a.example.org"]
+cert = "a.crt"
+key = "a.key"
+"#,
+        broker.port
+    );
+    let _mqtls = start_binary(dir, &config, &[p1, p2]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
+    eventually("ready once every listener is", || async { http_get(addr, "/readyz").await.0 == 200 }).await;
+    let (_, body) = http_get(addr, "/certs").await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["one"]["server_chain"][0]["subject"], "CN=localhost", "{body}");
+    assert_eq!(v["two"]["sni"][0]["subject"], "CN=sni-a", "{body}");
+    assert!(v["one"].get("sni").is_none(), "{body}");
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("role=\"sni\""), "{metrics}");
+}

@@ -75,8 +75,10 @@ pub async fn run(
     }
     side_tasks.close();
     let servers = TaskTracker::new();
-    for (listener, proxy, _) in listeners {
-        servers.spawn(server::serve(listener, proxy, shutdown.clone()));
+    // Global settings: every listener's copy holds the same limits, so the first one's serve all.
+    let caps = proxies.first().map(|p| server::Caps::new(&p.config.limits));
+    for ((listener, proxy, _), caps) in listeners.into_iter().zip(caps.into_iter().cycle()) {
+        servers.spawn(server::serve_with(listener, proxy, caps, shutdown.clone()));
     }
     servers.close();
     servers.wait().await;

@@ -17,11 +17,33 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets established
 /// connections finish for up to the configured drain timeout before closing the rest.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    let caps = Caps::new(&proxy.config.limits);
+    serve_with(listener, proxy, caps, shutdown).await
+}
+
+/// The process-wide caps on open connections and handshakes in flight (`max_connections`,
+/// `max_handshakes`): several listeners share one, since what they protect (file descriptors,
+/// memory) belongs to the process.
+#[derive(Clone)]
+pub struct Caps {
+    connections: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+}
+
+impl Caps {
+    pub fn new(limits: &crate::config::Limits) -> Caps {
+        Caps {
+            connections: Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS))),
+            handshakes: Arc::new(Semaphore::new(limits.max_handshakes.min(Semaphore::MAX_PERMITS))),
+        }
+    }
+}
+
+/// [`serve`] with caps shared with other listeners.
+pub async fn serve_with(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let force_close = CancellationToken::new();
-    let limits = proxy.config.limits;
-    let connections = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
-    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes.min(Semaphore::MAX_PERMITS)));
+    let Caps { connections, handshakes } = caps;
     proxy.health.set_listening(true);
     if let Ok(addr) = listener.local_addr() {
         let name = proxy.config.name.as_deref().unwrap_or_default();

@@ -299,3 +299,41 @@ key = "a.key"
     let (_, metrics) = http_get(addr, "/metrics").await;
     assert!(metrics.contains("role=\"sni\""), "{metrics}");
 }
+
+/// `max_connections` is the process's: a connection held on one listener fills it for the other.
+#[tokio::test]
+async fn the_connection_cap_is_shared_by_every_listener() {
+    let pki = Pki::new();
+    let (p1, p2) = (free_port(), free_port());
+    let config = format!(
+        r#"
+cert = "server.crt"
+key = "server.key"
+client_auth = "none"
+max_connections = 1
+
+[[listener]]
+listen = "127.0.0.1:{p1}"
+
+[[listener]]
+listen = "127.0.0.1:{p2}"
+"#
+    );
+    let binary = start_binary(pki.dir.path(), &config, &[p1, p2]);
+    let client = client_tls(&pki, None);
+    // start_binary's readiness probes were plain TCP connections; wait until they are gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        match tls_connect(p1, client.clone()).await {
+            Ok(s) => break s,
+            Err(err) => assert!(Instant::now() < deadline, "first listener never accepted: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(tls_connect(p2, client.clone()).await.is_err(), "the second listener is full too: {}", binary.log());
+    drop(held);
+    eventually("the second listener accepts once the first connection is gone", || async {
+        tls_connect(p2, client.clone()).await.is_ok()
+    })
+    .await;
+}

@@ -337,3 +337,26 @@ listen = "127.0.0.1:{p2}"
     })
     .await;
 }
+
+/// An SNI pair is validated like the main one: `mqtls check` names the files of a mismatched pair.
+#[tokio::test]
+async fn a_mismatched_sni_key_is_an_error_naming_the_files() {
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    pki.ca.issue(false, |p| p.distinguished_name.push(rcgen::DnType::CommonName, "sni-a")).write(dir, "a");
+    let file = pki.path("sni.toml");
+    write_file(
+        &file,
+        "cert = \"server.crt\"\nkey = \"server.key\"\nclient_auth = \"none\"\n\n\
+         [[sni]]\nnames = [\"a.example.org\"]\ncert = \"a.crt\"\nkey = \"server.key\"\n",
+    );
+    let args = ["check".to_string(), "--config".into(), file.display().to_string()];
+    let (ok, _, err) = run_tool(env!("CARGO_BIN_EXE_mqtls"), &args).await;
+    assert!(!ok);
+    assert!(err.contains("server.key") && err.contains("a.crt") && err.contains("sni.toml"), "{err}");
+
+    write_file(&file, "cert = \"server.crt\"\nkey = \"server.key\"\nclient_auth = \"none\"\nalpn = [\"mqtt\"]\n");
+    let (ok, out, err) = run_tool(env!("CARGO_BIN_EXE_mqtls"), &args).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("alpn = [\"mqtt\"]"), "{out}");
+}

@@ -172,6 +172,7 @@ impl Pki {
             reload: ReloadSettings::default(),
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            threads: 1,
         }
     }
 }

@@ -578,7 +578,7 @@ def main():
     header = [
         f"# mqtls benchmark, {meta['started']}",
         "",
-        f"Command: `bench/run {' '.join(sys.argv[1:]).replace('--pidfile ' + (args.pidfile or ''), '').strip()}` "
+        f"Command: `{' '.join(['bench/run'] + [a for a in sys.argv[1:] if a not in ('--pidfile', args.pidfile)])}` "
         f"({args.runs} run(s) per figure, medians; {args.seconds:g} s per rate figure, {args.pings} pings, "
         f"{args.idle} idle connections).",
         "",

@@ -81,7 +81,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let proxy = Proxy::with_tls(config.clone(), reloader.handle(), metrics);
     // SIGHUP re-reads the file with the same command line on top and swaps in its allow rules.
     let reloader = Arc::new(reloader.with_config_reload(ConfigReload::new(args, config.clone(), proxy.rules.clone())));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.threads)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -96,10 +100,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(mqtls::signal::watch(shutdown.clone()));
-        mqtls::run(listener, admin, Arc::new(proxy), Some(reloader), shutdown)
-            .await
-            .context("installing the SIGHUP handler")?;
+        // On a worker, not on this (the main) thread: with `threads = 1` the accept loop then shares
+        // the one worker instead of waking a second thread for every connection.
+        let served = tokio::spawn(mqtls::run(listener, admin, Arc::new(proxy), Some(reloader), shutdown)).await;
         signals.abort();
-        Ok(())
+        served.context("the server task failed")?.context("installing the SIGHUP handler")
     })
 }

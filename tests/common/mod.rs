@@ -176,6 +176,7 @@ impl Pki {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             proxy_protocol: Default::default(),
+            threads: 1,
         }
     }
 }

@@ -252,6 +252,9 @@ pub struct RunArgs {
     /// ALPN protocol offered in the handshake, e.g. mqtt or x-amzn-mqtt-ca (repeatable); none = no ALPN.
     #[arg(long = "alpn", value_name = "PROTOCOL")]
     pub alpn: Vec<String>,
+    /// Worker threads of the runtime [default: the number of CPUs].
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// The configuration file. Unknown keys are errors: a typo must not silently fall back to a default.
@@ -308,6 +311,7 @@ pub struct FileConfig {
     /// `[[listener]]` blocks; without any, the top level is the one listener.
     #[serde(default)]
     pub listener: Vec<ListenerFile>,
+    pub threads: Option<usize>,
 }
 
 /// One `[[sni]]` / `[[listener.sni]]` entry: a certificate and key served for the listed names.
@@ -527,6 +531,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// PROXY protocol in (from a load balancer) and out (to the broker).
     pub proxy_protocol: ProxyProtocolSettings,
+    /// Worker threads of the multi-thread runtime.
+    pub threads: usize,
 }
 
 impl Config {
@@ -792,6 +798,7 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
+        let threads = at_least_one("threads", pick!(threads), default_threads())?;
         Ok(Config {
             file: path,
             name: None,
@@ -808,6 +815,7 @@ impl Config {
             log_level,
             log_format: pick!(log_format).map(|v| v.0).unwrap_or_default(),
             proxy_protocol,
+            threads,
         })
     }
 
@@ -963,6 +971,11 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// The default worker count: one per CPU the process may run on (as tokio itself would choose).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
 fn at_least_one(setting: &'static str, v: Option<(usize, Origin)>, default: usize) -> Result<usize, ConfigError> {
     match v {
         None => Ok(default),
@@ -1053,6 +1066,7 @@ impl fmt::Display for Config {
             None => writeln!(f, "reload_interval = \"off\"")?,
         }
         writeln!(f, "reload_debounce = \"{}\"", d(self.reload.debounce))?;
+        writeln!(f, "threads = {}", self.threads)?;
         write!(f, "refuse_expired = {}", self.tls.refuse_expired)?;
         // Tables last: every key after a [[sni]] header would belong to it.
         for sni in &self.tls.sni {
@@ -1109,6 +1123,19 @@ mod tests {
         assert_eq!(cfg.reload.interval, Some(Duration::from_secs(60)));
         assert_eq!(cfg.reload.debounce, Duration::from_millis(200));
         assert!(!cfg.tls.refuse_expired);
+        assert_eq!(cfg.threads, default_threads());
+    }
+
+    #[test]
+    fn threads_come_from_flag_or_file_and_must_be_positive() {
+        let cfg = Config::merge(&args(&base()), file("threads = 3")).expect("valid");
+        assert_eq!(cfg.threads, 3);
+        let mut a = base();
+        a.extend(["--threads", "1"]);
+        assert_eq!(Config::merge(&args(&a), file("threads = 3")).expect("valid").threads, 1);
+        assert!(Config::merge(&args(&base()), file("threads = 0")).is_err());
+        let text = Config::merge(&args(&a), None).expect("valid").to_string();
+        assert!(text.contains("threads = 1"), "{text}");
     }
 
     #[test]

@@ -100,7 +100,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             Arc::new(reloader.with_config_reload(ConfigReload::new(args.clone(), config.clone(), proxy.rules.clone())));
         prepared.push((config, origin, Arc::new(proxy), reloader));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(first.threads)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async move {
         let mut listeners = Vec::with_capacity(prepared.len());
         for (config, origin, proxy, reloader) in prepared {
@@ -119,8 +123,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(mqtls::signal::watch(shutdown.clone()));
-        mqtls::run(listeners, admin, shutdown).await.context("installing the SIGHUP handler")?;
+        // On a worker, not on this (the main) thread: with `threads = 1` the accept loop then shares
+        // the one worker instead of waking a second thread for every connection.
+        let served = tokio::spawn(mqtls::run(listeners, admin, shutdown)).await;
         signals.abort();
-        Ok(())
+        served.context("the server task failed")?.context("installing the SIGHUP handler")
     })
 }

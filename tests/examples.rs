@@ -205,42 +205,13 @@ impl Drop for ExampleBroker {
     }
 }
 
-/// Subscribes to `#` straight at the broker as `monitor`; yields what the ACL let through.
-async fn monitor(port: u16) -> (tokio::sync::mpsc::UnboundedReceiver<String>, tokio::task::JoinHandle<()>) {
-    let mut opts = rumqttc::MqttOptions::new("monitor", "127.0.0.1", port);
-    opts.set_credentials("monitor", "");
-    let (client, mut events) = rumqttc::AsyncClient::new(opts, 100);
-    client.subscribe("#", rumqttc::QoS::AtMostOnce).await.expect("subscribe");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        let _keep = client;
-        let mut ready = Some(ready_tx);
-        while let Ok(ev) = events.poll().await {
-            match ev {
-                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
-                    let _ = tx.send(p.topic.clone());
-                }
-                _ => {}
-            }
-        }
-    });
-    tokio::time::timeout(WAIT, ready_rx).await.expect("monitor SUBACK in time").expect("monitor alive");
-    (rx, task)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_example_mosquitto_config_confines_a_device_to_its_own_topics_behind_mqtls() {
     let broker = ExampleBroker::start();
     let pki = Pki::new();
     let mqtls =
         Mqtls::start(pki.config(mqtls::upstream::Upstream::Tcp { host: "127.0.0.1".into(), port: broker.port })).await;
-    let (mut seen, task) = monitor(broker.port).await;
+    let mut seen = Monitor::on_port(broker.port, "#").await;
 
     let device = pki.ca.client("device-42");
     let (c, k) = device.write(pki.dir.path(), "device-42");
@@ -252,11 +223,7 @@ async fn the_example_mosquitto_config_confines_a_device_to_its_own_topics_behind
         assert!(ok, "mosquitto_pub {topic}: {err}");
     }
     // Mosquitto delivers in order: the one allowed publish arrives, and nothing before it.
-    let first = tokio::time::timeout(WAIT, seen.recv()).await.expect("a message in time").expect("monitor alive");
-    assert_eq!(first, "devices/device-42/x", "broker log:\n{}", broker.log());
-    if let Ok(Some(t)) = tokio::time::timeout(Duration::from_millis(300), seen.recv()).await {
-        panic!("unexpected message on {t}");
-    }
+    assert_eq!(seen.next().await.0, "devices/device-42/x", "broker log:\n{}", broker.log());
+    seen.expect_nothing(Duration::from_millis(300)).await;
     assert!(broker.log().contains("u'device-42'"), "broker log:\n{}", broker.log());
-    task.abort();
 }

@@ -24,22 +24,6 @@ async fn good_client_round_trips(pki: &Pki, broker: &Mosquitto, port: u16) {
     assert_eq!(monitor.next().await.1, b"still here");
 }
 
-struct Rig {
-    pki: Pki,
-    broker: Mosquitto,
-    proxy: Mqtls,
-}
-
-async fn rig(edit: impl FnOnce(&mut mqtls::config::Config)) -> Rig {
-    init_logs();
-    let pki = Pki::new();
-    let broker = Mosquitto::start();
-    let mut config = pki.config(broker.upstream());
-    edit(&mut config);
-    let proxy = Mqtls::start(config).await;
-    Rig { pki, broker, proxy }
-}
-
 /// Sends `bytes` as the first thing after the TLS handshake and returns everything mqtls answered
 /// before closing, with the time it took to close.
 async fn answer_to(rig: &Rig, bytes: &[u8]) -> (Vec<u8>, Duration) {

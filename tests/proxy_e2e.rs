@@ -20,24 +20,8 @@ async fn mosquitto_pub(pki: &Pki, port: u16, leaf: (&std::path::Path, &std::path
     ok
 }
 
-struct Setup {
-    pki: Pki,
-    broker: Mosquitto,
-    proxy: Mqtls,
-}
-
-async fn setup(edit: impl FnOnce(&mut mqtls::config::Config)) -> Setup {
-    init_logs();
-    let pki = Pki::new();
-    let broker = Mosquitto::start();
-    let mut config = pki.config(broker.upstream());
-    edit(&mut config);
-    let proxy = Mqtls::start(config).await;
-    Setup { pki, broker, proxy }
-}
-
 async fn version_round_trip(version: &str) {
-    let s = setup(|_| {}).await;
+    let s = rig(|_| {}).await;
     let device = s.pki.ca.client("device-42");
     let (c, k) = device.write(s.pki.dir.path(), "device");
     let mut monitor = Monitor::start(&s.broker, "devices/#").await;
@@ -66,7 +50,7 @@ async fn mqtt5_client_reaches_the_broker_as_its_certificate_cn() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_username_is_overwritten_and_the_acl_applies_to_the_identity() {
-    let s = setup(|_| {}).await;
+    let s = rig(|_| {}).await;
     let device = s.pki.ca.client("device-42");
     let (c, k) = device.write(s.pki.dir.path(), "device");
     let mut monitor = Monitor::start(&s.broker, "#").await;
@@ -117,7 +101,7 @@ async fn password_keep_passes_the_password_on() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reject_mode_refuses_a_different_username_with_connack_not_authorized() {
-    let s = setup(|c| c.identity.client_username = ClientUsername::Reject).await;
+    let s = rig(|c| c.identity.client_username = ClientUsername::Reject).await;
     let device = s.pki.ca.client("device-42");
     for (level, expected) in [(3u8, vec![0x20, 2, 0, 5]), (4, vec![0x20, 2, 0, 5]), (5, vec![0x20, 3, 0, 0x87, 0])] {
         let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&device))).await.expect("tls");
@@ -129,7 +113,7 @@ async fn reject_mode_refuses_a_different_username_with_connack_not_authorized() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reject_mode_accepts_the_matching_or_an_absent_username() {
-    let s = setup(|c| c.identity.client_username = ClientUsername::Reject).await;
+    let s = rig(|c| c.identity.client_username = ClientUsername::Reject).await;
     let device = s.pki.ca.client("device-42");
     for username in [Some("device-42"), None] {
         let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&device))).await.expect("tls");
@@ -140,7 +124,7 @@ async fn reject_mode_accepts_the_matching_or_an_absent_username() {
 }
 
 /// Connects with `leaf` under `from` and returns the username the broker logged.
-async fn broker_username(from: UsernameFrom, leaf: &Leaf, s: &Setup) -> String {
+async fn broker_username(from: UsernameFrom, leaf: &Leaf, s: &Rig) -> String {
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(leaf))).await.expect("tls");
     tls.write_all(&packet::connect(4, "c", None, None)).await.expect("write");
     assert_eq!(read_exact_within(&mut tls, 4).await.expect("connack"), [0x20, 2, 0, 0], "{from:?}");
@@ -148,14 +132,14 @@ async fn broker_username(from: UsernameFrom, leaf: &Leaf, s: &Setup) -> String {
 }
 
 async fn identity_source(from: UsernameFrom, edit: impl FnOnce(&mut rcgen::CertificateParams), expected: &str) {
-    let s = setup(|c| c.identity.username_from = from).await;
+    let s = rig(|c| c.identity.username_from = from).await;
     let leaf = s.pki.ca.issue(true, edit);
     assert_eq!(broker_username(from, &leaf, &s).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn username_from_subject_is_what_openssl_prints_as_rfc2253() {
-    let s = setup(|c| c.identity.username_from = UsernameFrom::Subject).await;
+    let s = rig(|c| c.identity.username_from = UsernameFrom::Subject).await;
     let leaf = s.pki.ca.issue(true, |p| {
         p.distinguished_name.push(DnType::CountryName, "GB");
         p.distinguished_name.push(DnType::OrganizationName, "Acme, Inc.");
@@ -212,7 +196,7 @@ async fn username_from_san_email_is_the_first_email() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn username_from_sha256_is_the_certificate_fingerprint() {
-    let s = setup(|c| c.identity.username_from = UsernameFrom::Sha256).await;
+    let s = rig(|c| c.identity.username_from = UsernameFrom::Sha256).await;
     let leaf = s.pki.ca.client("device-42");
     let expected: String = {
         use sha2::Digest;
@@ -223,7 +207,7 @@ async fn username_from_sha256_is_the_certificate_fingerprint() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_without_the_selected_field_is_refused_as_not_authorized() {
-    let s = setup(|c| c.identity.username_from = UsernameFrom::SanUri).await;
+    let s = rig(|c| c.identity.username_from = UsernameFrom::SanUri).await;
     let leaf = s.pki.ca.client("device-42");
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&leaf))).await.expect("tls");
     tls.write_all(&packet::connect(5, "c", None, None)).await.expect("write");
@@ -232,7 +216,7 @@ async fn certificate_without_the_selected_field_is_refused_as_not_authorized() {
 }
 
 /// A good client connects and round-trips a message: proof that a refusal hurt nobody else.
-async fn good_client_round_trips(s: &Setup) {
+async fn good_client_round_trips(s: &Rig) {
     let device = s.pki.ca.client("device-1");
     let (c, k) = device.write(s.pki.dir.path(), "good");
     let mut monitor = Monitor::start(&s.broker, "devices/device-1/#").await;
@@ -241,7 +225,7 @@ async fn good_client_round_trips(s: &Setup) {
 }
 
 /// The handshake (or the first read after it, with TLS 1.3) fails for this client.
-async fn handshake_refused(s: &Setup, leaf: Option<&Leaf>, trust: &Pki) {
+async fn handshake_refused(s: &Rig, leaf: Option<&Leaf>, trust: &Pki) {
     let result = async {
         let mut tls = tls_connect(s.proxy.port(), client_tls(trust, leaf)).await?;
         tls.write_all(&packet::connect(4, "c", None, None)).await?;
@@ -254,7 +238,7 @@ async fn handshake_refused(s: &Setup, leaf: Option<&Leaf>, trust: &Pki) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_without_certificate_is_refused_when_required() {
-    let s = setup(|_| {}).await;
+    let s = rig(|_| {}).await;
     handshake_refused(&s, None, &s.pki).await;
     good_client_round_trips(&s).await;
     assert_eq!(s.broker.usernames(), vec!["monitor", "device-1"]);
@@ -262,7 +246,7 @@ async fn client_without_certificate_is_refused_when_required() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_from_an_untrusted_ca_is_refused() {
-    let s = setup(|_| {}).await;
+    let s = rig(|_| {}).await;
     let rogue = Ca::new("rogue CA");
     let leaf = rogue.client("device-42");
     handshake_refused(&s, Some(&leaf), &s.pki).await;
@@ -271,7 +255,7 @@ async fn certificate_from_an_untrusted_ca_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_certificate_is_refused() {
-    let s = setup(|_| {}).await;
+    let s = rig(|_| {}).await;
     let leaf = s.pki.ca.issue(true, |p| {
         p.distinguished_name.push(DnType::CommonName, "device-42");
         p.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -290,7 +274,7 @@ async fn revoked_certificate_is_refused() {
     let mut config = pki.config(broker.upstream());
     config.tls.crls = vec![crl];
     let proxy = Mqtls::start(config).await;
-    let s = Setup { pki, broker, proxy };
+    let s = Rig { pki, broker, proxy };
     let revoked = s.pki.ca.issue(true, |p| {
         p.distinguished_name.push(DnType::CommonName, "stolen");
         p.serial_number = Some(rcgen::SerialNumber::from(666u64));
@@ -301,7 +285,7 @@ async fn revoked_certificate_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn optional_auth_passes_a_certificateless_client_unmodified() {
-    let s = setup(|c| c.tls.client_auth = ClientAuth::Optional).await;
+    let s = rig(|c| c.tls.client_auth = ClientAuth::Optional).await;
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, None)).await.expect("tls");
     tls.write_all(&packet::connect(4, "c", Some("password-device"), Some(b"pw"))).await.expect("write");
     assert_eq!(read_exact_within(&mut tls, 4).await.expect("connack"), [0x20, 2, 0, 0]);
@@ -310,7 +294,7 @@ async fn optional_auth_passes_a_certificateless_client_unmodified() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn optional_auth_maps_a_presented_certificate() {
-    let s = setup(|c| c.tls.client_auth = ClientAuth::Optional).await;
+    let s = rig(|c| c.tls.client_auth = ClientAuth::Optional).await;
     let leaf = s.pki.ca.client("device-42");
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&leaf))).await.expect("tls");
     tls.write_all(&packet::connect(4, "c", Some("password-device"), Some(b"pw"))).await.expect("write");
@@ -320,7 +304,7 @@ async fn optional_auth_maps_a_presented_certificate() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn optional_auth_still_refuses_an_untrusted_certificate() {
-    let s = setup(|c| c.tls.client_auth = ClientAuth::Optional).await;
+    let s = rig(|c| c.tls.client_auth = ClientAuth::Optional).await;
     let leaf = Ca::new("rogue").client("device-42");
     handshake_refused(&s, Some(&leaf), &s.pki).await;
 }
@@ -371,7 +355,7 @@ async fn unix_socket_upstream_works() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn packets_pipelined_behind_the_connect_reach_the_broker_in_order() {
-    let s = setup(|_| {}).await;
+    let s = rig(|_| {}).await;
     let leaf = s.pki.ca.client("device-42");
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&leaf))).await.expect("tls");
     let mut burst = packet::connect(4, "pipeliner", None, None);
@@ -386,7 +370,7 @@ async fn packets_pipelined_behind_the_connect_reach_the_broker_in_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_split_over_many_tls_records_is_accepted() {
-    let s = setup(|_| {}).await;
+    let s = rig(|_| {}).await;
     let leaf = s.pki.ca.client("device-42");
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&leaf))).await.expect("tls");
     for byte in packet::connect(5, "slow-but-steady", Some("x"), Some(b"y")) {
@@ -400,7 +384,7 @@ async fn connect_split_over_many_tls_records_is_accepted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_publish_as_first_packet_is_closed_without_reaching_the_broker() {
-    let s = setup(|_| {}).await;
+    let s = rig(|_| {}).await;
     let leaf = s.pki.ca.client("device-42");
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&leaf))).await.expect("tls");
     tls.write_all(&packet::publish_qos0(4, "t", b"x")).await.expect("write");
@@ -410,7 +394,7 @@ async fn a_publish_as_first_packet_is_closed_without_reaching_the_broker() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connect_that_stalls_is_closed_at_the_deadline() {
-    let s = setup(|c| c.limits.connect_timeout = Duration::from_millis(300)).await;
+    let s = rig(|c| c.limits.connect_timeout = Duration::from_millis(300)).await;
     let leaf = s.pki.ca.client("device-42");
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&leaf))).await.expect("tls");
     let connect = packet::connect(4, "c", None, None);
@@ -422,7 +406,7 @@ async fn a_connect_that_stalls_is_closed_at_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connect_header_over_the_size_cap_is_refused_without_waiting_for_the_body() {
-    let s = setup(|c| c.limits.max_connect_size = 1024).await;
+    let s = rig(|c| c.limits.max_connect_size = 1024).await;
     let leaf = s.pki.ca.client("device-42");
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&leaf))).await.expect("tls");
     tls.write_all(&[0x10, 0xff, 0xff, 0xff, 0x7f]).await.expect("write");
@@ -431,7 +415,7 @@ async fn a_connect_header_over_the_size_cap_is_refused_without_waiting_for_the_b
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_one_mebibyte_payload_arrives_intact() {
-    let s = setup(|_| {}).await;
+    let s = rig(|_| {}).await;
     let leaf = s.pki.ca.client("device-42");
     let mut monitor = Monitor::start(&s.broker, "devices/#").await;
     let (client, mut events) =
@@ -447,7 +431,7 @@ async fn a_one_mebibyte_payload_arrives_intact() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_thousand_qos1_messages_arrive_intact_and_in_order() {
-    let s = setup(|_| {}).await;
+    let s = rig(|_| {}).await;
     let leaf = s.pki.ca.client("device-42");
     let mut monitor = Monitor::start(&s.broker, "devices/#").await;
     let (client, mut events) =
@@ -472,7 +456,7 @@ async fn two_thousand_qos1_messages_arrive_intact_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn qos2_is_delivered_exactly_once_through_the_proxy() {
-    let s = setup(|_| {}).await;
+    let s = rig(|_| {}).await;
     let sub_leaf = s.pki.ca.client("device-42");
     let pub_leaf = s.pki.ca.client("device-42");
     let (sc, sk) = sub_leaf.write(s.pki.dir.path(), "sub");
@@ -496,7 +480,7 @@ async fn qos2_is_delivered_exactly_once_through_the_proxy() {
 async fn mqtt5_will_with_properties_is_published_after_an_abrupt_disconnect() {
     use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties, Packet};
     use rumqttc::v5::mqttbytes::QoS;
-    let s = setup(|_| {}).await;
+    let s = rig(|_| {}).await;
 
     // Monitor speaks MQTT 5 straight to the broker so it sees the will's properties.
     let mut mopts = rumqttc::v5::MqttOptions::new("monitor5", "127.0.0.1", s.broker.port);

@@ -179,6 +179,7 @@ impl Pki {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             proxy_protocol: Default::default(),
+            threads: 1,
         }
     }
 }
@@ -433,6 +434,24 @@ impl Drop for Mqtls {
             t.abort();
         }
     }
+}
+
+/// The usual test rig: a PKI, a real Mosquitto, and mqtls in front of it with the PKI's standard
+/// configuration as `edit` changes it.
+pub struct Rig {
+    pub pki: Pki,
+    pub broker: Mosquitto,
+    pub proxy: Mqtls,
+}
+
+pub async fn rig(edit: impl FnOnce(&mut Config)) -> Rig {
+    init_logs();
+    let pki = Pki::new();
+    let broker = Mosquitto::start();
+    let mut config = pki.config(broker.upstream());
+    edit(&mut config);
+    let proxy = Mqtls::start(config).await;
+    Rig { pki, broker, proxy }
 }
 
 /// The mqtls binary, killed when dropped, with its JSON log in a file.
@@ -721,7 +740,12 @@ pub struct Monitor {
 
 impl Monitor {
     pub async fn start(broker: &Mosquitto, filter: &str) -> Monitor {
-        let mut opts = rumqttc::MqttOptions::new("monitor", "127.0.0.1", broker.port);
+        Self::on_port(broker.port, filter).await
+    }
+
+    /// A monitor on any broker listening on 127.0.0.1:`port`.
+    pub async fn on_port(port: u16, filter: &str) -> Monitor {
+        let mut opts = rumqttc::MqttOptions::new("monitor", "127.0.0.1", port);
         opts.set_credentials("monitor", "");
         opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         let (client, mut events) = rumqttc::AsyncClient::new(opts, 100);

@@ -1,0 +1,606 @@
+#!/usr/bin/env python3
+"""Runs mqtls and its peers side by side and prints the table (called by bench/run, which builds first).
+
+Each server under test is pinned to core 1; the load generator and the upstreams (the sink, a plain
+Mosquitto) to core 0. Every figure is the median of --runs runs, the runs interleaved across targets so
+that a burst of load elsewhere on the machine hits every target alike. Every process started here is
+stopped here (and bench/run's trap kills anything left from the pid file).
+"""
+
+import argparse
+import datetime
+import json
+import resource
+import os
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "target/release/examples/bench")
+MQTLS = os.path.join(ROOT, "target/release/mqtls")
+CORE_SERVER = "1"
+CORE_LOAD = "0"
+PEERS = ["haproxy", "stunnel", "mosquitto"]
+ALL_TARGETS = ["direct", "terminator", "mqtls"] + PEERS
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+FIGURES = {
+    # name: (title, unit, higher is better, targets it applies to)
+    "hs": ("full handshakes + CONNECT/CONNACK", "per s", True, ALL_TARGETS),
+    "tp16k": ("throughput, 16 KiB PUBLISH", "MB/s", True, ALL_TARGETS),
+    "tp1k": ("throughput, 1 KiB PUBLISH", "MB/s", True, ALL_TARGETS),
+    "ping": ("PINGREQ round trip p50 / p99", "µs", False, ALL_TARGETS),
+    "idle": ("RSS per idle TLS connection", "KiB", False, ["terminator", "mqtls"] + PEERS),
+    "resume": ("resumed handshakes + CONNECT/CONNACK", "per s", True, ["terminator", "mqtls"] + PEERS),
+}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, logfile, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited ({proc.returncode}): {tail(logfile)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s: {tail(logfile)}")
+
+
+def tail(path, n=2000):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-n:]
+    except OSError:
+        return ""
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def busy_seconds():
+    """CPU seconds spent busy by the whole machine (all cores) since boot."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return (sum(v[:8]) - idle) / CLK_TCK
+
+
+def wait_quiet(max_wait, threshold=25.0):
+    """Waits (at most max_wait seconds) until the machine is idle enough: less than `threshold` % of
+    one core busy over 2 s while the benchmark itself is idle. Returns the last busy % seen."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, t0 = busy_seconds(), time.monotonic()
+        time.sleep(2.0)
+        busy = (busy_seconds() - b0) / (time.monotonic() - t0) * 100
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+        log(f"machine busy ({busy:.0f}% of a core used by other work); waiting for it to settle")
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = tempfile.mkdtemp(prefix="mqtls-bench-")
+        self.certs = os.path.join(self.tmp, "certs")
+        self.pidfile = args.pidfile
+        self.procs = []
+        subprocess.run([BENCH, "certs", self.certs], check=True, stdout=subprocess.DEVNULL)
+
+    # -- processes ---------------------------------------------------------------------------
+    def pin(self, core):
+        """taskset to the core; as root also a raised priority, so that other work on a shared machine
+        (compilers at nice 0) takes the benchmark's cores only when it sleeps."""
+        prefix = ["taskset", "-c", core]
+        if self.args.nice and os.geteuid() == 0:
+            prefix = ["nice", "-n", str(self.args.nice)] + prefix
+        return prefix
+
+    def spawn(self, name, argv, core, port):
+        logfile = os.path.join(self.tmp, f"{name}.log")
+        out = open(logfile, "ab")
+        proc = subprocess.Popen(self.pin(core) + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        out.close()
+        self.procs.append(proc)
+        if self.pidfile:
+            with open(self.pidfile, "a") as f:
+                f.write(f"{proc.pid}\n")
+        wait_port(port, proc, logfile)
+        return proc
+
+    def stop(self, proc):
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def stop_all(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def write(self, name, text):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    # -- upstreams (core 0, for the whole run) --------------------------------------------------
+    def start_upstreams(self):
+        self.sink_port = free_port()
+        self.sink = self.spawn("sink", [BENCH, "sink", f"127.0.0.1:{self.sink_port}"], CORE_LOAD, self.sink_port)
+        self.broker_port = free_port()
+        conf = self.write(
+            "broker.conf",
+            f"per_listener_settings false\nlistener {self.broker_port} 127.0.0.1\nallow_anonymous true\n"
+            "persistence false\nlog_dest stderr\nlog_type error\nconnection_messages false\nuser root\n"
+            "set_tcp_nodelay true\n",
+        )
+        self.broker = self.spawn("broker", ["mosquitto", "-c", conf], CORE_LOAD, self.broker_port)
+
+    # -- servers under test (core 1, one per measurement) -------------------------------------
+    def start_target(self, target, upstream_port):
+        """Returns (process or None, port, extra load-generator flags)."""
+        c = self.certs
+        port = free_port()
+        if target == "direct":
+            return None, upstream_port, ["--plain"]
+        if target == "terminator":
+            argv = [BENCH, "terminator", f"127.0.0.1:{port}", "--certs", c]
+        elif target == "mqtls":
+            argv = [MQTLS, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream_port}",
+                    "--cert", f"{c}/server.crt", "--key", f"{c}/server.key", "--client-ca", f"{c}/ca.crt",
+                    "--threads", "1", "--log-level", "warn", "--reload-interval", "off"]
+        elif target == "haproxy":
+            conf = self.write("haproxy.cfg", f"""global
+    nbthread 1
+    maxconn {self.args.idle + 50}
+    ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend mqtt
+    bind 127.0.0.1:{port} ssl crt {c}/server.pem ca-file {c}/ca.crt verify required curves X25519
+    default_backend broker
+backend broker
+    server s 127.0.0.1:{upstream_port}
+""")
+            argv = ["haproxy", "-db", "-f", conf]
+        elif target == "stunnel":
+            conf = self.write("stunnel.conf", f"""foreground = yes
+pid =
+debug = 3
+[mqtt]
+accept = 127.0.0.1:{port}
+connect = 127.0.0.1:{upstream_port}
+cert = {c}/server.crt
+key = {c}/server.key
+CAfile = {c}/ca.crt
+verifyChain = yes
+requireCert = yes
+sslVersionMin = TLSv1.3
+curves = X25519
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+TIMEOUTidle = 3600
+""")
+            argv = ["stunnel", conf]
+        elif target == "mosquitto":
+            conf = self.write("mosquitto-tls.conf", f"""per_listener_settings false
+persistence false
+log_dest stderr
+log_type error
+connection_messages false
+user root
+listener {port} 127.0.0.1
+cafile {c}/ca.crt
+certfile {c}/server.crt
+keyfile {c}/server.key
+require_certificate true
+use_identity_as_username true
+tls_version tlsv1.3
+set_tcp_nodelay true
+""")
+            argv = ["mosquitto", "-c", conf]
+        else:
+            raise ValueError(target)
+        return self.spawn(target, argv, CORE_SERVER, port), port, []
+
+    # -- load generator -----------------------------------------------------------------------
+    def loadgen(self, mode, port, flags, extra, timeout):
+        argv = self.pin(CORE_LOAD) + [BENCH, mode, f"127.0.0.1:{port}", "--certs", self.certs] + flags + extra
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise RuntimeError(f"{mode} did not finish within {timeout}s")
+        if proc.returncode != 0:
+            raise RuntimeError(f"{mode} failed: {err.decode(errors='replace')[-1000:]}")
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+    def measure(self, fig, target):
+        a = self.args
+        upstream = self.broker_port if fig == "ping" else self.sink_port
+        proc, port, flags = self.start_target(target, upstream)
+        server_pid = proc.pid if proc else None
+        try:
+            time.sleep(0.3)
+            before = cpu_seconds(server_pid) if server_pid else 0.0
+            sink_before = cpu_seconds(self.sink.pid)
+            t0 = time.monotonic()
+            ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+            gen_before = ru.ru_utime + ru.ru_stime
+            machine_before = busy_seconds()
+            if fig == "hs":
+                r = self.loadgen("handshakes", port, flags, ["--seconds", str(a.seconds), "--concurrency", "32"],
+                                 a.seconds + 120)
+                value = r["rate"]
+            elif fig == "resume":
+                r = self.loadgen("resume", port, flags, ["--seconds", str(a.seconds), "--concurrency", "32"],
+                                 a.seconds + 120)
+                value = r["rate"]
+            elif fig in ("tp16k", "tp1k"):
+                size = 16384 if fig == "tp16k" else 1024
+                r = self.loadgen("throughput", port, flags,
+                                 ["--size", str(size), "--clients", "4", "--seconds", str(a.seconds)], a.seconds + 120)
+                value = r["mb_per_s"]
+            elif fig == "ping":
+                r = self.loadgen("ping", port, flags, ["--count", str(a.pings), "--warmup", str(a.pings // 10)], 300)
+                value = (r["p50_us"], r["p99_us"])
+            elif fig == "idle":
+                r, value = self.idle(port, server_pid, flags)
+            wall = time.monotonic() - t0
+            server_cpu = (cpu_seconds(server_pid) - before) / wall * 100 if server_pid else None
+            sink_cpu = (cpu_seconds(self.sink.pid) - sink_before) / wall * 100
+            r["server_cpu_pct"] = server_cpu
+            r["sink_cpu_pct"] = sink_cpu
+            ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+            r["gen_cpu_pct"] = (ru.ru_utime + ru.ru_stime - gen_before) / wall * 100
+            # Whatever else ran on the machine meanwhile (other users' builds): the figure's noise.
+            ours = (server_cpu or 0) + sink_cpu + r["gen_cpu_pct"]
+            r["other_cpu_pct"] = max(0.0, (busy_seconds() - machine_before) / wall * 100 - ours)
+            return value, r
+        finally:
+            self.stop(proc)
+
+    def idle(self, port, server_pid, flags):
+        a = self.args
+        hold = os.path.join(self.tmp, f"hold-{time.monotonic_ns()}")
+        time.sleep(0.7)
+        base = rss_kib(server_pid)
+        argv = self.pin(CORE_LOAD) + [BENCH, "idle", f"127.0.0.1:{port}", "--certs", self.certs,
+                "--count", str(a.idle), "--hold-file", hold] + flags
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 600
+            line = b""
+            while time.monotonic() < deadline and b"\n" not in line:
+                ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+                if ready:
+                    chunk = os.read(proc.stdout.fileno(), 4096)
+                    if not chunk:
+                        break
+                    line += chunk
+                elif proc.poll() is not None:
+                    break
+            if b"\n" not in line:
+                raise RuntimeError(f"idle clients never reported: {proc.stderr.read().decode(errors='replace')}")
+            r = json.loads(line.split(b"\n")[0])
+            time.sleep(2.0)  # let the last handshakes' buffers be released
+            held = rss_kib(server_pid)
+            r.update({"rss_base_kib": base, "rss_held_kib": held})
+            n = max(r["connected"], 1)
+            value = (held - base) / n
+            r["kib_per_conn"] = value
+        finally:
+            open(hold, "w").close()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return r, value
+
+
+def versions():
+    def first_line(cmd):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            text = (p.stdout + p.stderr).strip().splitlines()
+            return next((l for l in text if l.strip()), "?")
+        except OSError:
+            return "not installed"
+
+    rustls = "?"
+    try:
+        lock = open(os.path.join(ROOT, "Cargo.lock")).read().split("[[package]]")
+        for name in ("rustls", "aws-lc-rs", "tokio"):
+            for block in lock:
+                if f'name = "{name}"\n' in block:
+                    ver = block.split('version = "')[1].split('"')[0]
+                    rustls = f"{rustls}, {name} {ver}" if rustls != "?" else f"{name} {ver}"
+                    break
+    except (OSError, IndexError):
+        pass
+    stunnel = first_line(["sh", "-c", "stunnel -version 2>&1 | grep -m1 '^stunnel'"])
+    openssl = first_line(["openssl", "version"])
+    return {
+        "mqtls": first_line([MQTLS, "--version"]) + f" ({rustls})",
+        "haproxy": first_line(["haproxy", "-v"]),
+        "stunnel": stunnel,
+        "mosquitto": first_line(["sh", "-c", "mosquitto -h | head -1"]),
+        "openssl": openssl,
+        "kernel": os.uname().release,
+        "cpu": first_line(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]).strip(),
+    }
+
+
+def fmt(fig, v):
+    if v is None:
+        return "—"
+    if fig == "ping":
+        return f"{v[0]:.0f} / {v[1]:.0f}"
+    if fig == "idle":
+        return f"{v:.1f}"
+    if fig in ("tp16k", "tp1k"):
+        return f"{v:.0f}"
+    return f"{v:.0f}"
+
+
+def median(fig, values):
+    if not values:
+        return None
+    if fig == "ping":
+        return (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
+    return statistics.median(values)
+
+
+def key(fig, v):
+    return v[1] if fig == "ping" else v
+
+
+def report(results, raw, args, meta):
+    figs = [f for f in FIGURES if f in args.figures]
+    lines = []
+    head = "| target | " + " | ".join(f"{FIGURES[f][0]} ({FIGURES[f][1]})" for f in figs) + " |"
+    lines += [head, "|" + "---|" * (len(figs) + 1)]
+    med = {f: {t: median(f, results[f].get(t, [])) for t in FIGURES[f][3] if t in args.targets} for f in figs}
+    for t in args.targets:
+        row = [t] + [fmt(f, med[f].get(t)) for f in figs]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    # mqtls / best peer, per figure.
+    lines += ["| figure | mqtls | best peer | mqtls / best peer | mqtls / haproxy | mqtls / terminator |",
+              "|---|---|---|---|---|---|"]
+    ratio = {}
+    for f in figs:
+        m = med[f].get("mqtls")
+        peers = {p: med[f][p] for p in PEERS if med[f].get(p) is not None}
+        if m is None or not peers:
+            continue
+        higher = FIGURES[f][2]
+        best = (max if higher else min)(peers, key=lambda p: key(f, peers[p]))
+
+        def r(other):
+            return key(f, m) / key(f, other) if other is not None and key(f, other) else None
+
+        ratio[f] = {"best": r(peers[best]), "haproxy": r(med[f].get("haproxy")), "terminator": r(med[f].get("terminator"))}
+        cells = [f, fmt(f, m), f"{best} {fmt(f, peers[best])}"] + [
+            "—" if ratio[f][k] is None else f"{ratio[f][k]:.2f}" for k in ("best", "haproxy", "terminator")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    # The issue's targets.
+    checks = []
+    if "hs" in ratio:
+        checks.append(("handshakes/s ≥ 2× HAProxy", ratio["hs"]["haproxy"], 2.0, True))
+        checks.append(("handshakes/s ≥ 0.9× rustls terminator", ratio["hs"]["terminator"], 0.9, True))
+    if "tp16k" in ratio:
+        checks.append(("16 KiB throughput ≥ 1.3× HAProxy", ratio["tp16k"]["haproxy"], 1.3, True))
+    if "tp1k" in ratio:
+        checks.append(("1 KiB throughput ≥ 1.2× HAProxy", ratio["tp1k"]["haproxy"], 1.2, True))
+    if "ping" in ratio:
+        checks.append(("PINGREQ p99 ≤ 0.7× HAProxy", ratio["ping"]["haproxy"], 0.7, False))
+    if "idle" in ratio:
+        checks.append(("RSS per idle connection ≤ 0.5× HAProxy", ratio["idle"]["haproxy"], 0.5, False))
+    if "resume" in med and "hs" in med and med["resume"].get("mqtls") and med["hs"].get("mqtls"):
+        checks.append(("resumption storm ≥ 3× full-handshake rate", med["resume"]["mqtls"] / med["hs"]["mqtls"], 3.0, True))
+    if checks:
+        lines += ["| issue target | measured | met? |", "|---|---|---|"]
+        for name, v, goal, higher in checks:
+            ok = v is not None and (v >= goal if higher else v <= goal)
+            lines.append(f"| {name} | {'—' if v is None else f'{v:.2f}×'} | {'met' if ok else 'NOT met'} |")
+        lines.append("")
+    # What each process spent, to tell which side limited a figure.
+    lines += ["CPU use during each figure (median % of one core): server under test / load generator / sink / "
+              "other work on the machine (the generator and the sink share core 0; the server has core 1; "
+              "\"other\" is everything else that ran meanwhile, i.e. the noise).", "",
+              "| target | " + " | ".join(figs) + " |", "|" + "---|" * (len(figs) + 1)]
+    for t in args.targets:
+        cells = []
+        for f in figs:
+            runs = raw[f].get(t, [])
+            def m(k):
+                xs = [x[k] for x in runs if x.get(k) is not None]
+                return f"{statistics.median(xs):.0f}" if xs else "—"
+            cells.append(" / ".join([m("server_cpu_pct"), m("gen_cpu_pct"), m("sink_cpu_pct"), m("other_cpu_pct")])
+                         if runs else "—")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines.append("")
+    extra = []
+    for f in ("resume",):
+        for t, runs in raw.get(f, {}).items():
+            fr = [x["resumed"] / x["ok"] for x in runs if x.get("ok")]
+            if fr:
+                extra.append(f"{t} {statistics.median(fr) * 100:.0f}%")
+    if extra:
+        lines.append("Share of resume-storm handshakes that were resumptions: " + ", ".join(extra) + ".")
+        lines.append("")
+    errs = []
+    for f, per in raw.items():
+        for t, runs in per.items():
+            e = sum(x.get("errors", 0) or 0 for x in runs)
+            first = next((x.get("first_error") or x.get("error") for x in runs if x.get("first_error") or x.get("error")), None)
+            if e or first:
+                errs.append(f"{f}/{t}: {e} errors ({first})")
+    if errs:
+        lines += ["Client-side errors: " + "; ".join(errs) + ".", ""]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="1 run, short durations, 1,000 idle connections")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--pings", type=int, default=20000)
+    ap.add_argument("--idle", type=int, default=9900,
+                    help="idle connections; a proxy needs 2 descriptors each and this sandbox's hard limit is 20,000")
+    ap.add_argument("--figures", default=",".join(FIGURES))
+    ap.add_argument("--targets", default=",".join(ALL_TARGETS))
+    ap.add_argument("--nice", type=int, default=-10,
+                    help="niceness of every benchmark process when run as root (0: leave as is)")
+    ap.add_argument("--quiet-wait", type=float, default=60,
+                    help="before each round of runs, wait up to this many seconds for other work on the machine "
+                         "to fall below a quarter of a core (0: don't wait)")
+    ap.add_argument("--pidfile")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
+    args = ap.parse_args()
+    if args.quick:
+        args.runs, args.seconds, args.pings, args.idle, args.quiet_wait = 1, 2.0, 2000, 1000, 0
+    args.runs = max(1, min(args.runs, 20))
+    args.figures = [f for f in args.figures.split(",") if f]
+    args.targets = [t for t in args.targets.split(",") if t]
+    for f in args.figures:
+        if f not in FIGURES:
+            sys.exit(f"unknown figure {f}; known: {', '.join(FIGURES)}")
+    for t in args.targets:
+        if t not in ALL_TARGETS:
+            sys.exit(f"unknown target {t}; known: {', '.join(ALL_TARGETS)}")
+
+    if args.pidfile:
+        with open(args.pidfile, "a") as f:
+            f.write(f"{os.getpid()}\n")
+    if args.nice and os.geteuid() == 0:
+        # Kernels with autogroup scheduling (sched_autogroup_enabled) share CPU between sessions first, so
+        # a process' own niceness only ranks it inside its session: give the benchmark its own session
+        # and raise that session's priority too.
+        try:
+            os.setsid()
+        except OSError:
+            pass
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write(str(args.nice))
+        except OSError as e:
+            log(f"could not raise the autogroup priority ({e}); figures may be noisier")
+    b = Bench(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    meta = {"started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "load_start": loadavg(), "versions": versions(), "load_per_figure": {}}
+    results = {f: {} for f in args.figures}
+    raw = {f: {} for f in args.figures}
+    try:
+        b.start_upstreams()
+        for f in args.figures:
+            loads = [loadavg()]
+            for run in range(args.runs):
+                if args.quiet_wait > 0:
+                    busy = wait_quiet(args.quiet_wait)
+                    log(f"{f} run {run + 1}: machine busy {busy:.0f}% of a core before starting")
+                for t in args.targets:
+                    if t not in FIGURES[f][3]:
+                        continue
+                    try:
+                        value, r = b.measure(f, t)
+                    except Exception as e:  # one failing peer must not lose the others' figures
+                        log(f"{f} {t} run {run + 1}: FAILED: {e}")
+                        raw[f].setdefault(t, []).append({"errors": 1, "first_error": str(e)[:300]})
+                        continue
+                    results[f].setdefault(t, []).append(value)
+                    raw[f].setdefault(t, []).append(r)
+                    log(f"{f} {t} run {run + 1}: {fmt(f, value)}  {json.dumps(r)}")
+            loads.append(loadavg())
+            meta["load_per_figure"][f] = loads
+    finally:
+        b.stop_all()
+    meta["load_end"] = loadavg()
+    table = report(results, raw, args, meta)
+    v = meta["versions"]
+    header = [
+        f"# mqtls benchmark, {meta['started']}",
+        "",
+        f"Command: `{' '.join(['bench/run'] + [a for a in sys.argv[1:] if a not in ('--pidfile', args.pidfile)])}` "
+        f"({args.runs} run(s) per figure, medians; {args.seconds:g} s per rate figure, {args.pings} pings, "
+        f"{args.idle} idle connections).",
+        "",
+        f"Machine: {os.cpu_count()} cores ({v['cpu']}), kernel {v['kernel']}; servers on core {CORE_SERVER}, "
+        f"load generator and upstreams on core {CORE_LOAD}"
+        + (f", all at nice {args.nice}." if args.nice and os.geteuid() == 0 else "."),
+        f"Load average (1/5/15 min) at start {meta['load_start']}, at end {meta['load_end']}; per figure (before → after): "
+        + "; ".join(f"{f} {a} → {z}" for f, (a, z) in meta["load_per_figure"].items()) + ".",
+        "",
+        "Versions: " + "; ".join(f"{k}: {val}" for k, val in v.items() if k not in ("kernel", "cpu")) + ".",
+        "",
+    ]
+    text = "\n".join(header) + table + "\n"
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    name = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "") + ".md"
+    path = os.path.join(args.out, name)
+    with open(path, "w") as f:
+        f.write(text)
+        f.write("\n<details><summary>raw results</summary>\n\n```json\n" + json.dumps(raw, indent=1) + "\n```\n</details>\n")
+    log(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()

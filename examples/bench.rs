@@ -1,0 +1,834 @@
+//! The benchmark's own programs in one binary (driven by `bench/run`, see docs/benchmarks.md):
+//!
+//! - `certs DIR`: the benchmark PKI (ECDSA P-256): `ca.crt`, `server.crt`/`.key`/`.pem` (localhost,
+//!   127.0.0.1), `client.crt`/`.key` (CN=device-1).
+//! - `sink ADDR`: the upstream. Plain MQTT framing: answers CONNECT with CONNACK and PINGREQ with PINGRESP,
+//!   reads and discards everything else.
+//! - `terminator ADDR --certs DIR`: the bare rustls ceiling. TLS 1.3/1.2 with client certificates
+//!   required (rustls + aws-lc-rs, configured like mqtls), then the sink's behaviour, with no upstream.
+//! - load generators, each printing one JSON line: `handshakes`, `resume`, `throughput`, `ping`, `idle`.
+//!
+//! Every client offers only TLS 1.3, X25519 and TLS_AES_128_GCM_SHA256, and presents the client
+//! certificate; every server therefore negotiates the same handshake. Each program runs on a
+//! current-thread runtime: the driver pins it to one core. Every loop is bounded in time or count.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, RootCertStore, ServerConfig, SignatureScheme};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// Longest any single connection step may take before it counts as an error.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound on how long `idle` holds its connections if the hold file never appears.
+const MAX_HOLD: Duration = Duration::from_secs(900);
+
+#[derive(Parser)]
+#[command(about = "mqtls benchmark: PKI, sink, rustls terminator and load generators")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// Address of the TLS endpoint (or of the plain sink with --plain).
+    addr: SocketAddr,
+    /// Directory written by `certs`.
+    #[arg(long, default_value = "bench-certs")]
+    certs: PathBuf,
+    /// Plain TCP, no TLS (the direct ceiling).
+    #[arg(long)]
+    plain: bool,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Write the PKI into DIR.
+    Certs { dir: PathBuf },
+    /// Plain-TCP MQTT sink: CONNACK, PINGRESP, discard the rest.
+    Sink { addr: SocketAddr },
+    /// TLS terminator with client certificates, answering like the sink, no upstream.
+    Terminator {
+        addr: SocketAddr,
+        #[arg(long, default_value = "bench-certs")]
+        certs: PathBuf,
+    },
+    /// Full handshakes: connect, TLS, CONNECT, CONNACK, close, from `concurrency` clients for `seconds`.
+    Handshakes {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+    /// Like handshakes, but each client first gets a ticket and then reconnects with resumption.
+    Resume {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+    /// QoS 0 PUBLISH stream (one TLS record per PUBLISH) from `clients` connections for `seconds`.
+    Throughput {
+        #[command(flatten)]
+        target: Target,
+        /// PUBLISH payload bytes.
+        #[arg(long, default_value_t = 16384)]
+        size: usize,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+    /// Sequential PINGREQ → PINGRESP round trips on one connection.
+    Ping {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 20000)]
+        count: usize,
+        /// Round trips before the measured ones.
+        #[arg(long, default_value_t = 1000)]
+        warmup: usize,
+    },
+    /// Opens `count` connections (TLS + CONNECT/CONNACK), prints when all are up, holds them until
+    /// `hold_file` exists.
+    Idle {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 10000)]
+        count: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long)]
+        hold_file: PathBuf,
+    },
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cli = Cli::parse();
+    // Idle holds thousands of sockets; the sink and the terminator hold as many.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = match cli.mode {
+        Mode::Certs { dir } => write_certs(&dir).map(|()| json!({"mode": "certs", "dir": dir})),
+        Mode::Sink { addr } => rt.block_on(async { sink(TcpListener::bind(addr).await?).await }).map(|()| json!({})),
+        Mode::Terminator { addr, certs } => rt.block_on(terminator(addr, &certs)).map(|()| json!({})),
+        Mode::Handshakes { target, concurrency, seconds } => {
+            rt.block_on(storm(target, concurrency, secs(seconds), false))
+        }
+        Mode::Resume { target, concurrency, seconds } => rt.block_on(storm(target, concurrency, secs(seconds), true)),
+        Mode::Throughput { target, size, clients, seconds } => {
+            rt.block_on(throughput(target, size, clients, secs(seconds)))
+        }
+        Mode::Ping { target, count, warmup } => rt.block_on(ping(target, count, warmup)),
+        Mode::Idle { target, count, concurrency, hold_file } => {
+            rt.block_on(idle(target, count, concurrency, &hold_file))
+        }
+    };
+    match result {
+        Ok(v) => {
+            if !v.as_object().is_some_and(|o| o.is_empty()) {
+                println!("{v}");
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.1, 3600.0))
+}
+
+fn other(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// PKI
+
+fn write_certs(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let err = |e: rcgen::Error| other(e.to_string());
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.distinguished_name.push(DnType::CommonName, "mqtls bench CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate().map_err(err)?; // ECDSA P-256
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+    std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let leaf = |name: &str, client: bool| -> io::Result<()> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2099, 1, 1);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if client {
+            p.distinguished_name.push(DnType::CommonName, "device-1");
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        } else {
+            p.distinguished_name.push(DnType::CommonName, "localhost");
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            p.subject_alt_names =
+                vec![SanType::DnsName("localhost".try_into().map_err(err)?), SanType::IpAddress([127, 0, 0, 1].into())];
+        }
+        let key = KeyPair::generate().map_err(err)?;
+        let cert = p.signed_by(&key, &issuer).map_err(err)?;
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem())?;
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+        // HAProxy wants certificate and key in one file.
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem() + &key.serialize_pem())?;
+        Ok(())
+    };
+    leaf("server", false)?;
+    leaf("client", true)
+}
+
+fn read_cert(path: &Path) -> io::Result<CertificateDer<'static>> {
+    CertificateDer::from_pem_file(path).map_err(|e| other(format!("{}: {e}", path.display())))
+}
+
+fn read_key(path: &Path) -> io::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| other(format!("{}: {e}", path.display())))
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS configurations
+
+/// What every client offers: TLS 1.3 with X25519 and AES-128-GCM only.
+fn client_provider() -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    p.cipher_suites = vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256];
+    Arc::new(p)
+}
+
+/// The load generator pins the server certificate (byte comparison) instead of walking the chain, but
+/// still checks the handshake signature: this keeps the client's CPU per handshake below the server's,
+/// so that a one-core client can saturate a one-core server.
+#[derive(Debug)]
+struct Pinned {
+    cert: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("server certificate is not the benchmark's".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn client_config(certs: &Path) -> io::Result<ClientConfig> {
+    let provider = client_provider();
+    let verifier = Pinned { cert: read_cert(&certs.join("server.crt"))?, provider: provider.clone() };
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| other(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(vec![read_cert(&certs.join("client.crt"))?], read_key(&certs.join("client.key"))?)
+        .map_err(|e| other(e.to_string()))?;
+    config.resumption = Resumption::disabled();
+    Ok(config)
+}
+
+/// The terminator's configuration: what mqtls builds (aws-lc-rs, TLS 1.3 and 1.2, client certificates
+/// required through webpki, server suite order), with nothing behind it.
+fn server_config(certs: &Path) -> io::Result<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(read_cert(&certs.join("ca.crt"))?).map_err(|e| other(e.to_string()))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| other(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| other(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![read_cert(&certs.join("server.crt"))?], read_key(&certs.join("server.key"))?)
+        .map_err(|e| other(e.to_string()))?;
+    config.ignore_client_order = true;
+    Ok(config)
+}
+
+// ---------------------------------------------------------------------------------------------
+// MQTT framing
+
+fn push_len(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// MQTT 3.1.1 CONNECT: clean session, keep-alive 0 (so idle connections are never timed out).
+fn connect_packet(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0];
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut p = vec![0x10];
+    push_len(&mut p, body.len());
+    p.extend_from_slice(&body);
+    p
+}
+
+fn publish_packet(payload: usize) -> Vec<u8> {
+    let topic = b"bench/t";
+    let mut p = vec![0x30];
+    push_len(&mut p, 2 + topic.len() + payload);
+    p.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    p.extend_from_slice(topic);
+    p.resize(p.len() + payload, 0x5a);
+    p
+}
+
+const CONNACK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
+const PINGREQ: [u8; 2] = [0xc0, 0x00];
+const PINGRESP: [u8; 2] = [0xd0, 0x00];
+
+/// Walks a stream of MQTT packets without buffering their bodies: the answers the sink owes
+/// (CONNACK to CONNECT, PINGRESP to PINGREQ) are appended to `out`.
+#[derive(Default)]
+struct Framer {
+    header: Vec<u8>,
+    skip: usize,
+}
+
+impl Framer {
+    fn feed(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        while let Some((&first, rest)) = data.split_first() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = data.get(n..).unwrap_or_default();
+                continue;
+            }
+            self.header.push(first);
+            data = rest;
+            if self.header.len() < 2 || first & 0x80 != 0 {
+                if self.header.len() > 5 {
+                    return Err(other("bad MQTT remaining length"));
+                }
+                continue;
+            }
+            let mut len = 0usize;
+            for (i, b) in self.header.iter().skip(1).enumerate() {
+                len |= ((b & 0x7f) as usize) << (7 * i);
+            }
+            match self.header.first().map(|t| t >> 4) {
+                Some(1) => out.extend_from_slice(&CONNACK),
+                Some(12) => out.extend_from_slice(&PINGRESP),
+                _ => {}
+            }
+            self.skip = len;
+            self.header.clear();
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// The one read buffer of this (single-threaded) sink or terminator: a connection holds no buffer
+    /// while it waits, as mqtls' splice holds none, so idle connections cost only TLS and socket state.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 * 1024]);
+}
+
+/// Reads MQTT packets until end of stream, answering CONNECT and PINGREQ.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> io::Result<()> {
+    let mut framer = Framer::default();
+    let mut out = Vec::new();
+    loop {
+        // Read and parse inside one poll, so the shared buffer is never held across a wait.
+        let n = std::future::poll_fn(|cx| {
+            READ_BUF.with_borrow_mut(|buf| {
+                let mut rb = tokio::io::ReadBuf::new(buf);
+                std::task::ready!(Pin::new(&mut s).poll_read(cx, &mut rb))?;
+                let n = rb.filled().len();
+                framer.feed(rb.filled(), &mut out)?;
+                std::task::Poll::Ready(Ok::<_, io::Error>(n))
+            })
+        })
+        .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if !out.is_empty() {
+            s.write_all(&out).await?;
+            s.flush().await?;
+            out = Vec::new();
+        }
+    }
+}
+
+async fn sink(listener: TcpListener) -> io::Result<()> {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(async move {
+            let _ = answer(tcp).await;
+        });
+    }
+}
+
+async fn terminator(addr: SocketAddr, certs: &Path) -> io::Result<()> {
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(certs)?));
+    let listener = TcpListener::bind(addr).await?;
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            if let Ok(Ok(tls)) = tokio::time::timeout(STEP_TIMEOUT, acceptor.accept(tcp)).await {
+                let _ = answer(tls).await;
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+type Conn = Box<dyn Io>;
+
+/// Where and how clients connect. `tls` is `None` for the plain-TCP ceiling.
+#[derive(Clone)]
+struct Dialer {
+    addr: SocketAddr,
+    tls: Option<TlsConnector>,
+}
+
+impl Dialer {
+    fn new(target: &Target, config: Option<ClientConfig>) -> io::Result<Dialer> {
+        let tls = match (target.plain, config) {
+            (true, _) => None,
+            (false, Some(c)) => Some(TlsConnector::from(Arc::new(c))),
+            (false, None) => Some(TlsConnector::from(Arc::new(client_config(&target.certs)?))),
+        };
+        Ok(Dialer { addr: target.addr, tls })
+    }
+
+    /// TCP, TLS, CONNECT, CONNACK. Returns the stream and whether the TLS session was resumed.
+    async fn open(&self, client_id: &str) -> io::Result<(Conn, bool)> {
+        let fut = async {
+            let tcp = TcpStream::connect(self.addr).await?;
+            tcp.set_nodelay(true)?;
+            let (mut conn, resumed): (Conn, bool) = match &self.tls {
+                None => (Box::new(tcp), false),
+                Some(c) => {
+                    let name = ServerName::try_from("localhost").map_err(|e| other(e.to_string()))?;
+                    let tls = c.connect(name, tcp).await?;
+                    let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+                    (Box::new(tls), resumed)
+                }
+            };
+            conn.write_all(&connect_packet(client_id)).await?;
+            conn.flush().await?;
+            let mut ack = [0u8; 4];
+            conn.read_exact(&mut ack).await?;
+            if ack.first() != Some(&0x20) || ack.get(3) != Some(&0) {
+                return Err(other(format!("CONNACK refused: {ack:02x?}")));
+            }
+            Ok((conn, resumed))
+        };
+        tokio::time::timeout(STEP_TIMEOUT, fut).await.map_err(|_| other("timed out"))?
+    }
+}
+
+async fn close(mut conn: Conn) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
+}
+
+/// Runs the futures concurrently on this thread and returns their results in order.
+async fn join_all<T, F: Future<Output = T>>(futs: Vec<F>) -> Vec<T> {
+    let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<T>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futs.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    resumed: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.resumed += other.resumed;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    fn error(&mut self, e: io::Error) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(e.to_string());
+        }
+    }
+}
+
+/// Handshake storm. With `resume`, each client has its own session store, is given a ticket by one
+/// full handshake before the clock starts, and then reconnects presenting its latest ticket.
+async fn storm(target: Target, concurrency: usize, duration: Duration, resume: bool) -> io::Result<serde_json::Value> {
+    let concurrency = concurrency.clamp(1, 4096);
+    let base = client_config(&target.certs)?;
+    let mut dialers = Vec::new();
+    for _ in 0..concurrency {
+        let mut c = base.clone();
+        if resume {
+            c.resumption = Resumption::in_memory_sessions(8);
+        }
+        dialers.push(Dialer::new(&target, Some(c))?);
+    }
+    let mut warm = Tally::default();
+    if resume {
+        let results = join_all(dialers.iter().enumerate().map(|(w, d)| d.open_and_close(w, 0)).collect()).await;
+        for r in results {
+            match r {
+                Ok(_) => warm.ok += 1,
+                Err(e) => warm.error(e),
+            }
+        }
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let workers = dialers.iter().enumerate().map(|(w, d)| async move {
+        let mut t = Tally::default();
+        let mut n = 1u64;
+        while Instant::now() < deadline {
+            match d.open_and_close(w, n).await {
+                Ok(resumed) => {
+                    t.ok += 1;
+                    t.resumed += u64::from(resumed);
+                }
+                Err(e) => {
+                    t.error(e);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            n += 1;
+        }
+        t
+    });
+    let mut total = Tally::default();
+    for t in join_all(workers.collect()).await {
+        total.add(t);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(json!({
+        "mode": if resume { "resume" } else { "handshakes" },
+        "ok": total.ok,
+        "resumed": total.resumed,
+        "errors": total.errors,
+        "warmup_errors": warm.errors,
+        "first_error": total.first_error.or(warm.first_error),
+        "seconds": elapsed,
+        "rate": total.ok as f64 / elapsed,
+    }))
+}
+
+impl Dialer {
+    async fn open_and_close(&self, worker: usize, n: u64) -> io::Result<bool> {
+        let (conn, resumed) = self.open(&format!("hs-{}-{worker}-{n}", std::process::id())).await?;
+        close(conn).await;
+        Ok(resumed)
+    }
+}
+
+async fn throughput(target: Target, size: usize, clients: usize, duration: Duration) -> io::Result<serde_json::Value> {
+    let dialer = Dialer::new(&target, None)?;
+    let packet = publish_packet(size.clamp(1, 256 * 1024 * 1024));
+    let mut conns = Vec::new();
+    for i in 0..clients.clamp(1, 1024) {
+        conns.push(dialer.open(&format!("tp-{}-{i}", std::process::id())).await?.0);
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let packet = &packet;
+    let results = join_all(
+        conns
+            .into_iter()
+            .map(|mut conn| async move {
+                let mut bytes = 0u64;
+                let mut error = None;
+                while Instant::now() < deadline {
+                    // One write per PUBLISH, as an MQTT client library does: one TLS record each.
+                    if let Err(e) = conn.write_all(packet).await {
+                        error = Some(e.to_string());
+                        break;
+                    }
+                    bytes += packet.len() as u64;
+                }
+                let _ = conn.flush().await;
+                close(conn).await;
+                (bytes, error)
+            })
+            .collect(),
+    )
+    .await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let bytes: u64 = results.iter().map(|r| r.0).sum();
+    let first_error = results.into_iter().find_map(|r| r.1);
+    Ok(json!({
+        "mode": "throughput",
+        "size": size,
+        "clients": clients,
+        "bytes": bytes,
+        "seconds": elapsed,
+        "mb_per_s": bytes as f64 / elapsed / 1e6,
+        "error": first_error,
+    }))
+}
+
+async fn ping(target: Target, count: usize, warmup: usize) -> io::Result<serde_json::Value> {
+    let dialer = Dialer::new(&target, None)?;
+    let (mut conn, _) = dialer.open(&format!("ping-{}", std::process::id())).await?;
+    let count = count.clamp(1, 10_000_000);
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..warmup.min(1_000_000) + count {
+        let t = Instant::now();
+        let step = async {
+            conn.write_all(&PINGREQ).await?;
+            conn.flush().await?;
+            let mut resp = [0u8; 2];
+            conn.read_exact(&mut resp).await?;
+            if resp != PINGRESP {
+                return Err(other(format!("expected PINGRESP, got {resp:02x?}")));
+            }
+            Ok(())
+        };
+        tokio::time::timeout(STEP_TIMEOUT, step).await.map_err(|_| other("ping timed out"))??;
+        if i >= warmup {
+            samples.push(t.elapsed().as_nanos() as f64 / 1000.0);
+        }
+    }
+    close(conn).await;
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| samples.get(((samples.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    let mean = samples.iter().sum::<f64>() / samples.len().max(1) as f64;
+    Ok(json!({
+        "mode": "ping",
+        "count": samples.len(),
+        "p50_us": pct(0.50),
+        "p99_us": pct(0.99),
+        "p999_us": pct(0.999),
+        "mean_us": mean,
+        "max_us": samples.last().copied().unwrap_or(0.0),
+    }))
+}
+
+async fn idle(target: Target, count: usize, concurrency: usize, hold_file: &Path) -> io::Result<serde_json::Value> {
+    let dialer = Dialer::new(&target, None)?;
+    let count = count.clamp(1, 1_000_000);
+    let concurrency = concurrency.clamp(1, count);
+    let start = Instant::now();
+    let per_worker = count.div_ceil(concurrency);
+    let dialer = &dialer;
+    let results = join_all(
+        (0..concurrency)
+            .map(|w| async move {
+                let mut held = Vec::new();
+                let mut t = Tally::default();
+                for i in 0..per_worker {
+                    if w * per_worker + i >= count {
+                        break;
+                    }
+                    match dialer.open(&format!("idle-{}-{w}-{i}", std::process::id())).await {
+                        Ok((c, _)) => {
+                            held.push(c);
+                            t.ok += 1;
+                        }
+                        Err(e) => t.error(e),
+                    }
+                }
+                (held, t)
+            })
+            .collect(),
+    )
+    .await;
+    let mut total = Tally::default();
+    let mut held = Vec::new();
+    for (h, t) in results {
+        held.extend(h);
+        total.add(t);
+    }
+    let line = json!({
+        "mode": "idle",
+        "connected": total.ok,
+        "errors": total.errors,
+        "first_error": total.first_error,
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    // The driver reads this line, measures the proxy's RSS, then creates the hold file.
+    println!("{line}");
+    let held_since = Instant::now();
+    while !hold_file.exists() && held_since.elapsed() < MAX_HOLD {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    Ok(json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mqtls::config::{Config, RunArgs};
+    use tokio_util::sync::CancellationToken;
+
+    /// The load generator against an in-process mqtls in front of the sink, briefly: a check that the
+    /// benchmark's programs work (handshakes complete, tickets resume, bytes and pings flow), not a
+    /// measurement.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn load_generator_drives_mqtls_and_the_sink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().to_path_buf();
+        write_certs(&certs).expect("certs");
+        let sink_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+        let sink_addr = sink_listener.local_addr().expect("addr");
+        let sink_task = tokio::spawn(sink(sink_listener));
+
+        let args = RunArgs {
+            upstream: Some(sink_addr.to_string()),
+            cert: Some(certs.join("server.crt")),
+            key: Some(certs.join("server.key")),
+            client_ca: Some(certs.join("ca.crt")),
+            ..RunArgs::default()
+        };
+        let proxy = Arc::new(mqtls::Proxy::new(Config::load(&args).expect("config")).expect("tls"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mqtls");
+        let target = Target { addr: listener.local_addr().expect("addr"), certs: certs.clone(), plain: false };
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(mqtls::serve(listener, proxy, shutdown.clone()));
+
+        let full = storm(target.clone(), 4, Duration::from_secs(1), false).await.expect("handshakes");
+        assert!(full["ok"].as_u64().unwrap_or(0) > 0, "{full}");
+        assert_eq!(full["errors"], 0, "{full}");
+        assert_eq!(full["resumed"], 0, "{full}");
+
+        let resumed = storm(target.clone(), 4, Duration::from_secs(1), true).await.expect("resume");
+        assert!(resumed["resumed"].as_u64().unwrap_or(0) > 0, "{resumed}");
+
+        let tp = throughput(target.clone(), 1024, 2, Duration::from_millis(300)).await.expect("throughput");
+        assert!(tp["bytes"].as_u64().unwrap_or(0) > 0, "{tp}");
+
+        let p = ping(target.clone(), 20, 2).await.expect("ping");
+        assert_eq!(p["count"], 20, "{p}");
+
+        let plain = Target { addr: sink_addr, certs, plain: true };
+        let direct = storm(plain, 2, Duration::from_millis(300), false).await.expect("plain");
+        assert!(direct["ok"].as_u64().unwrap_or(0) > 0, "{direct}");
+
+        shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        sink_task.abort();
+    }
+
+    #[test]
+    fn framer_answers_connect_and_pingreq_across_split_reads() {
+        let mut stream = connect_packet("x");
+        stream.extend_from_slice(&publish_packet(20_000));
+        stream.extend_from_slice(&PINGREQ);
+        for split in [1, 2, 3, 7, 100, stream.len()] {
+            let mut f = Framer::default();
+            let mut out = Vec::new();
+            for chunk in stream.chunks(split) {
+                f.feed(chunk, &mut out).expect("valid stream");
+            }
+            assert_eq!(out, [&CONNACK[..], &PINGRESP[..]].concat(), "split {split}");
+        }
+    }
+}

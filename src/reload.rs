@@ -209,8 +209,8 @@ impl Reloader {
         let mut pending: Option<(Instant, Instant)> = watch.is_some().then_some((now, now));
         info!(
             watch = self.settings.watch,
-            interval = ?self.settings.interval,
-            debounce = ?debounce,
+            interval = %self.settings.interval.map_or("off".to_string(), |i| humantime::format_duration(i).to_string()),
+            debounce = %humantime::format_duration(debounce),
             "watching TLS files for changes (SIGHUP reloads at once)"
         );
         loop {

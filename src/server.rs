@@ -46,8 +46,12 @@ pub async fn serve_with(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, sh
     let Caps { connections, handshakes } = caps;
     proxy.health.set_listening(true);
     if let Ok(addr) = listener.local_addr() {
-        let name = proxy.config.name.as_deref().unwrap_or_default();
-        info!(listen = %addr, listener = name, upstream = %proxy.config.upstream, "accepting connections");
+        match proxy.config.name.as_deref() {
+            Some(name) => {
+                info!(listen = %addr, listener = name, upstream = %proxy.config.upstream, "accepting connections")
+            }
+            None => info!(listen = %addr, upstream = %proxy.config.upstream, "accepting connections"),
+        }
     }
     loop {
         tokio::select! {

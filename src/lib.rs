@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod authorize;
+pub mod busy_poll;
 pub mod certinfo;
 pub mod config;
 pub mod connect;
@@ -71,6 +72,15 @@ pub async fn run(
         side_tasks.spawn(admin::serve(admin, proxies.clone(), side_stop.clone()));
         for proxy in &proxies {
             side_tasks.spawn(admin::check_upstream(proxy.clone(), side_stop.clone()));
+        }
+    }
+    // One spinning task per distinct busy-poll window (the binary shares one between listeners).
+    let mut spinners: Vec<Arc<busy_poll::BusyPoll>> = Vec::new();
+    for bp in proxies.iter().filter_map(|p| p.busy_poll.clone()) {
+        if !spinners.iter().any(|s| Arc::ptr_eq(s, &bp)) {
+            spinners.push(bp.clone());
+            let stop = side_stop.clone();
+            side_tasks.spawn(async move { bp.run(stop).await });
         }
     }
     side_tasks.close();

@@ -15,6 +15,7 @@ use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
 use crate::admin::Health;
 use crate::authorize::{self, Refused, Rules};
+use crate::busy_poll::BusyPoll;
 use crate::config::{ClientIdPolicy, ClientUsername, Config, PasswordPolicy};
 use crate::connect::{self, Connect, ConnectError, Edit, ProtocolVersion, Refusal};
 use crate::identity::{self, IdentityError};
@@ -38,6 +39,8 @@ pub struct Proxy {
     pub health: Health,
     /// The allow rules every new connection is checked against; SIGHUP swaps in the file's new ones.
     pub rules: Arc<ArcSwap<Rules>>,
+    /// With `busy_poll`, told of established traffic; the binary shares one between all listeners.
+    pub busy_poll: Option<Arc<BusyPoll>>,
 }
 
 impl Proxy {
@@ -52,7 +55,8 @@ impl Proxy {
     /// A proxy serving whatever configuration `tls` holds at each handshake.
     pub fn with_tls(config: Config, tls: Arc<TlsHandle>, metrics: Arc<Metrics>) -> Proxy {
         let rules = Arc::new(ArcSwap::from_pointee(config.authz.clone()));
-        Proxy { config: Arc::new(config), tls, metrics, health: Health::default(), rules }
+        let busy_poll = config.busy_poll.map(|window| Arc::new(BusyPoll::new(window)));
+        Proxy { config: Arc::new(config), tls, metrics, health: Health::default(), rules, busy_poll }
     }
 
     /// Counts a connection that ended before it was spliced, under every metric that describes why.
@@ -431,22 +435,23 @@ async fn forward(proxy: &Proxy, ready: Ready) -> Result<(SpliceStats, std::io::R
         Err(e) => return Err(refuse(&mut client, version, Refusal::ServerUnavailable, e.into()).await),
     };
     match upstream {
-        UpstreamStream::Tcp(mut s) => start_splice(&mut client, &mut s, first, version, limits.connack_timeout).await,
-        UpstreamStream::Unix(mut s) => start_splice(&mut client, &mut s, first, version, limits.connack_timeout).await,
+        UpstreamStream::Tcp(mut s) => start_splice(proxy, &mut client, &mut s, first, version).await,
+        UpstreamStream::Unix(mut s) => start_splice(proxy, &mut client, &mut s, first, version).await,
     }
 }
 
 async fn start_splice<C, U>(
+    proxy: &Proxy,
     client: &mut C,
     upstream: &mut U,
     first: Vec<u8>,
     version: ProtocolVersion,
-    connack_timeout: Duration,
 ) -> Result<(SpliceStats, std::io::Result<()>), ConnError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let connack_timeout = proxy.config.limits.connack_timeout;
     upstream.write_all(&first).await.map_err(ConnError::UpstreamWrite)?;
     let first_len = first.len() as u64;
     drop(first);
@@ -470,7 +475,7 @@ where
     // Nothing from the CONNECT stage stays allocated while the connection idles.
     drop(reply);
     info!("open");
-    let (mut stats, result) = splice(client, upstream).await;
+    let (mut stats, result) = splice(client, upstream, proxy.busy_poll.as_deref()).await;
     stats.client_to_upstream += first_len;
     stats.upstream_to_client += n as u64;
     Ok((stats, result))

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::busy_poll::BusyPoll;
+
 /// How long the broker may keep answering after the client half-closed, before both sides are closed.
 pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(10);
 
@@ -31,8 +33,13 @@ pub struct SpliceStats {
 }
 
 /// Copies `client` ⇄ `upstream` until both directions reach end of stream, or either fails.
-/// The counts are returned in both cases, so the close log line can report them.
-pub async fn splice<C, U>(client: &mut C, upstream: &mut U) -> (SpliceStats, io::Result<()>)
+/// The counts are returned in both cases, so the close log line can report them. Every read that
+/// brings bytes is reported to `busy_poll`, when set.
+pub async fn splice<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    busy_poll: Option<&BusyPoll>,
+) -> (SpliceStats, io::Result<()>)
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -40,8 +47,8 @@ where
     let mut up = Direction::default();
     let mut down = Direction::default();
     let both = poll_fn(|cx| {
-        let a = up.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream))?;
-        let b = down.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client))?;
+        let a = up.poll_copy(cx, busy_poll, Pin::new(&mut *client), Pin::new(&mut *upstream))?;
+        let b = down.poll_copy(cx, busy_poll, Pin::new(&mut *upstream), Pin::new(&mut *client))?;
         // Done when the broker's side has ended; the client's alone only starts the linger.
         if b.is_ready() || a.is_ready() {
             Poll::Ready(Ok(b.is_ready()))
@@ -51,7 +58,7 @@ where
     });
     let result = match both.await {
         Ok(false) => {
-            let rest = poll_fn(|cx| down.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client)));
+            let rest = poll_fn(|cx| down.poll_copy(cx, busy_poll, Pin::new(&mut *upstream), Pin::new(&mut *client)));
             tokio::time::timeout(HALF_CLOSE_LINGER, rest).await.unwrap_or(Ok(()))
         }
         other => other.map(|_| ()),
@@ -75,6 +82,7 @@ impl Direction {
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
+        busy_poll: Option<&BusyPoll>,
         mut reader: Pin<&mut R>,
         mut writer: Pin<&mut W>,
     ) -> Poll<io::Result<()>>
@@ -96,6 +104,9 @@ impl Direction {
                             self.read_done = true;
                             self.buf = None;
                         } else {
+                            if let Some(bp) = busy_poll {
+                                bp.touch();
+                            }
                             self.start = 0;
                             self.end = n;
                         }
@@ -142,7 +153,7 @@ mod tests {
     async fn bytes_flow_both_ways_and_half_close_propagates() {
         let (mut client, mut proxy_client_side) = duplex(64);
         let (mut proxy_upstream_side, mut broker) = duplex(64);
-        let task = tokio::spawn(async move { splice(&mut proxy_client_side, &mut proxy_upstream_side).await });
+        let task = tokio::spawn(async move { splice(&mut proxy_client_side, &mut proxy_upstream_side, None).await });
 
         let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let sent = payload.clone();
@@ -168,7 +179,7 @@ mod tests {
     async fn the_broker_closing_ends_the_session_even_if_the_client_stays_silent() {
         let (_client, mut proxy_client_side) = duplex(64);
         let (mut proxy_upstream_side, mut broker) = duplex(64);
-        let task = tokio::spawn(async move { splice(&mut proxy_client_side, &mut proxy_upstream_side).await });
+        let task = tokio::spawn(async move { splice(&mut proxy_client_side, &mut proxy_upstream_side, None).await });
         broker.shutdown().await.expect("broker closes");
         let (_, result) = tokio::time::timeout(std::time::Duration::from_secs(5), task)
             .await
@@ -181,7 +192,7 @@ mod tests {
     async fn a_half_closed_client_waits_for_the_broker_at_most_the_linger() {
         let (mut client, mut proxy_client_side) = duplex(64);
         let (mut proxy_upstream_side, _silent_broker) = duplex(64);
-        let task = tokio::spawn(async move { splice(&mut proxy_client_side, &mut proxy_upstream_side).await });
+        let task = tokio::spawn(async move { splice(&mut proxy_client_side, &mut proxy_upstream_side, None).await });
         client.shutdown().await.expect("client half-closes");
         let (_, result) = task.await.expect("join");
         result.expect("clean end after the linger");
@@ -194,7 +205,7 @@ mod tests {
         let mut up = Direction::default();
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
-        assert!(up.poll_copy(&mut cx, Pin::new(&mut a), Pin::new(&mut b)).is_pending());
+        assert!(up.poll_copy(&mut cx, None, Pin::new(&mut a), Pin::new(&mut b)).is_pending());
         assert!(up.buf.is_none());
     }
 }

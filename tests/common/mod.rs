@@ -180,6 +180,7 @@ impl Pki {
             log_format: LogFormat::Text,
             proxy_protocol: Default::default(),
             threads: 1,
+            busy_poll: None,
         }
     }
 }

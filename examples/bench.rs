@@ -59,6 +59,10 @@ struct Target {
     /// Plain TCP, no TLS (the direct ceiling).
     #[arg(long)]
     plain: bool,
+    /// Offer TLS 1.2 (ECDHE-ECDSA-AES128-GCM-SHA256) instead of TLS 1.3: many devices' TLS stacks
+    /// stop there, and its session resumption skips the key exchange that TLS 1.3's keeps.
+    #[arg(long)]
+    tls12: bool,
 }
 
 #[derive(Subcommand)]
@@ -221,10 +225,14 @@ fn read_key(path: &Path) -> io::Result<PrivateKeyDer<'static>> {
 // TLS configurations
 
 /// What every client offers: TLS 1.3 with X25519 and AES-128-GCM only.
-fn client_provider() -> Arc<CryptoProvider> {
+fn client_provider(tls12: bool) -> Arc<CryptoProvider> {
     let mut p = rustls::crypto::aws_lc_rs::default_provider();
     p.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
-    p.cipher_suites = vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256];
+    p.cipher_suites = vec![if tls12 {
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    } else {
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256
+    }];
     Arc::new(p)
 }
 
@@ -276,11 +284,13 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
-fn client_config(certs: &Path) -> io::Result<ClientConfig> {
-    let provider = client_provider();
+fn client_config(target: &Target) -> io::Result<ClientConfig> {
+    let certs = &target.certs;
+    let provider = client_provider(target.tls12);
     let verifier = Pinned { cert: read_cert(&certs.join("server.crt"))?, provider: provider.clone() };
+    let version = if target.tls12 { &rustls::version::TLS12 } else { &rustls::version::TLS13 };
     let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(&[version])
         .map_err(|e| other(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
@@ -475,7 +485,7 @@ impl Dialer {
         let tls = match (target.plain, config) {
             (true, _) => None,
             (false, Some(c)) => Some(TlsConnector::from(Arc::new(c))),
-            (false, None) => Some(TlsConnector::from(Arc::new(client_config(&target.certs)?))),
+            (false, None) => Some(TlsConnector::from(Arc::new(client_config(target)?))),
         };
         Ok(Dialer { addr: target.addr, tls })
     }
@@ -565,7 +575,7 @@ impl Tally {
 /// full handshake before the clock starts, and then reconnects presenting its latest ticket.
 async fn storm(target: Target, concurrency: usize, duration: Duration, resume: bool) -> io::Result<serde_json::Value> {
     let concurrency = concurrency.clamp(1, 4096);
-    let base = client_config(&target.certs)?;
+    let base = client_config(&target)?;
     let mut dialers = Vec::new();
     for _ in 0..concurrency {
         let mut c = base.clone();

@@ -1,13 +1,29 @@
 //! TLS session resumption: reconnect storms get cheap handshakes, but never at the cost of trust
-//! changes or identity.
+//! changes or identity. Each behaviour holds for TLS 1.3 tickets and for TLS 1.2 tickets, which many
+//! devices' TLS stacks still use.
 
 mod common;
 
 use common::*;
 use mqtls::config::ReloadSettings;
 use mqtls::reload::ReloadReason;
-use rustls::HandshakeKind;
+use rustls::{HandshakeKind, SupportedProtocolVersion};
 use tokio::io::AsyncWriteExt;
+
+use rustls::version::{TLS12, TLS13};
+
+/// One device: its certificate and its own session store, speaking only `version`.
+fn device(pki: &Pki, leaf: &Leaf, version: &'static SupportedProtocolVersion) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_cert_der()).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(mqtls::tls::provider())
+        .with_protocol_versions(&[version])
+        .expect("version")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![leaf.der.clone()], leaf.key_der())
+        .expect("client cert");
+    std::sync::Arc::new(config)
+}
 
 /// Connects, sends a CONNECT claiming `username`, waits for the CONNACK (which also delivers the
 /// session ticket) and returns how the handshake went.
@@ -32,13 +48,21 @@ fn reloading() -> ReloadSettings {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reconnecting_device_resumes_and_keeps_the_identity_of_its_certificate() {
+    resumes_and_keeps_identity(&TLS13).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reconnecting_tls12_device_resumes_and_keeps_the_identity_of_its_certificate() {
+    resumes_and_keeps_identity(&TLS12).await;
+}
+
+async fn resumes_and_keeps_identity(version: &'static SupportedProtocolVersion) {
     init_logs();
     let pki = Pki::new();
     let broker = Mosquitto::start();
     let proxy = Mqtls::start(pki.config(broker.upstream())).await;
-    let device = pki.ca.client("device-42");
     // One client configuration = one device with its session store.
-    let config = client_tls(&pki, Some(&device));
+    let config = device(&pki, &pki.ca.client("device-42"), version);
     assert_eq!(session(proxy.port(), config.clone(), "device-42").await.expect("first"), HandshakeKind::Full);
     assert_eq!(session(proxy.port(), config.clone(), "monitor").await.expect("second"), HandshakeKind::Resumed);
     assert_eq!(broker.usernames(), vec!["device-42", "device-42"], "the resumed session maps the same certificate");
@@ -46,14 +70,22 @@ async fn a_reconnecting_device_resumes_and_keeps_the_identity_of_its_certificate
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_ca_change_makes_earlier_sessions_unresumable() {
+    ca_change_ends_resumption(&TLS13).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_ca_change_makes_earlier_tls12_sessions_unresumable() {
+    ca_change_ends_resumption(&TLS12).await;
+}
+
+async fn ca_change_ends_resumption(version: &'static SupportedProtocolVersion) {
     init_logs();
     let pki = Pki::new();
     let broker = Mosquitto::start();
     let mut config = pki.config(broker.upstream());
     config.reload = reloading();
     let (proxy, reloader) = Mqtls::start_reloading(config).await;
-    let device = pki.ca.client("device-42");
-    let client = client_tls(&pki, Some(&device));
+    let client = device(&pki, &pki.ca.client("device-42"), version);
     session(proxy.port(), client.clone(), "x").await.expect("first");
     assert_eq!(session(proxy.port(), client.clone(), "x").await.expect("resumes"), HandshakeKind::Resumed);
 
@@ -66,6 +98,15 @@ async fn a_client_ca_change_makes_earlier_sessions_unresumable() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_certificate_cannot_resume_its_session() {
+    revocation_ends_resumption(&TLS13).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_certificate_cannot_resume_its_tls12_session() {
+    revocation_ends_resumption(&TLS12).await;
+}
+
+async fn revocation_ends_resumption(version: &'static SupportedProtocolVersion) {
     init_logs();
     let pki = Pki::new();
     let broker = Mosquitto::start();
@@ -79,7 +120,7 @@ async fn a_revoked_certificate_cannot_resume_its_session() {
         p.distinguished_name.push(rcgen::DnType::CommonName, "stolen");
         p.serial_number = Some(rcgen::SerialNumber::from(4242u64));
     });
-    let client = client_tls(&pki, Some(&stolen));
+    let client = device(&pki, &stolen, version);
     session(proxy.port(), client.clone(), "x").await.expect("first");
     assert_eq!(session(proxy.port(), client.clone(), "x").await.expect("resumes"), HandshakeKind::Resumed);
 

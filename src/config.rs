@@ -765,21 +765,7 @@ impl Config {
         };
         let debounce = match pick!(reload_debounce) {
             None => DEFAULT_RELOAD_DEBOUNCE,
-            Some((s, origin)) => match parse_duration(&s) {
-                Ok(d) if d <= MAX_RELOAD_DEBOUNCE => d,
-                Ok(d) => {
-                    return Err(ConfigError::Invalid {
-                        setting: "reload_debounce",
-                        origin,
-                        reason: format!(
-                            "{} is longer than the {} limit",
-                            humantime::format_duration(d),
-                            humantime::format_duration(MAX_RELOAD_DEBOUNCE)
-                        ),
-                    })
-                }
-                Err(reason) => return Err(ConfigError::Invalid { setting: "reload_debounce", origin, reason }),
-            },
+            Some(v) => duration_at_most("reload_debounce", v, MAX_RELOAD_DEBOUNCE)?,
         };
         let refuse_expired = args.refuse_expired || f.refuse_expired.unwrap_or(false);
         let log_level = match pick!(log_level) {
@@ -812,27 +798,7 @@ impl Config {
         let busy_poll = match pick!(busy_poll) {
             None => None,
             Some((s, _)) if is_off(&s) => None,
-            Some((s, origin)) => match parse_duration(&s) {
-                Ok(d) if d <= MAX_BUSY_POLL => Some(d),
-                Ok(d) => {
-                    return Err(ConfigError::Invalid {
-                        setting: "busy_poll",
-                        origin,
-                        reason: format!(
-                            "{} is longer than the {} limit",
-                            humantime::format_duration(d),
-                            humantime::format_duration(MAX_BUSY_POLL)
-                        ),
-                    })
-                }
-                Err(reason) => {
-                    return Err(ConfigError::Invalid {
-                        setting: "busy_poll",
-                        origin,
-                        reason: format!("{reason}; use \"off\" to disable"),
-                    })
-                }
-            },
+            Some(v) => Some(duration_at_most("busy_poll", v, MAX_BUSY_POLL)?),
         };
         Ok(Config {
             file: path,
@@ -1024,6 +990,27 @@ fn at_least_one(setting: &'static str, v: Option<(usize, Origin)>, default: usiz
 fn is_off(s: &str) -> bool {
     let s = s.trim();
     s.eq_ignore_ascii_case("off") || s == "0" || parse_duration(s).is_ok_and(|d| d.is_zero())
+}
+
+/// A duration setting with an upper bound.
+fn duration_at_most(
+    setting: &'static str,
+    (s, origin): (String, Origin),
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    match parse_duration(&s) {
+        Ok(d) if d <= max => Ok(d),
+        Ok(d) => Err(ConfigError::Invalid {
+            setting,
+            origin,
+            reason: format!(
+                "{} is longer than the {} limit",
+                humantime::format_duration(d),
+                humantime::format_duration(max)
+            ),
+        }),
+        Err(reason) => Err(ConfigError::Invalid { setting, origin, reason }),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -800,7 +800,8 @@ mod tests {
         };
         let proxy = Arc::new(mqtls::Proxy::new(Config::load(&args).expect("config")).expect("tls"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mqtls");
-        let target = Target { addr: listener.local_addr().expect("addr"), certs: certs.clone(), plain: false };
+        let target =
+            Target { addr: listener.local_addr().expect("addr"), certs: certs.clone(), plain: false, tls12: false };
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(mqtls::serve(listener, proxy, shutdown.clone()));
 
@@ -812,13 +813,18 @@ mod tests {
         let resumed = storm(target.clone(), 4, Duration::from_secs(1), true).await.expect("resume");
         assert!(resumed["resumed"].as_u64().unwrap_or(0) > 0, "{resumed}");
 
+        let tls12 = Target { tls12: true, ..target.clone() };
+        let resumed = storm(tls12, 2, Duration::from_millis(500), true).await.expect("TLS 1.2 resume");
+        assert!(resumed["resumed"].as_u64().unwrap_or(0) > 0, "{resumed}");
+        assert_eq!(resumed["errors"], 0, "{resumed}");
+
         let tp = throughput(target.clone(), 1024, 2, Duration::from_millis(300)).await.expect("throughput");
         assert!(tp["bytes"].as_u64().unwrap_or(0) > 0, "{tp}");
 
         let p = ping(target.clone(), 20, 2).await.expect("ping");
         assert_eq!(p["count"], 20, "{p}");
 
-        let plain = Target { addr: sink_addr, certs, plain: true };
+        let plain = Target { addr: sink_addr, certs, plain: true, tls12: false };
         let direct = storm(plain, 2, Duration::from_millis(300), false).await.expect("plain");
         assert!(direct["ok"].as_u64().unwrap_or(0) > 0, "{direct}");
 

@@ -96,7 +96,13 @@ enum Mode {
         seconds: f64,
     },
     /// QoS 0 PUBLISH stream (one TLS record per PUBLISH) from `clients` connections for `seconds`.
+    /// The client sockets keep Nagle's algorithm on, as libmosquitto's do by default: with TCP_NODELAY
+    /// every small record is its own segment, and against a server that keeps up the one-core load
+    /// generator, not the server, becomes the limit.
     Throughput {
+        /// Set TCP_NODELAY on the client sockets anyway.
+        #[arg(long)]
+        nodelay: bool,
         #[command(flatten)]
         target: Target,
         /// PUBLISH payload bytes.
@@ -144,8 +150,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rt.block_on(storm(target, concurrency, secs(seconds), false))
         }
         Mode::Resume { target, concurrency, seconds } => rt.block_on(storm(target, concurrency, secs(seconds), true)),
-        Mode::Throughput { target, size, clients, seconds } => {
-            rt.block_on(throughput(target, size, clients, secs(seconds)))
+        Mode::Throughput { target, size, clients, seconds, nodelay } => {
+            rt.block_on(throughput(target, size, clients, secs(seconds), nodelay))
         }
         Mode::Ping { target, count, warmup } => rt.block_on(ping(target, count, warmup)),
         Mode::Idle { target, count, concurrency, hold_file } => {
@@ -478,6 +484,8 @@ type Conn = Box<dyn Io>;
 struct Dialer {
     addr: SocketAddr,
     tls: Option<TlsConnector>,
+    /// TCP_NODELAY on the client socket (everything but the bulk senders).
+    nodelay: bool,
 }
 
 impl Dialer {
@@ -487,14 +495,14 @@ impl Dialer {
             (false, Some(c)) => Some(TlsConnector::from(Arc::new(c))),
             (false, None) => Some(TlsConnector::from(Arc::new(client_config(target)?))),
         };
-        Ok(Dialer { addr: target.addr, tls })
+        Ok(Dialer { addr: target.addr, tls, nodelay: true })
     }
 
     /// TCP, TLS, CONNECT, CONNACK. Returns the stream and whether the TLS session was resumed.
     async fn open(&self, client_id: &str) -> io::Result<(Conn, bool)> {
         let fut = async {
             let tcp = TcpStream::connect(self.addr).await?;
-            tcp.set_nodelay(true)?;
+            tcp.set_nodelay(self.nodelay)?;
             let (mut conn, resumed): (Conn, bool) = match &self.tls {
                 None => (Box::new(tcp), false),
                 Some(c) => {
@@ -639,8 +647,15 @@ impl Dialer {
     }
 }
 
-async fn throughput(target: Target, size: usize, clients: usize, duration: Duration) -> io::Result<serde_json::Value> {
-    let dialer = Dialer::new(&target, None)?;
+async fn throughput(
+    target: Target,
+    size: usize,
+    clients: usize,
+    duration: Duration,
+    nodelay: bool,
+) -> io::Result<serde_json::Value> {
+    let mut dialer = Dialer::new(&target, None)?;
+    dialer.nodelay = nodelay;
     let packet = publish_packet(size.clamp(1, 256 * 1024 * 1024));
     let mut conns = Vec::new();
     for i in 0..clients.clamp(1, 1024) {
@@ -675,6 +690,7 @@ async fn throughput(target: Target, size: usize, clients: usize, duration: Durat
     let first_error = results.into_iter().find_map(|r| r.1);
     Ok(json!({
         "mode": "throughput",
+        "nodelay": nodelay,
         "size": size,
         "clients": clients,
         "bytes": bytes,
@@ -818,7 +834,7 @@ mod tests {
         assert!(resumed["resumed"].as_u64().unwrap_or(0) > 0, "{resumed}");
         assert_eq!(resumed["errors"], 0, "{resumed}");
 
-        let tp = throughput(target.clone(), 1024, 2, Duration::from_millis(300)).await.expect("throughput");
+        let tp = throughput(target.clone(), 1024, 2, Duration::from_millis(300), false).await.expect("throughput");
         assert!(tp["bytes"].as_u64().unwrap_or(0) > 0, "{tp}");
 
         let p = ping(target.clone(), 20, 2).await.expect("ping");

@@ -33,16 +33,20 @@ ALL_TARGETS = ["direct", "terminator", "mqtls"] + PEERS
 # HAProxy's `busy-polling` (never sleeps). Only the round-trip figure: that is what the option is for.
 BUSY_TARGETS = ["mqtls-busy", "haproxy-busy"]
 BUSY_POLL = "200us"
+# mqtls reaching the sink over a unix socket, as a sidecar in the broker's pod can: what the second TCP
+# connection costs a handshake. Handshake figures only.
+UNIX_TARGETS = ["mqtls-unix"]
+EXTRA_TARGETS = BUSY_TARGETS + UNIX_TARGETS
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 FIGURES = {
     # name: (title, unit, higher is better, targets it applies to)
-    "hs": ("full handshakes + CONNECT/CONNACK", "per s", True, ALL_TARGETS),
+    "hs": ("full handshakes + CONNECT/CONNACK", "per s", True, ALL_TARGETS + UNIX_TARGETS),
     "tp16k": ("throughput, 16 KiB PUBLISH", "MB/s", True, ALL_TARGETS),
     "tp1k": ("throughput, 1 KiB PUBLISH", "MB/s", True, ALL_TARGETS),
     "ping": ("PINGREQ round trip p50 / p99", "µs", False, ALL_TARGETS + BUSY_TARGETS),
     "idle": ("RSS per idle TLS connection", "KiB", False, ["terminator", "mqtls"] + PEERS),
-    "resume": ("resumed handshakes + CONNECT/CONNACK", "per s", True, ["terminator", "mqtls"] + PEERS),
+    "resume": ("resumed handshakes + CONNECT/CONNACK", "per s", True, ["terminator", "mqtls"] + PEERS + UNIX_TARGETS),
     # TLS 1.2, for what its resumption costs (no key exchange, unlike TLS 1.3's in rustls). The peers'
     # listeners are configured TLS 1.3-only, so only mqtls and the terminator run these.
     "hs12": ("TLS 1.2 full handshakes + CONNECT/CONNACK", "per s", True, ["terminator", "mqtls"]),
@@ -180,7 +184,9 @@ class Bench:
     # -- upstreams (core 0, for the whole run) --------------------------------------------------
     def start_upstreams(self):
         self.sink_port = free_port()
-        self.sink = self.spawn("sink", [BENCH, "sink", f"127.0.0.1:{self.sink_port}"], CORE_LOAD, self.sink_port)
+        self.sink_unix = os.path.join(self.tmp, "sink.sock")
+        self.sink = self.spawn("sink", [BENCH, "sink", f"127.0.0.1:{self.sink_port}", "--unix", self.sink_unix],
+                               CORE_LOAD, self.sink_port)
         self.broker_port = free_port()
         conf = self.write(
             "broker.conf",
@@ -199,8 +205,9 @@ class Bench:
             return None, upstream_port, ["--plain"]
         if target == "terminator":
             argv = [BENCH, "terminator", f"127.0.0.1:{port}", "--certs", c]
-        elif target in ("mqtls", "mqtls-busy"):
-            argv = [MQTLS, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream_port}",
+        elif target in ("mqtls", "mqtls-busy", "mqtls-unix"):
+            upstream = f"unix:{self.sink_unix}" if target == "mqtls-unix" else f"127.0.0.1:{upstream_port}"
+            argv = [MQTLS, "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
                     "--cert", f"{c}/server.crt", "--key", f"{c}/server.key", "--client-ca", f"{c}/ca.crt",
                     "--threads", "1", "--log-level", "warn", "--reload-interval", "off"]
             if target == "mqtls-busy":
@@ -451,6 +458,9 @@ def report(results, raw, args, meta):
     if "hs" in ratio:
         checks.append(("handshakes/s ≥ 2× HAProxy", ratio["hs"]["haproxy"], 2.0, True))
         checks.append(("handshakes/s ≥ 0.9× rustls terminator", ratio["hs"]["terminator"], 0.9, True))
+        unix, term = med["hs"].get("mqtls-unix"), med["hs"].get("terminator")
+        if unix and term:
+            checks.append(("the same, mqtls with a unix-socket upstream (sidecar)", unix / term, None, True))
     if "tp16k" in ratio:
         checks.append(("16 KiB throughput ≥ 1.3× HAProxy", ratio["tp16k"]["haproxy"], 1.3, True))
     if "tp1k" in ratio:
@@ -527,7 +537,7 @@ def main():
     ap.add_argument("--idle", type=int, default=9900,
                     help="idle connections; a proxy needs 2 descriptors each and this sandbox's hard limit is 20,000")
     ap.add_argument("--figures", default=",".join(FIGURES))
-    ap.add_argument("--targets", default=",".join(ALL_TARGETS + BUSY_TARGETS))
+    ap.add_argument("--targets", default=",".join(ALL_TARGETS + EXTRA_TARGETS))
     ap.add_argument("--nice", type=int, default=-10,
                     help="niceness of every benchmark process when run as root (0: leave as is)")
     ap.add_argument("--quiet-wait", type=float, default=60,
@@ -545,8 +555,8 @@ def main():
         if f not in FIGURES:
             sys.exit(f"unknown figure {f}; known: {', '.join(FIGURES)}")
     for t in args.targets:
-        if t not in ALL_TARGETS + BUSY_TARGETS:
-            sys.exit(f"unknown target {t}; known: {', '.join(ALL_TARGETS + BUSY_TARGETS)}")
+        if t not in ALL_TARGETS + EXTRA_TARGETS:
+            sys.exit(f"unknown target {t}; known: {', '.join(ALL_TARGETS + EXTRA_TARGETS)}")
 
     if args.pidfile:
         with open(args.pidfile, "a") as f:

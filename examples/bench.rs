@@ -2,7 +2,7 @@
 //!
 //! - `certs DIR`: the benchmark PKI (ECDSA P-256): `ca.crt`, `server.crt`/`.key`/`.pem` (localhost,
 //!   127.0.0.1), `client.crt`/`.key` (CN=device-1).
-//! - `sink ADDR`: the upstream. Plain MQTT framing: answers CONNECT with CONNACK and PINGREQ with PINGRESP,
+//! - `sink ADDR [--unix PATH]`: the upstream. Plain MQTT framing: answers CONNECT with CONNACK and PINGREQ with PINGRESP,
 //!   reads and discards everything else.
 //! - `terminator ADDR --certs DIR`: the bare rustls ceiling. TLS 1.3/1.2 with client certificates
 //!   required (rustls + aws-lc-rs, configured like mqtls), then the sink's behaviour, with no upstream.
@@ -34,7 +34,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, RootCertStore, ServerConfig, SignatureScheme};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Longest any single connection step may take before it counts as an error.
@@ -70,7 +70,12 @@ enum Mode {
     /// Write the PKI into DIR.
     Certs { dir: PathBuf },
     /// Plain-TCP MQTT sink: CONNACK, PINGRESP, discard the rest.
-    Sink { addr: SocketAddr },
+    Sink {
+        addr: SocketAddr,
+        /// Also listen on this unix socket (for a broker reached as `unix:PATH`, as a sidecar would).
+        #[arg(long)]
+        unix: Option<PathBuf>,
+    },
     /// TLS terminator with client certificates, answering like the sink, no upstream.
     Terminator {
         addr: SocketAddr,
@@ -144,7 +149,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = match cli.mode {
         Mode::Certs { dir } => write_certs(&dir).map(|()| json!({"mode": "certs", "dir": dir})),
-        Mode::Sink { addr } => rt.block_on(async { sink(TcpListener::bind(addr).await?).await }).map(|()| json!({})),
+        Mode::Sink { addr, unix } => rt
+            .block_on(async {
+                let tcp = TcpListener::bind(addr).await?;
+                match unix {
+                    Some(path) => {
+                        let _ = std::fs::remove_file(&path);
+                        let unix = UnixListener::bind(&path)?;
+                        tokio::try_join!(sink(tcp), sink_unix(unix)).map(|_| ())
+                    }
+                    None => sink(tcp).await,
+                }
+            })
+            .map(|()| json!({})),
         Mode::Terminator { addr, certs } => rt.block_on(terminator(addr, &certs)).map(|()| json!({})),
         Mode::Handshakes { target, concurrency, seconds } => {
             rt.block_on(storm(target, concurrency, secs(seconds), false))
@@ -450,6 +467,18 @@ async fn sink(listener: TcpListener) -> io::Result<()> {
         let _ = tcp.set_nodelay(true);
         tokio::spawn(async move {
             let _ = answer(tcp).await;
+        });
+    }
+}
+
+async fn sink_unix(listener: UnixListener) -> io::Result<()> {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = answer(stream).await;
         });
     }
 }

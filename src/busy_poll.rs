@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Shared between the splices, which report traffic, and the one task that spins.
+/// One per listener: shared between its splices, which report traffic, and the task that spins.
 #[derive(Debug)]
 pub struct BusyPoll {
     window: Duration,
@@ -35,10 +35,6 @@ impl BusyPoll {
             sleeping: AtomicBool::new(true),
             wake: Notify::new(),
         }
-    }
-
-    pub fn window(&self) -> Duration {
-        self.window
     }
 
     /// Nanoseconds since `epoch`, plus one: `last == 0` means "no traffic yet".

@@ -74,14 +74,10 @@ pub async fn run(
             side_tasks.spawn(admin::check_upstream(proxy.clone(), side_stop.clone()));
         }
     }
-    // One spinning task per distinct busy-poll window (the binary shares one between listeners).
-    let mut spinners: Vec<Arc<busy_poll::BusyPoll>> = Vec::new();
+    // With busy_poll, each listener's task spins after that listener's traffic.
     for bp in proxies.iter().filter_map(|p| p.busy_poll.clone()) {
-        if !spinners.iter().any(|s| Arc::ptr_eq(s, &bp)) {
-            spinners.push(bp.clone());
-            let stop = side_stop.clone();
-            side_tasks.spawn(async move { bp.run(stop).await });
-        }
+        let stop = side_stop.clone();
+        side_tasks.spawn(async move { bp.run(stop).await });
     }
     side_tasks.close();
     let servers = TaskTracker::new();

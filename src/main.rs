@@ -86,8 +86,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     // One registry for every listener: the counters add up across them.
     let metrics = Arc::new(Metrics::new());
-    // One busy-poll window for every listener (a global setting): one task spins, for all of them.
-    let busy_poll = first.busy_poll.map(|window| Arc::new(mqtls::busy_poll::BusyPoll::new(window)));
     if let Some(window) = first.busy_poll {
         tracing::info!(window = ?window, "busy polling after traffic");
     }
@@ -99,8 +97,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         let reloader = Reloader::new(config.tls.clone(), config.reload, metrics.clone())
             .map_err(|e| anyhow::anyhow!("{e} (settings from {origin})"))?;
-        let mut proxy = Proxy::with_tls(config.clone(), reloader.handle(), metrics.clone());
-        proxy.busy_poll = busy_poll.clone();
+        let proxy = Proxy::with_tls(config.clone(), reloader.handle(), metrics.clone());
         // SIGHUP re-reads the file with the same command line on top and swaps in its allow rules.
         let reloader =
             Arc::new(reloader.with_config_reload(ConfigReload::new(args.clone(), config.clone(), proxy.rules.clone())));

@@ -39,7 +39,7 @@ pub struct Proxy {
     pub health: Health,
     /// The allow rules every new connection is checked against; SIGHUP swaps in the file's new ones.
     pub rules: Arc<ArcSwap<Rules>>,
-    /// With `busy_poll`, told of established traffic; the binary shares one between all listeners.
+    /// With `busy_poll`, told of this listener's established traffic.
     pub busy_poll: Option<Arc<BusyPoll>>,
 }
 

@@ -79,10 +79,10 @@ struct Direction {
 }
 
 impl Direction {
-    /// After a read, takes whatever else is readable right now, up to a full buffer, so the other side
-    /// gets one write per batch rather than one per socket read of the TLS stream (about 4 KiB each):
-    /// fewer syscalls and wake-ups for the broker under bulk traffic. It never waits: the first
-    /// `Pending` ends it (and leaves the waker registered, which the caller's next read re-registers).
+    /// Reads whatever is readable right now into the buffer after `end`, up to a full buffer, so the
+    /// other side gets one write per batch rather than one per socket read of the TLS stream (about
+    /// 4 KiB each): fewer syscalls and wake-ups for the broker under bulk traffic. It never waits: the
+    /// first `Pending` ends it, with the waker registered. End of stream sets `read_done`.
     fn fill<R: AsyncRead + ?Sized>(&mut self, cx: &mut Context<'_>, mut reader: Pin<&mut R>) -> io::Result<()> {
         while let Some(room) = self.buf.as_deref_mut().and_then(|b| b.get_mut(self.end..)) {
             if room.is_empty() {
@@ -118,33 +118,21 @@ impl Direction {
         }
         loop {
             if self.start == self.end && !self.read_done {
-                let buf = self.buf.get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
-                let mut rb = ReadBuf::new(buf);
-                match reader.as_mut().poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if n == 0 {
-                            self.read_done = true;
-                            self.buf = None;
-                        } else {
-                            if let Some(bp) = busy_poll {
-                                bp.touch();
-                            }
-                            self.start = 0;
-                            self.end = n;
-                            self.fill(cx, reader.as_mut())?;
-                        }
+                self.buf.get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
+                self.start = 0;
+                self.end = 0;
+                self.fill(cx, reader.as_mut())?;
+                if self.end == 0 && !self.read_done {
+                    // Idle: give the memory back before sleeping, after pushing out what was written.
+                    self.buf = None;
+                    if self.need_flush {
+                        ready!(writer.as_mut().poll_flush(cx))?;
+                        self.need_flush = false;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {
-                        // Idle: give the memory back before sleeping, after pushing out what was written.
-                        self.buf = None;
-                        if self.need_flush {
-                            ready!(writer.as_mut().poll_flush(cx))?;
-                            self.need_flush = false;
-                        }
-                        return Poll::Pending;
-                    }
+                    return Poll::Pending;
+                }
+                if let (true, Some(bp)) = (self.end > 0, busy_poll) {
+                    bp.touch();
                 }
             }
             while self.start < self.end {

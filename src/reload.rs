@@ -203,10 +203,13 @@ impl Reloader {
             i
         });
         let debounce = self.settings.debounce;
-        // (first event of the burst, reload at). Starts due: a write between the initial load and the
-        // watch being in place produced no event, so look once now.
-        let now = Instant::now();
-        let mut pending: Option<(Instant, Instant)> = watch.is_some().then_some((now, now));
+        if watch.is_some() {
+            // A write between the initial load and the watch being in place produced no event: look
+            // once before saying we are watching, so every write after that line is seen by an event.
+            self.clone().reload_off_runtime(ReloadReason::Watch).await;
+        }
+        // (first event of the burst, reload at).
+        let mut pending: Option<(Instant, Instant)> = None;
         info!(
             watch = self.settings.watch,
             interval = %self.settings.interval.map_or("off".to_string(), |i| humantime::format_duration(i).to_string()),
@@ -239,20 +242,24 @@ impl Reloader {
                 // write landing during the reload still produces an event.
                 w.sync(&self.tls);
             }
-            let this = self.clone();
-            // File reads and certificate parsing block; keep them off the runtime's worker threads.
-            let work = move || {
-                if let (ReloadReason::Sighup, Some(config)) = (reason, &this.config) {
-                    // Errors are logged inside; the TLS files are reloaded either way.
-                    let _ = config.reload();
-                }
-                this.reload(reason)
-            };
-            if let Err(err) = tokio::task::spawn_blocking(work).await {
-                error!(%err, "TLS reload task failed");
-            }
+            self.clone().reload_off_runtime(reason).await;
         }
         debug!("TLS reloader stopped");
+    }
+
+    /// File reads and certificate parsing block; this keeps them off the runtime's worker threads.
+    /// A SIGHUP also re-reads the configuration file.
+    async fn reload_off_runtime(self: Arc<Self>, reason: ReloadReason) {
+        let work = move || {
+            if let (ReloadReason::Sighup, Some(config)) = (reason, &self.config) {
+                // Errors are logged inside; the TLS files are reloaded either way.
+                let _ = config.reload();
+            }
+            self.reload(reason)
+        };
+        if let Err(err) = tokio::task::spawn_blocking(work).await {
+            error!(%err, "TLS reload task failed");
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

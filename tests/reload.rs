@@ -515,7 +515,7 @@ async fn sighup_reloads_the_running_binary_instead_of_stopping_it() {
         &format!("127.0.0.1:{}", free_port()),
         &["--reload-interval", "off", "--reload-debounce", "30s"],
     );
-    // The reloader's first check runs once it is watching; files changed before then load as a "watch".
+    // "watching" is logged after the catch-up check, so from here on only SIGHUP loads a change in time.
     mqtls.wait_for_log("watching TLS files");
     let client = client_tls(&pki, Some(&pki.ca.client("device-1")));
     let next = pki.ca.server("rotated");

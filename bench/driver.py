@@ -36,17 +36,21 @@ BUSY_POLL = "200us"
 # mqtls reaching the sink over a unix socket, as a sidecar in the broker's pod can: what the second TCP
 # connection costs a handshake. Handshake figures only.
 UNIX_TARGETS = ["mqtls-unix"]
-EXTRA_TARGETS = BUSY_TARGETS + UNIX_TARGETS
+# The rustls terminator copying bytes to the sink over a TCP connection opened per client (tokio's
+# copy_bidirectional): the least any TLS proxy does, so the ceiling for a proxy's handshake rate.
+FWD_TARGETS = ["terminator-fwd"]
+EXTRA_TARGETS = BUSY_TARGETS + UNIX_TARGETS + FWD_TARGETS
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 FIGURES = {
     # name: (title, unit, higher is better, targets it applies to)
-    "hs": ("full handshakes + CONNECT/CONNACK", "per s", True, ALL_TARGETS + UNIX_TARGETS),
-    "tp16k": ("throughput, 16 KiB PUBLISH", "MB/s", True, ALL_TARGETS),
-    "tp1k": ("throughput, 1 KiB PUBLISH", "MB/s", True, ALL_TARGETS),
-    "ping": ("PINGREQ round trip p50 / p99", "µs", False, ALL_TARGETS + BUSY_TARGETS),
+    "hs": ("full handshakes + CONNECT/CONNACK", "per s", True, ALL_TARGETS + UNIX_TARGETS + FWD_TARGETS),
+    "tp16k": ("throughput, 16 KiB PUBLISH", "MB/s", True, ALL_TARGETS + FWD_TARGETS),
+    "tp1k": ("throughput, 1 KiB PUBLISH", "MB/s", True, ALL_TARGETS + FWD_TARGETS),
+    "ping": ("PINGREQ round trip p50 / p99", "µs", False, ALL_TARGETS + BUSY_TARGETS + FWD_TARGETS),
     "idle": ("RSS per idle TLS connection", "KiB", False, ["terminator", "mqtls"] + PEERS),
-    "resume": ("resumed handshakes + CONNECT/CONNACK", "per s", True, ["terminator", "mqtls"] + PEERS + UNIX_TARGETS),
+    "resume": ("resumed handshakes + CONNECT/CONNACK", "per s", True,
+               ["terminator", "mqtls"] + PEERS + UNIX_TARGETS + FWD_TARGETS),
     # TLS 1.2, for what its resumption costs (no key exchange, unlike TLS 1.3's in rustls). The peers'
     # listeners are configured TLS 1.3-only, so only mqtls and the terminator run these.
     "hs12": ("TLS 1.2 full handshakes + CONNECT/CONNACK", "per s", True, ["terminator", "mqtls"]),
@@ -205,6 +209,8 @@ class Bench:
             return None, upstream_port, ["--plain"]
         if target == "terminator":
             argv = [BENCH, "terminator", f"127.0.0.1:{port}", "--certs", c]
+        elif target == "terminator-fwd":
+            argv = [BENCH, "terminator", f"127.0.0.1:{port}", "--certs", c, "--upstream", f"127.0.0.1:{upstream_port}"]
         elif target in ("mqtls", "mqtls-busy", "mqtls-unix"):
             upstream = f"unix:{self.sink_unix}" if target == "mqtls-unix" else f"127.0.0.1:{upstream_port}"
             argv = [MQTLS, "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
@@ -461,6 +467,12 @@ def report(results, raw, args, meta):
         unix, term = med["hs"].get("mqtls-unix"), med["hs"].get("terminator")
         if unix and term:
             checks.append(("the same, mqtls with a unix-socket upstream (sidecar)", unix / term, None, True))
+        fwd = med["hs"].get("terminator-fwd")
+        if fwd:
+            checks.append(("handshakes/s vs the terminator copying to the sink (a proxy's ceiling)",
+                           med["hs"]["mqtls"] / fwd, None, True))
+            if term:
+                checks.append(("that ceiling vs the bare terminator (what the upstream leg costs)", fwd / term, None, True))
     if "tp16k" in ratio:
         checks.append(("16 KiB throughput ≥ 1.3× HAProxy", ratio["tp16k"]["haproxy"], 1.3, True))
     if "tp1k" in ratio:

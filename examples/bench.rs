@@ -4,8 +4,10 @@
 //!   127.0.0.1), `client.crt`/`.key` (CN=device-1).
 //! - `sink ADDR [--unix PATH]`: the upstream. Plain MQTT framing: answers CONNECT with CONNACK and PINGREQ with PINGRESP,
 //!   reads and discards everything else.
-//! - `terminator ADDR --certs DIR`: the bare rustls ceiling. TLS 1.3/1.2 with client certificates
-//!   required (rustls + aws-lc-rs, configured like mqtls), then the sink's behaviour, with no upstream.
+//! - `terminator ADDR --certs DIR [--upstream ADDR]`: the bare rustls ceiling. TLS 1.3/1.2 with client
+//!   certificates required (rustls + aws-lc-rs, configured like mqtls), then the sink's behaviour, with
+//!   no upstream; or, with `--upstream`, a copy both ways to a TCP connection opened per client (the
+//!   least a TLS proxy does: no MQTT parsing, no identity).
 //! - load generators, each printing one JSON line: `handshakes`, `resume`, `throughput`, `ping`, `idle`.
 //!
 //! Every client offers only TLS 1.3, X25519 and TLS_AES_128_GCM_SHA256, and presents the client
@@ -81,6 +83,10 @@ enum Mode {
         addr: SocketAddr,
         #[arg(long, default_value = "bench-certs")]
         certs: PathBuf,
+        /// Instead of answering, open a TCP connection here per client and copy bytes both ways
+        /// (tokio's `copy_bidirectional`): the least a TLS proxy does, with no MQTT and no identity.
+        #[arg(long)]
+        upstream: Option<SocketAddr>,
     },
     /// Full handshakes: connect, TLS, CONNECT, CONNACK, close, from `concurrency` clients for `seconds`.
     Handshakes {
@@ -162,7 +168,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             })
             .map(|()| json!({})),
-        Mode::Terminator { addr, certs } => rt.block_on(terminator(addr, &certs)).map(|()| json!({})),
+        Mode::Terminator { addr, certs, upstream } => rt
+            .block_on(async { terminator(TcpListener::bind(addr).await?, &certs, upstream).await })
+            .map(|()| json!({})),
         Mode::Handshakes { target, concurrency, seconds } => {
             rt.block_on(storm(target, concurrency, secs(seconds), false))
         }
@@ -483,9 +491,8 @@ async fn sink_unix(listener: UnixListener) -> io::Result<()> {
     }
 }
 
-async fn terminator(addr: SocketAddr, certs: &Path) -> io::Result<()> {
+async fn terminator(listener: TcpListener, certs: &Path, upstream: Option<SocketAddr>) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(server_config(certs)?));
-    let listener = TcpListener::bind(addr).await?;
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -494,8 +501,20 @@ async fn terminator(addr: SocketAddr, certs: &Path) -> io::Result<()> {
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            if let Ok(Ok(tls)) = tokio::time::timeout(STEP_TIMEOUT, acceptor.accept(tcp)).await {
-                let _ = answer(tls).await;
+            let Ok(Ok(mut tls)) = tokio::time::timeout(STEP_TIMEOUT, acceptor.accept(tcp)).await else {
+                return;
+            };
+            match upstream {
+                None => {
+                    let _ = answer(tls).await;
+                }
+                Some(upstream) => {
+                    let Ok(Ok(mut up)) = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(upstream)).await else {
+                        return;
+                    };
+                    let _ = up.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                }
             }
         });
     }
@@ -876,6 +895,36 @@ mod tests {
         shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
         sink_task.abort();
+    }
+
+    /// The forwarding terminator relays the sink's answers: a check that the ceiling with an upstream
+    /// really goes through one, not a measurement.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forwarding_terminator_relays_through_the_sink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().to_path_buf();
+        write_certs(&certs).expect("certs");
+        let sink_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+        let sink_addr = sink_listener.local_addr().expect("addr");
+        let sink_task = tokio::spawn(sink(sink_listener));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind terminator");
+        let target =
+            Target { addr: listener.local_addr().expect("addr"), certs: certs.clone(), plain: false, tls12: false };
+        let term_certs = certs.clone();
+        let term = tokio::spawn(async move { terminator(listener, &term_certs, Some(sink_addr)).await });
+
+        let full = storm(target.clone(), 2, Duration::from_millis(300), false).await.expect("handshakes");
+        assert!(full["ok"].as_u64().unwrap_or(0) > 0, "{full}");
+        assert_eq!(full["errors"], 0, "{full}");
+        let p = ping(target.clone(), 20, 2).await.expect("ping");
+        assert_eq!(p["count"], 20, "{p}");
+        // With the sink gone nothing answers CONNECT any more: the answers above came through it.
+        sink_task.abort();
+        let _ = sink_task.await;
+        let orphaned = storm(target, 1, Duration::from_millis(200), false).await.expect("handshakes");
+        assert_eq!(orphaned["ok"], 0, "{orphaned}");
+        assert!(orphaned["errors"].as_u64().unwrap_or(0) > 0, "{orphaned}");
+        term.abort();
     }
 
     #[test]

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use mqtls::authorize::{RuleKind, Rules};
 use mqtls::config::{ClientAuth, ClientIdPolicy, Config};
@@ -262,8 +260,10 @@ async fn allow_rules_reload_from_the_config_file_on_sighup() {
     };
     write_file(&file, "allow_cn = [\"beta\"]\nmax_connections = 10\n");
     hup(mqtls.pid());
-    wait_accepted(port, &beta, true, Duration::from_secs(5)).await;
+    wait_accepted(port, &beta, true, WAIT).await;
     assert!(!mqtt_accepted(port, alpha.clone()).await, "alpha refused after the reload");
+    // The new rules go into service before the reload's last line is written.
+    eventually("the reload's restart line is logged", || async { mqtls.log().contains("need a restart") }).await;
     let log = mqtls.log();
     assert!(log.contains("allow rules reloaded"), "{log}");
     let restart =

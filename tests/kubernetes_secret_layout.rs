@@ -172,11 +172,13 @@ async fn a_renewed_secret_is_presented_within_two_seconds_and_open_connections_s
     pod.volume.update(&[("tls.crt", &renewed.cert_pem), ("tls.key", &renewed.key_pem), ("ca.crt", &ca)]);
     let swapped = Instant::now();
     loop {
+        // Only a probe begun after 2 s counts against the promise (one handshake can be slow here).
+        let begun = swapped.elapsed();
         if presented(&pod).await == renewed.der.to_vec() {
             break;
         }
         assert!(
-            swapped.elapsed() < Duration::from_secs(2),
+            begun < Duration::from_secs(2),
             "the renewed certificate was not presented within 2 s of the ..data swap; mqtls log:\n{}",
             pod.mqtls.log()
         );

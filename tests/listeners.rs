@@ -179,10 +179,12 @@ key = "w.key"
     replace_by_rename(&dir.join("a.crt"), &next.cert_pem);
     let renamed = Instant::now();
     loop {
+        // Only a probe begun after the budget counts against it (one `openssl s_client` can be slow).
+        let begun = renamed.elapsed();
         if presented_subject(port, Some("a.example.org")).await.contains("sni-a-next") {
             break;
         }
-        assert!(renamed.elapsed() < ROTATION_BUDGET, "rotated SNI certificate not served in time: {}", binary.log());
+        assert!(begun < ROTATION_BUDGET, "rotated SNI certificate not served in time: {}", binary.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(presented_subject(port, Some("other.example.org")).await.contains("localhost"));
@@ -253,7 +255,7 @@ allow_cn = ["{second}"]
     write_file(&pki.path("mqtls.toml"), &config("device-*"));
     let ok = std::process::Command::new("kill").args(["-HUP", &mqtls.pid().to_string()]).status().expect("kill");
     assert!(ok.success());
-    wait_accepted(p2, &device, true, Duration::from_secs(5)).await;
+    wait_accepted(p2, &device, true, WAIT).await;
     assert!(mqtt_accepted(p1, device).await, "the first listener is unaffected");
     assert!(mqtls.running(), "SIGHUP stopped mqtls: {}", mqtls.log());
 }
@@ -288,7 +290,8 @@ key = "a.key"
 "#,
         broker.port
     );
-    let _mqtls = start_binary(dir, &config, &[p1, p2]);
+    // The admin port is bound after the listeners: wait for it too.
+    let _mqtls = start_binary(dir, &config, &[p1, p2, admin]);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
     eventually("ready once every listener is", || async { http_get(addr, "/readyz").await.0 == 200 }).await;
     let (_, body) = http_get(addr, "/certs").await;

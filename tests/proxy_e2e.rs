@@ -328,7 +328,10 @@ async fn auth_none_passes_the_connect_unmodified() {
 async fn broker_down_answers_connack_server_unavailable_in_the_client_version() {
     init_logs();
     let pki = Pki::new();
-    let down = Upstream::Tcp { host: "127.0.0.1".into(), port: free_port() };
+    // A port bound but not listening refuses connections, and no other test's broker can take it.
+    let held = tokio::net::TcpSocket::new_v4().expect("socket");
+    held.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let down = Upstream::Tcp { host: "127.0.0.1".into(), port: held.local_addr().expect("addr").port() };
     let proxy = Mqtls::start(pki.config(down)).await;
     let leaf = pki.ca.client("device-42");
     for (level, expected) in [(3u8, vec![0x20, 2, 0, 3]), (4, vec![0x20, 2, 0, 3]), (5, vec![0x20, 3, 0, 0x88, 0])] {

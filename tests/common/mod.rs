@@ -683,11 +683,14 @@ pub async fn capturing_upstream() -> (Upstream, tokio::sync::oneshot::Receiver<V
         let mut got = Vec::new();
         let mut chunk = [0u8; 4096];
         // Read until the stream pauses: the proxy writes the CONNECT (plus pipelined bytes) at once.
-        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut chunk)).await {
+        // The first read waits as long as any step may take; only later ones end at a pause.
+        let mut pause = WAIT;
+        while let Ok(Ok(n)) = tokio::time::timeout(pause, s.read(&mut chunk)).await {
             if n == 0 {
                 break;
             }
             got.extend_from_slice(&chunk[..n]);
+            pause = Duration::from_millis(300);
         }
         let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
         let _ = tx.send(got);
@@ -853,6 +856,26 @@ where
     panic!("never happened within {WAIT:?}: {what}");
 }
 
+/// Probes until `probe` succeeds; returns the time taken. Fails only if a probe that *began* after
+/// `limit` still saw the old state: on a slow machine one probe (a handshake, a process) can itself take
+/// a while, and a probe begun in time that ends late proves nothing against the promise.
+pub async fn within<F, Fut>(limit: Duration, what: &str, mut probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    // Bounded: each probe is itself bounded, and the loop ends once a probe begins after `limit`.
+    loop {
+        let begun = started.elapsed();
+        if probe().await {
+            return started.elapsed();
+        }
+        assert!(begun < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub fn write_file(path: &Path, text: &str) {
     let mut f = std::fs::File::create(path).expect("create");
     f.write_all(text.as_bytes()).expect("write");
@@ -929,16 +952,13 @@ pub async fn wait_presented(
     want: &CertificateDer<'static>,
     limit: Duration,
 ) -> Duration {
-    let started = Instant::now();
-    loop {
+    within(limit, "the new certificate presented", || async {
         match presented_cert(port, client.clone()).await {
-            Ok(der) if der == *want => return started.elapsed(),
-            Ok(_) => {}
+            Ok(der) => der == *want,
             Err(e) => panic!("handshake failed while waiting for the new certificate: {e}"),
         }
-        assert!(started.elapsed() < limit, "new certificate not presented within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await
 }
 
 /// Handshakes with `client`, sends a CONNECT and reports whether the broker's CONNACK came back: the
@@ -953,12 +973,8 @@ pub async fn mqtt_accepted(port: u16, client: Arc<rustls::ClientConfig>) -> bool
 
 /// Polls `mqtt_accepted` until it equals `want`; returns the time taken or panics after `limit`.
 pub async fn wait_accepted(port: u16, client: &Arc<rustls::ClientConfig>, want: bool, limit: Duration) -> Duration {
-    let started = Instant::now();
-    while mqtt_accepted(port, client.clone()).await != want {
-        assert!(started.elapsed() < limit, "client acceptance did not become {want} within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    started.elapsed()
+    let what = format!("client acceptance became {want}");
+    within(limit, &what, || async { mqtt_accepted(port, client.clone()).await == want }).await
 }
 
 /// Reads one MQTT packet: (first header byte, body).

@@ -843,17 +843,22 @@ mod tests {
     use mqtls::config::{Config, RunArgs};
     use tokio_util::sync::CancellationToken;
 
-    /// The load generator against an in-process mqtls in front of the sink, briefly: a check that the
-    /// benchmark's programs work (handshakes complete, tickets resume, bytes and pings flow), not a
-    /// measurement.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn load_generator_drives_mqtls_and_the_sink() {
+    /// The benchmark PKI in a temporary directory (kept while the first value lives) and a running sink.
+    async fn certs_and_sink() -> (tempfile::TempDir, PathBuf, SocketAddr, tokio::task::JoinHandle<io::Result<()>>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = dir.path().to_path_buf();
         write_certs(&certs).expect("certs");
         let sink_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
         let sink_addr = sink_listener.local_addr().expect("addr");
-        let sink_task = tokio::spawn(sink(sink_listener));
+        (dir, certs, sink_addr, tokio::spawn(sink(sink_listener)))
+    }
+
+    /// The load generator against an in-process mqtls in front of the sink, briefly: a check that the
+    /// benchmark's programs work (handshakes complete, tickets resume, bytes and pings flow), not a
+    /// measurement.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn load_generator_drives_mqtls_and_the_sink() {
+        let (_dir, certs, sink_addr, sink_task) = certs_and_sink().await;
 
         let args = RunArgs {
             upstream: Some(sink_addr.to_string()),
@@ -901,12 +906,7 @@ mod tests {
     /// really goes through one, not a measurement.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn forwarding_terminator_relays_through_the_sink() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let certs = dir.path().to_path_buf();
-        write_certs(&certs).expect("certs");
-        let sink_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
-        let sink_addr = sink_listener.local_addr().expect("addr");
-        let sink_task = tokio::spawn(sink(sink_listener));
+        let (_dir, certs, sink_addr, sink_task) = certs_and_sink().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind terminator");
         let target =
             Target { addr: listener.local_addr().expect("addr"), certs: certs.clone(), plain: false, tls12: false };

@@ -6,7 +6,7 @@
 //! [`identity`] certificate → username →
 //! [`upstream`] broker connect → [`splice`] bytes both ways. [`proxy`] runs those stages for one
 //! connection, [`server`] accepts and drains, [`reload`] swaps in rotated TLS files, [`config`] and
-//! [`signal`] sit at the edges; [`admin`] and [`metrics`] are for operators.
+//! [`signal`] sit at the edges; [`admin`], [`metrics`] and [`service_manager`] are for operators.
 #![forbid(unsafe_code)]
 // Nothing reachable from the network may panic: no unwrap/expect/indexing/panic outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod server;
+pub mod service_manager;
 pub mod signal;
 pub mod splice;
 pub mod tls;
@@ -87,6 +88,8 @@ pub async fn run(
         servers.spawn(server::serve_with(listener, proxy, caps, shutdown.clone()));
     }
     servers.close();
+    // Listeners bound, handlers installed: a supervisor may send traffic and SIGHUP from here on.
+    service_manager::ready();
     servers.wait().await;
     side_stop.cancel();
     side_tasks.wait().await;

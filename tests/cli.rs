@@ -1,4 +1,5 @@
-//! The `mqtls` binary: start-up errors, `check`, `identity`, and a real run ended by SIGTERM.
+//! The `mqtls` binary: start-up errors, `check`, `identity`, a real run ended by SIGTERM, and what it
+//! tells systemd (`Type=notify`).
 
 mod common;
 
@@ -142,4 +143,45 @@ async fn the_binary_proxies_to_mosquitto_and_exits_zero_on_sigterm() {
     assert_eq!(open["span"]["identity"], "device-42");
     assert_eq!(open["span"]["proto"], "3.1.1");
     assert!(lines.iter().any(|l| l["message"] == "closed" && l["bytes_in"].as_u64().is_some_and(|n| n > 0)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_is_told_ready_once_serving_and_stopping_when_the_drain_begins() {
+    let pki = Pki::new();
+    let port = free_port();
+    // systemd's side of `Type=notify`: a datagram socket named by $NOTIFY_SOCKET.
+    let socket_path = pki.path("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    manager.set_read_timeout(Some(WAIT)).expect("timeout");
+    let next_state = || {
+        let mut buf = [0u8; 512];
+        let n = manager.recv(&mut buf).expect("a notification within the wait");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtls"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("127.0.0.1:{}", free_port())])
+        .args(["--cert", s(&pki.server_cert), "--key", s(&pki.server_key), "--client-ca", s(&pki.ca_file)])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mqtls");
+
+    let ready = tokio::task::block_in_place(next_state);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    // Ready means serving: the listener answers a handshake, and a reload does not end the process.
+    let client = client_tls(&pki, Some(&pki.ca.client("device-1")));
+    assert_eq!(presented_cert(port, client.clone()).await.expect("handshake once ready"), pki.server.der);
+    let pid = child.id().expect("pid").to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
+    assert_eq!(presented_cert(port, client).await.expect("handshake after SIGHUP"), pki.server.der);
+
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let stopping = tokio::task::block_in_place(next_state);
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits after the drain").expect("wait");
+    assert_eq!(status.code(), Some(0));
 }

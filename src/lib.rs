@@ -80,6 +80,9 @@ pub async fn run(
         let stop = side_stop.clone();
         side_tasks.spawn(async move { bp.run(stop).await });
     }
+    if let Some(every) = service_manager::watchdog_interval() {
+        side_tasks.spawn(service_manager::feed_watchdog(every, side_stop.clone()));
+    }
     side_tasks.close();
     let servers = TaskTracker::new();
     // Global settings: every listener's copy holds the same limits, so the first one's serve all.

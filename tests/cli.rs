@@ -185,3 +185,40 @@ async fn systemd_is_told_ready_once_serving_and_stopping_when_the_drain_begins()
     let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits after the drain").expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_watchdog_is_fed_while_mqtls_runs() {
+    let pki = Pki::new();
+    let port = free_port();
+    let socket_path = pki.path("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    manager.set_read_timeout(Some(WAIT)).expect("timeout");
+    // systemd names the process the watchdog is for; `exec` keeps the shell's pid for mqtls.
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_mqtls")])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("127.0.0.1:{}", free_port())])
+        .args(["--cert", s(&pki.server_cert), "--key", s(&pki.server_key), "--client-ca", s(&pki.ca_file)])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mqtls");
+    // WatchdogSec = 200 ms: a ping every 100 ms. Three of them (within the wait), beside READY=1.
+    let pings = tokio::task::block_in_place(|| {
+        let (mut pings, mut buf) = (0, [0u8; 512]);
+        for _ in 0..20 {
+            let n = manager.recv(&mut buf).expect("a notification within the wait");
+            pings += usize::from(String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "WATCHDOG=1"));
+            if pings == 3 {
+                break;
+            }
+        }
+        pings
+    });
+    assert_eq!(pings, 3);
+    child.kill().await.expect("kill");
+}

@@ -145,33 +145,52 @@ async fn the_binary_proxies_to_mosquitto_and_exits_zero_on_sigterm() {
     assert!(lines.iter().any(|l| l["message"] == "closed" && l["bytes_in"].as_u64().is_some_and(|n| n > 0)));
 }
 
+/// systemd's side of `Type=notify`: a datagram socket, named to mqtls by `$NOTIFY_SOCKET`.
+struct ServiceManager {
+    path: std::path::PathBuf,
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl ServiceManager {
+    fn new(pki: &Pki) -> ServiceManager {
+        let path = pki.path("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        socket.set_read_timeout(Some(WAIT)).expect("timeout");
+        ServiceManager { path, socket }
+    }
+
+    /// The next notification's lines (blocking, at most WAIT).
+    fn next(&self) -> Vec<String> {
+        let mut buf = [0u8; 512];
+        let n = tokio::task::block_in_place(|| self.socket.recv(&mut buf)).expect("a notification within the wait");
+        String::from_utf8_lossy(&buf[..n]).lines().map(String::from).collect()
+    }
+
+    /// `program args` running mqtls on `port` in front of a closed port, told about this manager.
+    fn command(&self, pki: &Pki, port: u16, program: &str, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(program);
+        c.args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("127.0.0.1:{}", free_port())])
+            .args(["--cert", s(&pki.server_cert), "--key", s(&pki.server_key), "--client-ca", s(&pki.ca_file)])
+            .env("NOTIFY_SOCKET", &self.path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn systemd_is_told_ready_once_serving_and_stopping_when_the_drain_begins() {
     let pki = Pki::new();
     let port = free_port();
-    // systemd's side of `Type=notify`: a datagram socket named by $NOTIFY_SOCKET.
-    let socket_path = pki.path("notify.sock");
-    let manager = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
-    manager.set_read_timeout(Some(WAIT)).expect("timeout");
-    let next_state = || {
-        let mut buf = [0u8; 512];
-        let n = manager.recv(&mut buf).expect("a notification within the wait");
-        String::from_utf8_lossy(&buf[..n]).to_string()
-    };
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtls"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("127.0.0.1:{}", free_port())])
-        .args(["--cert", s(&pki.server_cert), "--key", s(&pki.server_key), "--client-ca", s(&pki.ca_file)])
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn mqtls");
+    let manager = ServiceManager::new(&pki);
+    let mut child = manager.command(&pki, port, env!("CARGO_BIN_EXE_mqtls"), &[]).spawn().expect("spawn mqtls");
 
-    let ready = tokio::task::block_in_place(next_state);
-    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    let ready = manager.next();
+    assert!(ready.iter().any(|l| l == "READY=1"), "{ready:?}");
     // Ready means serving: the listener answers a handshake, and a reload does not end the process.
     let client = client_tls(&pki, Some(&pki.ca.client("device-1")));
     assert_eq!(presented_cert(port, client.clone()).await.expect("handshake once ready"), pki.server.der);
@@ -180,8 +199,8 @@ async fn systemd_is_told_ready_once_serving_and_stopping_when_the_drain_begins()
     assert_eq!(presented_cert(port, client).await.expect("handshake after SIGHUP"), pki.server.der);
 
     assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let stopping = tokio::task::block_in_place(next_state);
-    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    let stopping = manager.next();
+    assert!(stopping.iter().any(|l| l == "STOPPING=1"), "{stopping:?}");
     let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits after the drain").expect("wait");
     assert_eq!(status.code(), Some(0));
 }
@@ -189,36 +208,21 @@ async fn systemd_is_told_ready_once_serving_and_stopping_when_the_drain_begins()
 #[tokio::test(flavor = "multi_thread")]
 async fn systemd_watchdog_is_fed_while_mqtls_runs() {
     let pki = Pki::new();
-    let port = free_port();
-    let socket_path = pki.path("notify.sock");
-    let manager = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
-    manager.set_read_timeout(Some(WAIT)).expect("timeout");
+    let manager = ServiceManager::new(&pki);
     // systemd names the process the watchdog is for; `exec` keeps the shell's pid for mqtls.
-    let mut child = tokio::process::Command::new("sh")
-        .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_mqtls")])
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("127.0.0.1:{}", free_port())])
-        .args(["--cert", s(&pki.server_cert), "--key", s(&pki.server_key), "--client-ca", s(&pki.ca_file)])
-        .env("NOTIFY_SOCKET", &socket_path)
+    let mut child = manager
+        .command(&pki, free_port(), "sh", &["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_mqtls")])
         .env("WATCHDOG_USEC", "200000")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn mqtls");
     // WatchdogSec = 200 ms: a ping every 100 ms. Three of them (within the wait), beside READY=1.
-    let pings = tokio::task::block_in_place(|| {
-        let (mut pings, mut buf) = (0, [0u8; 512]);
-        for _ in 0..20 {
-            let n = manager.recv(&mut buf).expect("a notification within the wait");
-            pings += usize::from(String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "WATCHDOG=1"));
-            if pings == 3 {
-                break;
-            }
+    let mut pings = 0;
+    for _ in 0..20 {
+        pings += usize::from(manager.next().iter().any(|l| l == "WATCHDOG=1"));
+        if pings == 3 {
+            break;
         }
-        pings
-    });
+    }
     assert_eq!(pings, 3);
     child.kill().await.expect("kill");
 }

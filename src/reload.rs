@@ -108,7 +108,7 @@ impl Reloader {
         let files = TlsFiles::read(&tls)?;
         let loaded = tls::build(&tls, &files)?;
         let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
-        log_loaded(ReloadReason::Startup, &paths, &loaded.leaf);
+        log_loaded(ReloadReason::Startup, &paths, &loaded.leaf, "new");
         metrics.set_certificates_for(&cert_source(&tls), &loaded.certificates);
         Ok(Reloader {
             tls,
@@ -141,14 +141,19 @@ impl Reloader {
             if now == state.loaded {
                 return Ok((now, None));
             }
-            tls::build(&self.tls, &files).map(|loaded| (now, Some(loaded)))
+            let loaded = tls::build(&self.tls, &files)?;
+            // A rotated server certificate or key alone leaves every device's session as valid as it
+            // was: keep them resumable, rather than send the whole fleet through full handshakes.
+            let trust_kept = files.client_trust().all(|f| state.loaded.contains(&(f.path.clone(), f.sha256())));
+            let loaded = if trust_kept { loaded.keep_sessions_of(&self.handle.current()) } else { loaded };
+            Ok((now, Some((loaded, trust_kept))))
         });
         match result {
             Ok((_, None)) => {
                 debug!(%reason, "TLS files unchanged");
                 Ok(ReloadOutcome::Unchanged)
             }
-            Ok((now, Some(loaded))) => {
+            Ok((now, Some((loaded, sessions_kept)))) => {
                 let changed: Vec<PathBuf> =
                     now.iter().filter(|entry| !state.loaded.contains(entry)).map(|(path, _)| path.clone()).collect();
                 self.handle.store(&loaded);
@@ -156,7 +161,7 @@ impl Reloader {
                 self.metrics.reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
                 state.loaded = now;
                 state.last_error = None;
-                log_loaded(reason, &changed, &loaded.leaf);
+                log_loaded(reason, &changed, &loaded.leaf, if sessions_kept { "kept" } else { "ended" });
                 Ok(ReloadOutcome::Reloaded { changed, leaf: loaded.leaf })
             }
             Err(err) => {
@@ -368,7 +373,8 @@ fn digests(files: &TlsFiles) -> Vec<(PathBuf, [u8; 32])> {
     files.iter().map(|f| (f.path.clone(), f.sha256())).collect()
 }
 
-fn log_loaded(reason: ReloadReason, changed: &[PathBuf], leaf: &LeafInfo) {
+/// `sessions`: what happened to resumable sessions ("new" at start-up, "kept" or "ended" on reload).
+fn log_loaded(reason: ReloadReason, changed: &[PathBuf], leaf: &LeafInfo, sessions: &str) {
     let files: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
     let files = files.join(", ");
     let message =
@@ -376,6 +382,7 @@ fn log_loaded(reason: ReloadReason, changed: &[PathBuf], leaf: &LeafInfo) {
     info!(
         %reason,
         files,
+        sessions,
         subject = %leaf.subject,
         serial = %leaf.serial,
         not_after = %leaf.not_after,

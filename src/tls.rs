@@ -159,6 +159,11 @@ impl TlsFiles {
             .chain(self.crls.iter())
             .chain(self.sni.iter().flat_map(|(c, k)| [c, k]))
     }
+
+    /// The files that decide which client certificates are trusted: the CA bundle and the CRLs.
+    pub fn client_trust(&self) -> impl Iterator<Item = &TlsFile> {
+        self.client_ca.iter().chain(self.crls.iter())
+    }
 }
 
 /// Whether the leaf certificate is within its validity period now.
@@ -201,6 +206,19 @@ pub struct Loaded {
     pub config: Arc<ServerConfig>,
     pub leaf: LeafInfo,
     pub certificates: Arc<Certificates>,
+}
+
+impl Loaded {
+    /// Carries `previous`'s ticket keys and TLS 1.2 session cache into this configuration, so devices
+    /// keep resuming across a reload. Only for a reload that left client trust (CA bundle, CRLs) as it
+    /// was: a resumed session skips chain verification.
+    pub fn keep_sessions_of(mut self, previous: &ServerConfig) -> Loaded {
+        // Just built and not yet shared: make_mut does not clone.
+        let config = Arc::make_mut(&mut self.config);
+        config.ticketer = previous.ticketer.clone();
+        config.session_storage = previous.session_storage.clone();
+        self
+    }
 }
 
 /// Reads every file named by `settings` and builds a complete server configuration (TLS 1.2 and 1.3).
@@ -307,8 +325,9 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
     // The server's suite order (AEADs, strongest first) wins over whatever order a client proposes.
     config.ignore_client_order = true;
     // Resumption makes reconnect storms cheap. The ticket keys and the session cache belong to this
-    // configuration, so every reload (a new CA bundle, a new CRL) makes earlier sessions unresumable:
-    // a device whose CA was removed or whose certificate was revoked must do a full handshake again.
+    // configuration, so a reload that changes client trust (a new CA bundle, a new CRL) makes earlier
+    // sessions unresumable: a device whose CA was removed or whose certificate was revoked must do a
+    // full handshake again. Other reloads keep them (`Loaded::keep_sessions_of`).
     config.ticketer = ticketer().map_err(|e| TlsError::Verifier { setting: "tls", reason: e.to_string() })?;
     // One ticket per handshake: a device reconnects with one, and each ticket costs an encryption.
     config.send_tls13_tickets = 1;
@@ -408,6 +427,11 @@ impl TlsHandle {
     /// The certificates of the configuration in force.
     pub fn certificates(&self) -> Arc<Certificates> {
         self.certificates.load_full()
+    }
+
+    /// The configuration in force now.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current.load_full()
     }
 
     /// An acceptor bound to the configuration in force now.

@@ -97,6 +97,39 @@ async fn ca_change_ends_resumption(version: &'static SupportedProtocolVersion) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_server_certificate_rotation_keeps_sessions_resumable() {
+    rotation_keeps_resumption(&TLS13).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_certificate_rotation_keeps_tls12_sessions_resumable() {
+    rotation_keeps_resumption(&TLS12).await;
+}
+
+/// A renewed server certificate (cert-manager, every few weeks) changes nothing about which devices
+/// are trusted: their sessions resume as before, and only new sessions see the new certificate.
+async fn rotation_keeps_resumption(version: &'static SupportedProtocolVersion) {
+    init_logs();
+    let pki = Pki::new();
+    let broker = Mosquitto::start();
+    let mut config = pki.config(broker.upstream());
+    config.reload = reloading();
+    let (proxy, reloader) = Mqtls::start_reloading(config).await;
+    let client = device(&pki, &pki.ca.client("device-42"), version);
+    session(proxy.port(), client.clone(), "x").await.expect("first");
+
+    let next = pki.ca.server("renewed");
+    replace_by_rename(&pki.server_key, &next.key_pem);
+    replace_by_rename(&pki.server_cert, &next.cert_pem);
+    reloader.reload(ReloadReason::Sighup).expect("reload");
+    assert_eq!(session(proxy.port(), client.clone(), "x").await.expect("after reload"), HandshakeKind::Resumed);
+    // A device without a session gets the renewed certificate.
+    let fresh = device(&pki, &pki.ca.client("device-7"), version);
+    let tls = tls_connect(proxy.port(), fresh).await.expect("handshake");
+    assert_eq!(tls.get_ref().1.peer_certificates().and_then(|c| c.first()), Some(&next.der));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_certificate_cannot_resume_its_session() {
     revocation_ends_resumption(&TLS13).await;
 }

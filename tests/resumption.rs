@@ -42,8 +42,23 @@ async fn session(
     Ok(kind)
 }
 
-fn reloading() -> ReloadSettings {
-    ReloadSettings { interval: None, watch: false, ..ReloadSettings::default() }
+/// mqtls in front of a real Mosquitto, reloaded only when the test says (no watch, no re-check).
+struct Reloadable {
+    pki: Pki,
+    _broker: Mosquitto,
+    proxy: Mqtls,
+    reloader: std::sync::Arc<mqtls::reload::Reloader>,
+}
+
+async fn reloadable(edit: impl FnOnce(&Pki, &mut mqtls::config::Config)) -> Reloadable {
+    init_logs();
+    let pki = Pki::new();
+    let broker = Mosquitto::start();
+    let mut config = pki.config(broker.upstream());
+    config.reload = ReloadSettings { interval: None, watch: false, ..ReloadSettings::default() };
+    edit(&pki, &mut config);
+    let (proxy, reloader) = Mqtls::start_reloading(config).await;
+    Reloadable { pki, _broker: broker, proxy, reloader }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,12 +94,7 @@ async fn a_client_ca_change_makes_earlier_tls12_sessions_unresumable() {
 }
 
 async fn ca_change_ends_resumption(version: &'static SupportedProtocolVersion) {
-    init_logs();
-    let pki = Pki::new();
-    let broker = Mosquitto::start();
-    let mut config = pki.config(broker.upstream());
-    config.reload = reloading();
-    let (proxy, reloader) = Mqtls::start_reloading(config).await;
+    let Reloadable { pki, _broker, proxy, reloader } = reloadable(|_, _| {}).await;
     let client = device(&pki, &pki.ca.client("device-42"), version);
     session(proxy.port(), client.clone(), "x").await.expect("first");
     assert_eq!(session(proxy.port(), client.clone(), "x").await.expect("resumes"), HandshakeKind::Resumed);
@@ -109,12 +119,7 @@ async fn a_server_certificate_rotation_keeps_tls12_sessions_resumable() {
 /// A renewed server certificate (cert-manager, every few weeks) changes nothing about which devices
 /// are trusted: their sessions resume as before, and only new sessions see the new certificate.
 async fn rotation_keeps_resumption(version: &'static SupportedProtocolVersion) {
-    init_logs();
-    let pki = Pki::new();
-    let broker = Mosquitto::start();
-    let mut config = pki.config(broker.upstream());
-    config.reload = reloading();
-    let (proxy, reloader) = Mqtls::start_reloading(config).await;
+    let Reloadable { pki, _broker, proxy, reloader } = reloadable(|_, _| {}).await;
     let client = device(&pki, &pki.ca.client("device-42"), version);
     session(proxy.port(), client.clone(), "x").await.expect("first");
 
@@ -140,15 +145,13 @@ async fn a_revoked_certificate_cannot_resume_its_tls12_session() {
 }
 
 async fn revocation_ends_resumption(version: &'static SupportedProtocolVersion) {
-    init_logs();
-    let pki = Pki::new();
-    let broker = Mosquitto::start();
+    let Reloadable { pki, _broker, proxy, reloader } = reloadable(|pki, config| {
+        let crl = pki.path("ca.crl");
+        std::fs::write(&crl, pki.ca.crl(&[])).expect("empty crl");
+        config.tls.crls = vec![crl];
+    })
+    .await;
     let crl = pki.path("ca.crl");
-    std::fs::write(&crl, pki.ca.crl(&[])).expect("empty crl");
-    let mut config = pki.config(broker.upstream());
-    config.tls.crls = vec![crl.clone()];
-    config.reload = reloading();
-    let (proxy, reloader) = Mqtls::start_reloading(config).await;
     let stolen = pki.ca.issue(true, |p| {
         p.distinguished_name.push(rcgen::DnType::CommonName, "stolen");
         p.serial_number = Some(rcgen::SerialNumber::from(4242u64));

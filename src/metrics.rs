@@ -34,6 +34,13 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// A completed TLS handshake: `full` or `resumed`, and the protocol version (`1.2`, `1.3`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabel {
+    pub kind: &'static str,
+    pub version: &'static str,
+}
+
 /// A loaded certificate: its role and position (bounded by what the operator configured) and serial.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertLabel {
@@ -48,6 +55,7 @@ pub struct Metrics {
     pub active_connections: Gauge,
     pub connections: Family<OutcomeLabel, Counter>,
     pub handshake_failures: Family<ReasonLabel, Counter>,
+    pub handshakes: Family<HandshakeLabel, Counter>,
     pub connect_refusals: Family<ReasonLabel, Counter>,
     pub upstream_errors: Family<ReasonLabel, Counter>,
     pub handshake_duration: Histogram,
@@ -74,6 +82,7 @@ impl Metrics {
             active_connections: Gauge::default(),
             connections: Family::default(),
             handshake_failures: Family::default(),
+            handshakes: Family::default(),
             connect_refusals: Family::default(),
             upstream_errors: Family::default(),
             // 1 ms … ~16 s: a handshake is milliseconds unless the machine is drowning.
@@ -102,6 +111,11 @@ impl Metrics {
             "connect_refusals",
             "CONNECT packets refused by reason (malformed, too_large, not_connect, not_authorized, ...)",
             m.connect_refusals.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "Completed TLS handshakes by kind (full, resumed) and version (1.2, 1.3): how well resumption works",
+            m.handshakes.clone(),
         );
         registry.register("upstream_connect_errors", "Failed broker connects by reason", m.upstream_errors.clone());
         registry.register_with_unit(
@@ -142,6 +156,20 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts a completed handshake.
+    pub fn handshake(&self, conn: &rustls::ServerConnection) {
+        let kind = match conn.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => "resumed",
+            _ => "full",
+        };
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+            _ => "other",
+        };
+        self.handshakes.get_or_create(&HandshakeLabel { kind, version }).inc();
     }
 
     /// Counts a connection's end.

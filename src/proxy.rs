@@ -285,6 +285,7 @@ async fn prepare(
     );
     drop(handshake);
     proxy.metrics.handshake_duration.observe(handshake_started.elapsed().as_secs_f64());
+    proxy.metrics.handshake(client.get_ref().1);
 
     // Check the allow rules and map the identity now; refusing needs the CONNECT's version, so the
     // verdicts wait for it. A client without a certificate is subject to neither.

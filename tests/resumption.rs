@@ -84,6 +84,26 @@ async fn resumes_and_keeps_identity(version: &'static SupportedProtocolVersion) 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn handshakes_are_counted_by_kind_and_version() {
+    let Reloadable { pki, _broker, proxy, .. } = reloadable(|_, _| {}).await;
+    for (version, connections) in [(&TLS13, 3), (&TLS12, 2)] {
+        let client = device(&pki, &pki.ca.client("device-42"), version);
+        for _ in 0..connections {
+            session(proxy.port(), client.clone(), "x").await.expect("session");
+        }
+    }
+    let text = proxy.proxy.metrics.render();
+    for line in [
+        r#"mqtls_tls_handshakes_total{kind="full",version="1.3"} 1"#,
+        r#"mqtls_tls_handshakes_total{kind="resumed",version="1.3"} 2"#,
+        r#"mqtls_tls_handshakes_total{kind="full",version="1.2"} 1"#,
+        r#"mqtls_tls_handshakes_total{kind="resumed",version="1.2"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_client_ca_change_makes_earlier_sessions_unresumable() {
     ca_change_ends_resumption(&TLS13).await;
 }

@@ -241,13 +241,12 @@ async fn allow_rules_reload_from_the_config_file_on_sighup() {
     let broker = Mosquitto::start();
     let file = pki.path("mqtls.toml");
     write_file(&file, "allow_cn = [\"alpha\"]\n");
-    let port = free_port();
     let mut mqtls = Binary::start(
         &pki,
-        port,
         &format!("127.0.0.1:{}", broker.port),
         &["--config", file.to_str().expect("utf-8 path"), "--reload-interval", "off"],
     );
+    let port = mqtls.port;
     let alpha = client_tls(&pki, Some(&pki.ca.client("alpha")));
     let beta = client_tls(&pki, Some(&pki.ca.client("beta")));
     assert!(mqtt_accepted(port, alpha.clone()).await, "alpha allowed: {}", mqtls.log());

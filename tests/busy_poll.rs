@@ -53,10 +53,10 @@ async fn busy_poll_spins_while_traffic_moves_and_sleeps_when_it_stops() {
     let upstream = broker.upstream().to_string();
     // The same traffic through mqtls without busy polling: what the messages themselves cost.
     let baseline = {
-        let plain = Binary::start(&pki, free_port(), &upstream, &["--threads", "1"]);
+        let plain = Binary::start(&pki, &upstream, &["--threads", "1"]);
         paced_traffic(&pki, &plain, "baseline").await.0
     };
-    let mqtls = Binary::start(&pki, free_port(), &upstream, &["--busy-poll", "10ms", "--threads", "1"]);
+    let mqtls = Binary::start(&pki, &upstream, &["--busy-poll", "10ms", "--threads", "1"]);
     mqtls.wait_for_log("busy polling after traffic");
     let (busy, traffic) = paced_traffic(&pki, &mqtls, "spinner").await;
 

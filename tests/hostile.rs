@@ -255,7 +255,6 @@ async fn two_thousand_handshakes_that_never_complete_cost_bounded_memory_and_blo
     let broker = Mosquitto::start();
     let mqtls = Binary::start(
         &pki,
-        free_port(),
         &format!("127.0.0.1:{}", broker.port),
         &["--handshake-timeout", "3s", "--log-level", "warn,mqtls::proxy=error"],
     );
@@ -308,7 +307,7 @@ async fn a_client_that_stops_reading_while_the_broker_sends_a_lot_costs_bounded_
     })
     .await;
     let Upstream::Tcp { port: up_port, .. } = upstream else { unreachable!() };
-    let mqtls = Binary::start(&pki, free_port(), &format!("127.0.0.1:{up_port}"), &[]);
+    let mqtls = Binary::start(&pki, &format!("127.0.0.1:{up_port}"), &[]);
     let before = mqtls.rss_kib();
 
     let device = pki.ca.client("device-42");

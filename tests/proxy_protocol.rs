@@ -463,10 +463,9 @@ async fn mosquitto_pub_behind_a_load_balancer_is_logged_with_the_address_the_hea
     let pki = Pki::new();
     let broker = Mosquitto::start();
     let mut monitor = Monitor::start(&broker, "devices/#").await;
-    let port = free_port();
     let upstream = format!("127.0.0.1:{}", broker.port);
-    let mqtls =
-        Binary::start(&pki, port, &upstream, &["--accept-proxy-protocol", "--proxy-protocol-from", "127.0.0.1/32"]);
+    let mqtls = Binary::start(&pki, &upstream, &["--accept-proxy-protocol", "--proxy-protocol-from", "127.0.0.1/32"]);
+    let port = mqtls.port;
     let device = pki.ca.client("device-42");
     let (c, k) = device.write(pki.dir.path(), "device");
     for header in [v1_header(LB_CLIENT, LB_FRONTEND), v2_header(LB_CLIENT, LB_FRONTEND)] {

@@ -507,14 +507,13 @@ async fn twenty_rotations_under_load_drop_nothing_and_fail_no_handshake() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_the_running_binary_instead_of_stopping_it() {
     let pki = Pki::new();
-    let port = free_port();
     // Only SIGHUP can load the new files within the deadline: no re-check, and a debounce far longer.
     let mut mqtls = Binary::start(
         &pki,
-        port,
         &format!("127.0.0.1:{}", free_port()),
         &["--reload-interval", "off", "--reload-debounce", "30s"],
     );
+    let port = mqtls.port;
     // "watching" is logged after the catch-up check, so from here on only SIGHUP loads a change in time.
     mqtls.wait_for_log("watching TLS files");
     let client = client_tls(&pki, Some(&pki.ca.client("device-1")));
@@ -535,7 +534,7 @@ async fn expired_certificate_at_startup_is_served_with_a_warning_in_the_log() {
     let pki = Pki::new();
     let old = expired(&pki);
     old.write(pki.dir.path(), "server");
-    let mqtls = Binary::start(&pki, free_port(), &format!("127.0.0.1:{}", free_port()), &[]);
+    let mqtls = Binary::start(&pki, &format!("127.0.0.1:{}", free_port()), &[]);
     let text = mqtls.log();
     let warning = text.lines().find(|l| l.contains("SERVER CERTIFICATE EXPIRED")).unwrap_or_else(|| panic!("{text}"));
     assert!(warning.contains(r#""level":"WARN""#), "{warning}");

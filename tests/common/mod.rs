@@ -463,20 +463,37 @@ pub struct Binary {
 }
 
 impl Binary {
-    /// Starts mqtls on `port` with `pki`'s files, `upstream`, plus `extra` flags; waits until it accepts.
-    pub fn start(pki: &Pki, port: u16, upstream: &str, extra: &[&str]) -> Binary {
-        let mut args: Vec<String> =
-            vec!["--listen".into(), format!("127.0.0.1:{port}"), "--upstream".into(), upstream.into()];
-        args.extend(["--log-format", "json"].map(String::from));
-        for (flag, path) in [("--cert", &pki.server_cert), ("--key", &pki.server_key), ("--client-ca", &pki.ca_file)] {
-            args.extend([flag.to_string(), path.display().to_string()]);
+    /// Starts mqtls on a free port with `pki`'s files, `upstream`, plus `extra` flags; waits until it
+    /// accepts. A port taken between probing and binding (tests run in parallel, and every outgoing
+    /// connection takes an ephemeral port too) is retried with another.
+    pub fn start(pki: &Pki, upstream: &str, extra: &[&str]) -> Binary {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut args: Vec<String> =
+                vec!["--listen".into(), format!("127.0.0.1:{port}"), "--upstream".into(), upstream.into()];
+            args.extend(["--log-format", "json"].map(String::from));
+            for (flag, path) in
+                [("--cert", &pki.server_cert), ("--key", &pki.server_key), ("--client-ca", &pki.ca_file)]
+            {
+                args.extend([flag.to_string(), path.display().to_string()]);
+            }
+            args.extend(extra.iter().map(|s| s.to_string()));
+            match Self::try_spawn(&args, pki.dir.path(), port) {
+                Ok(b) => return b,
+                Err(log) if log.contains("cannot bind") => continue,
+                Err(log) => panic!("mqtls did not start: {log}"),
+            }
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(&args, pki.dir.path(), port)
+        panic!("mqtls found no free port in 5 tries");
     }
 
     /// Starts `mqtls ARGS` with its log in `dir`; waits until `port` accepts connections.
     pub fn spawn(args: &[String], dir: &Path, port: u16) -> Binary {
+        Self::try_spawn(args, dir, port).unwrap_or_else(|log| panic!("mqtls did not start: {log}"))
+    }
+
+    /// Like [`Binary::spawn`], but a process that exits before accepting is an `Err` with its log.
+    fn try_spawn(args: &[String], dir: &Path, port: u16) -> Result<Binary, String> {
         let log = dir.join(format!("mqtls-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_mqtls"))
             .args(args)
@@ -490,11 +507,13 @@ impl Binary {
         let deadline = Instant::now() + WAIT;
         // Ready once it accepts TCP (whatever the log level says).
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(b.running(), "mqtls exited: {}", b.log());
+            if !b.running() {
+                return Err(b.log());
+            }
             assert!(Instant::now() < deadline, "mqtls did not start: {}", b.log());
             std::thread::sleep(Duration::from_millis(20));
         }
-        b
+        Ok(b)
     }
 
     pub fn log(&self) -> String {

@@ -144,7 +144,8 @@ impl Reloader {
             let loaded = tls::build(&self.tls, &files)?;
             // A rotated server certificate or key alone leaves every device's session as valid as it
             // was: keep them resumable, rather than send the whole fleet through full handshakes.
-            let trust_kept = files.client_trust().all(|f| state.loaded.contains(&(f.path.clone(), f.sha256())));
+            let trust: Vec<&PathBuf> = files.client_trust().map(|f| &f.path).collect();
+            let trust_kept = now.iter().filter(|(path, _)| trust.contains(&path)).all(|e| state.loaded.contains(e));
             let loaded = if trust_kept { loaded.keep_sessions_of(&self.handle.current()) } else { loaded };
             Ok((now, Some((loaded, trust_kept))))
         });

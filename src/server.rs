@@ -46,12 +46,9 @@ pub async fn serve_with(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, sh
     let Caps { connections, handshakes } = caps;
     proxy.health.set_listening(true);
     if let Ok(addr) = listener.local_addr() {
-        match proxy.config.name.as_deref() {
-            Some(name) => {
-                info!(listen = %addr, listener = name, upstream = %proxy.config.upstream, "accepting connections")
-            }
-            None => info!(listen = %addr, upstream = %proxy.config.upstream, "accepting connections"),
-        }
+        // `listener` is left out for the unnamed (single) listener.
+        let name = proxy.config.name.as_deref();
+        info!(listen = %addr, listener = name, upstream = %proxy.config.upstream, "accepting connections");
     }
     loop {
         tokio::select! {

@@ -859,26 +859,19 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     tokio::time::timeout(WAIT, fetch).await.expect("admin answered in time")
 }
 
-/// Polls `check` every 20 ms until it holds, or panics with `what` after WAIT.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+/// Polls `check` until it holds, or panics with `what` after WAIT.
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never happened within {WAIT:?}: {what}");
+    within(WAIT, || format!("never happened: {what}"), check).await;
 }
 
-/// Probes until `probe` succeeds; returns the time taken. Fails only if a probe that *began* after
-/// `limit` still saw the old state: on a slow machine one probe (a handshake, a process) can itself take
-/// a while, and a probe begun in time that ends late proves nothing against the promise.
-pub async fn within<F, Fut>(limit: Duration, what: &str, mut probe: F) -> Duration
+/// Probes until `probe` succeeds; returns the time taken. Fails, with `what()`, only if a probe that
+/// *began* after `limit` still saw the old state: on a slow machine one probe (a handshake, a process)
+/// can itself take a while, and a probe begun in time that ends late proves nothing against the promise.
+pub async fn within<F, Fut>(limit: Duration, what: impl Fn() -> String, mut probe: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -890,7 +883,7 @@ where
         if probe().await {
             return started.elapsed();
         }
-        assert!(begun < limit, "not within {limit:?}: {what}");
+        assert!(begun < limit, "not within {limit:?}: {}", what());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -971,12 +964,16 @@ pub async fn wait_presented(
     want: &CertificateDer<'static>,
     limit: Duration,
 ) -> Duration {
-    within(limit, "the new certificate presented", || async {
-        match presented_cert(port, client.clone()).await {
-            Ok(der) => der == *want,
-            Err(e) => panic!("handshake failed while waiting for the new certificate: {e}"),
-        }
-    })
+    within(
+        limit,
+        || "the new certificate presented".into(),
+        || async {
+            match presented_cert(port, client.clone()).await {
+                Ok(der) => der == *want,
+                Err(e) => panic!("handshake failed while waiting for the new certificate: {e}"),
+            }
+        },
+    )
     .await
 }
 
@@ -992,8 +989,12 @@ pub async fn mqtt_accepted(port: u16, client: Arc<rustls::ClientConfig>) -> bool
 
 /// Polls `mqtt_accepted` until it equals `want`; returns the time taken or panics after `limit`.
 pub async fn wait_accepted(port: u16, client: &Arc<rustls::ClientConfig>, want: bool, limit: Duration) -> Duration {
-    let what = format!("client acceptance became {want}");
-    within(limit, &what, || async { mqtt_accepted(port, client.clone()).await == want }).await
+    within(
+        limit,
+        || format!("client acceptance became {want}"),
+        || async { mqtt_accepted(port, client.clone()).await == want },
+    )
+    .await
 }
 
 /// Reads one MQTT packet: (first header byte, body).

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod resumption;
 pub mod server;
 pub mod service_manager;
 pub mod signal;

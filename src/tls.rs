@@ -24,12 +24,15 @@ use serde::Serialize;
 
 use crate::certinfo::CertInfo;
 use crate::config::{ClientAuth, TlsSettings};
+use crate::resumption::{CheckedSessions, CheckedTickets};
 
 /// Why the TLS configuration could not be built. Each names the setting and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{setting}: cannot read {path}: {reason}")]
     Read { setting: &'static str, path: PathBuf, reason: String },
+    #[error("{setting}: {path} is not valid PEM: {reason}")]
+    Pem { setting: &'static str, path: PathBuf, reason: String },
     #[error("{setting}: {path} holds no PEM {what}")]
     Empty { setting: &'static str, path: PathBuf, what: &'static str },
     #[error("{setting}: {path}: certificate {index} does not parse as X.509 ({reason})")]
@@ -51,6 +54,7 @@ impl TlsError {
     pub fn label(&self) -> &'static str {
         match self {
             TlsError::Read { .. } => "read",
+            TlsError::Pem { .. } => "pem",
             TlsError::Empty { .. } => "empty",
             TlsError::BadCert { .. } => "bad_cert",
             TlsError::KeyMismatch { .. } => "key_mismatch",
@@ -328,10 +332,13 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
     // configuration, so a reload that changes client trust (a new CA bundle, a new CRL) makes earlier
     // sessions unresumable: a device whose CA was removed or whose certificate was revoked must do a
     // full handshake again. Other reloads keep them (`Loaded::keep_sessions_of`).
-    config.ticketer = ticketer().map_err(|e| TlsError::Verifier { setting: "tls", reason: e.to_string() })?;
+    // Every ticket and cached session is checked against the clock when it comes back: a resumption
+    // never outlives the client certificate (see `resumption`).
+    config.ticketer =
+        CheckedTickets::wrap(ticketer().map_err(|e| TlsError::Verifier { setting: "tls", reason: e.to_string() })?);
     // One ticket per handshake: a device reconnects with one, and each ticket costs an encryption.
     config.send_tls13_tickets = 1;
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    config.session_storage = CheckedSessions::wrap(rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES));
     let loaded_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let certificates = Arc::new(Certificates { loaded_at, server_chain, client_ca, sni });
     Ok(Loaded { config: Arc::new(config), leaf, certificates })
@@ -406,7 +413,29 @@ fn pem_error(setting: &'static str, path: &Path, what: &'static str, e: rustls::
     match e {
         P::NoItemsFound => TlsError::Empty { setting, path: path.into(), what },
         P::Io(io) => TlsError::Read { setting, path: path.into(), reason: io.to_string() },
-        other => TlsError::Read { setting, path: path.into(), reason: format!("malformed PEM: {other}") },
+        other => TlsError::Pem { setting, path: path.into(), reason: pem_problem(&other) },
+    }
+}
+
+/// What is wrong with a PEM file, in words (the library's own message prints the marker as a list of
+/// byte values).
+pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as P;
+    match e {
+        P::MissingSectionEnd { end_marker } => {
+            let label = String::from_utf8_lossy(end_marker);
+            format!(
+                "a \"-----BEGIN {label}-----\" section has no \"-----END {label}-----\" line (is the file truncated?)"
+            )
+        }
+        P::IllegalSectionStart { line } => {
+            format!("the line \"{}\" does not start a PEM section properly", String::from_utf8_lossy(line).trim())
+        }
+        P::Base64Decode(detail) => format!("a section's body is not valid base64 ({detail})"),
+        P::SectionTooLarge => "a section is larger than 256 MB".to_string(),
+        P::NoItemsFound => "no PEM section of the expected kind".to_string(),
+        P::Io(io) => io.to_string(),
+        other => other.to_string(),
     }
 }
 

@@ -25,6 +25,14 @@ fn device(pki: &Pki, leaf: &Leaf, version: &'static SupportedProtocolVersion) ->
     std::sync::Arc::new(config)
 }
 
+/// The same device resuming TLS 1.2 sessions by session ID only (no tickets), as older stacks do.
+fn device_by_session_id(pki: &Pki, leaf: &Leaf) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut config = (*device(pki, leaf, &TLS12)).clone();
+    config.resumption = rustls::client::Resumption::in_memory_sessions(16)
+        .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+    std::sync::Arc::new(config)
+}
+
 /// Connects, sends a CONNECT claiming `username`, waits for the CONNACK (which also delivers the
 /// session ticket) and returns how the handshake went.
 async fn session(
@@ -183,4 +191,45 @@ async fn revocation_ends_resumption(version: &'static SupportedProtocolVersion) 
     std::fs::write(&crl, pki.ca.crl(&[4242])).expect("revoke");
     reloader.reload(ReloadReason::Sighup).expect("reload");
     assert!(session(proxy.port(), client.clone(), "x").await.is_err(), "no resumption, and the full handshake fails");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_certificate_cannot_resume_its_session() {
+    expiry_ends_resumption(|pki, leaf| device(pki, leaf, &TLS13)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_certificate_cannot_resume_its_tls12_ticket() {
+    expiry_ends_resumption(|pki, leaf| device(pki, leaf, &TLS12)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_certificate_cannot_resume_its_tls12_session_id() {
+    expiry_ends_resumption(device_by_session_id).await;
+}
+
+/// A certificate valid for a few seconds: its session resumes while it is valid; once it has expired,
+/// the saved ticket or session gets no resumption, and the full handshake that follows refuses the
+/// certificate exactly as a first connection with it would be refused (the same metric label).
+async fn expiry_ends_resumption(make: fn(&Pki, &Leaf) -> std::sync::Arc<rustls::ClientConfig>) {
+    let Reloadable { pki, _broker, proxy, .. } = reloadable(|_, _| {}).await;
+    // X.509 times have whole seconds: the certificate is valid until `not_after` inclusive.
+    let not_after = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("ns") + time::Duration::seconds(5);
+    let leaf = pki.ca.issue(true, |p| {
+        p.distinguished_name.push(rcgen::DnType::CommonName, "short-lived");
+        p.not_after = not_after;
+    });
+    let client = make(&pki, &leaf);
+    assert_eq!(session(proxy.port(), client.clone(), "x").await.expect("first"), HandshakeKind::Full);
+    assert_eq!(session(proxy.port(), client.clone(), "x").await.expect("before expiry"), HandshakeKind::Resumed);
+
+    let past = not_after + time::Duration::milliseconds(1500) - time::OffsetDateTime::now_utc();
+    tokio::time::sleep(past.try_into().unwrap_or_default()).await;
+    assert!(session(proxy.port(), client.clone(), "x").await.is_err(), "the saved session must not bring it back");
+    let expired = r#"mqtls_tls_handshake_failures_total{reason="expired"} 1"#;
+    let text = proxy.proxy.metrics.render();
+    assert!(text.lines().any(|l| l == expired), "refused as an expired certificate:\n{text}");
+    // The same as a device with that certificate and no session.
+    assert!(session(proxy.port(), make(&pki, &leaf), "x").await.is_err(), "a full handshake is refused too");
+    assert_eq!(_broker.usernames(), ["short-lived", "short-lived"], "only the two sessions before expiry");
 }

@@ -240,6 +240,10 @@ pub enum ConnectError {
     /// The protocol name is fine but the level is not one mqtls supports.
     #[error("unsupported MQTT protocol level {level} (supported: 3 = 3.1, 4 = 3.1.1, 5 = 5.0)")]
     UnsupportedLevel { level: u8 },
+    /// Level 3, 4 or 5, but under the protocol name of another version (3.1 is `MQIsdp` level 3;
+    /// 3.1.1 and 5.0 are `MQTT` level 4 and 5).
+    #[error("CONNECT protocol name {name:?} does not go with level {level} (MQIsdp is level 3 = 3.1; MQTT is level 4 = 3.1.1 or 5 = 5.0)")]
+    NameLevelMismatch { name: &'static str, level: u8 },
     /// Bit 0 of the connect flags must be 0.
     #[error("malformed {version} CONNECT: reserved connect flag bit 0 is set")]
     ReservedFlag { version: ProtocolVersion },
@@ -281,7 +285,7 @@ impl ConnectError {
             Self::MalformedLength | Self::ReservedFlag { .. } | Self::Malformed { .. } | Self::BadProperty { .. } => {
                 "malformed"
             }
-            Self::UnknownProtocol | Self::UnsupportedLevel { .. } => "protocol",
+            Self::UnknownProtocol | Self::UnsupportedLevel { .. } | Self::NameLevelMismatch { .. } => "protocol",
             Self::InvalidUtf8 { .. } => "utf8",
             Self::Unencodable { .. } | Self::BufferMismatch => "edit",
         }
@@ -311,7 +315,7 @@ impl ConnectError {
     pub fn connack(&self) -> Option<Vec<u8>> {
         match self {
             Self::NotConnect { .. } | Self::MalformedLength | Self::UnknownProtocol | Self::BufferMismatch => None,
-            Self::UnsupportedLevel { .. } => Some(vec![0x20, 0x02, 0x00, 0x01]),
+            Self::UnsupportedLevel { .. } | Self::NameLevelMismatch { .. } => Some(vec![0x20, 0x02, 0x00, 0x01]),
             Self::TooLarge { version, .. } => version.and_then(|v| connack(v, Refusal::PacketTooLarge)),
             Self::ReservedFlag { version }
             | Self::Malformed { version, .. }
@@ -662,7 +666,13 @@ fn read_protocol(buf: &[u8], body_start: usize, packet_len: usize) -> Result<Pro
     let Some(&level) = packet.get(name.len()) else {
         return Err(Stop::Incomplete);
     };
-    version_for(name.len() == 8, level).ok_or_else(|| ConnectError::UnsupportedLevel { level }.into())
+    let is_mqisdp = name.len() == 8;
+    version_for(is_mqisdp, level).ok_or_else(|| match (is_mqisdp, level) {
+        // A known level under the other version's name: say that, not "unsupported".
+        (true, 4 | 5) => ConnectError::NameLevelMismatch { name: "MQIsdp", level }.into(),
+        (false, 3) => ConnectError::NameLevelMismatch { name: "MQTT", level }.into(),
+        _ => ConnectError::UnsupportedLevel { level }.into(),
+    })
 }
 
 fn version_for(is_mqisdp: bool, level: u8) -> Option<ProtocolVersion> {

@@ -67,7 +67,7 @@ fn print_identity(cert: &std::path::Path, from: identity::UsernameFrom) -> anyho
     let der = CertificateDer::pem_file_iter(cert)
         .and_then(|mut it| it.next().ok_or(rustls::pki_types::pem::Error::NoItemsFound))
         .and_then(|r| r)
-        .with_context(|| format!("reading a PEM certificate from {}", cert.display()))?;
+        .map_err(|e| anyhow::anyhow!("reading a PEM certificate from {}: {}", cert.display(), tls::pem_problem(&e)))?;
     let username = identity::username(&der, from).with_context(|| format!("{}", cert.display()))?;
     println!("{username}");
     Ok(())

@@ -267,11 +267,9 @@ async fn prepare(
     let _ = tcp.set_nodelay(true);
     // The handshake deadline covers a load balancer's PROXY header too.
     let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
-    let addrs = if proxy.config.proxy_protocol.accepts() {
-        Box::pin(client_addrs(proxy, &mut tcp, peer, deadline)).await?
-    } else {
-        own_addrs(proxy, &tcp, peer)
-    };
+    // Every listener looks at the first byte: a PROXY header from a source that may not send one (on a
+    // listener without accept_proxy_protocol, from any source) is refused as such, not as a TLS error.
+    let addrs = Box::pin(client_addrs(proxy, &mut tcp, peer, deadline)).await?;
     let acceptor = proxy.tls.acceptor();
     let handshake_started = Instant::now();
     // The handshake future and the TLS stream (each over 1 KiB) live on the heap, so this task's own
@@ -360,8 +358,8 @@ async fn prepare(
     Ok(Ready { client, first, version })
 }
 
-/// With `accept_proxy_protocol`: the client's addresses, the TCP connection's, or, from a trusted load
-/// balancer, those its PROXY header carries. Records the span's `peer` (and `proxied_by`) when they were left for the header.
+/// The client's addresses: the TCP connection's, or, from a trusted load balancer (with
+/// `accept_proxy_protocol`), those its PROXY header carries. Records the span's `peer` (and `proxied_by`) when they were left for the header.
 async fn client_addrs(
     proxy: &Proxy,
     tcp: &mut TcpStream,

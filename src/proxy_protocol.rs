@@ -109,7 +109,7 @@ pub struct ClientAddrs {
 /// Why an inbound PROXY header was refused. Variants double as bounded metric labels.
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
-    #[error("connection from a source outside proxy_protocol_from starts with a PROXY header")]
+    #[error("connection starts with a PROXY header, but its source may not send one (it is not in proxy_protocol_from, or the listener has no accept_proxy_protocol)")]
     Untrusted,
     #[error("connection from a proxy_protocol_from source does not start with a PROXY header")]
     Missing,

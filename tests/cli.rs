@@ -60,6 +60,20 @@ fn key_not_matching_the_certificate_stops_startup() {
 }
 
 #[test]
+fn a_truncated_pem_file_stops_startup_saying_in_words_what_is_missing() {
+    let pki = Pki::new();
+    let truncated = pki.path("truncated.crt");
+    let pem = std::fs::read_to_string(&pki.server_cert).expect("server cert");
+    write_file(&truncated, &pem[..pem.len() / 2]);
+    let line =
+        one_error_line(&mqtls(&["--cert", s(&truncated), "--key", s(&pki.server_key), "--client-ca", s(&pki.ca_file)]));
+    assert!(line.contains("cert:") && line.contains(s(&truncated)), "{line}");
+    assert!(line.contains("is not valid PEM"), "{line}");
+    assert!(line.contains("has no \"-----END CERTIFICATE-----\" line") && line.contains("truncated"), "{line}");
+    assert!(!line.contains("[45, 45"), "no byte lists: {line}");
+}
+
+#[test]
 fn bad_listen_address_in_the_file_stops_startup_naming_it() {
     let pki = Pki::new();
     let conf = pki.path("mqtls.toml");

@@ -759,11 +759,18 @@ fn unknown_level_gets_unacceptable_protocol_version_connack() {
 }
 
 #[test]
-fn level_must_match_the_protocol_name() {
+fn a_level_under_the_wrong_protocol_name_is_refused_as_a_mismatch_not_as_unsupported() {
     let mqisdp4 = packet(&[0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 4]);
-    assert_eq!(read(&mqisdp4), Err(ConnectError::UnsupportedLevel { level: 4 }));
+    let err = read(&mqisdp4).unwrap_err();
+    assert_eq!(err, ConnectError::NameLevelMismatch { name: "MQIsdp", level: 4 });
+    let msg = err.to_string();
+    assert!(msg.contains("\"MQIsdp\" does not go with level 4") && !msg.contains("unsupported"), "{msg}");
+    assert_eq!(err.connack(), Some(vec![0x20, 0x02, 0x00, 0x01]), "still CONNACK 1");
+    assert_eq!(err.label(), "protocol");
     let mqtt3 = packet(&[0, 4, b'M', b'Q', b'T', b'T', 3]);
-    assert_eq!(read(&mqtt3), Err(ConnectError::UnsupportedLevel { level: 3 }));
+    assert_eq!(read(&mqtt3), Err(ConnectError::NameLevelMismatch { name: "MQTT", level: 3 }));
+    let mqisdp6 = packet(&[0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 6]);
+    assert_eq!(read(&mqisdp6), Err(ConnectError::UnsupportedLevel { level: 6 }));
 }
 
 #[test]

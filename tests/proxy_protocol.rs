@@ -398,6 +398,23 @@ async fn a_header_from_an_untrusted_source_is_refused_and_a_plain_client_still_w
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_header_sent_to_a_listener_without_proxy_protocol_is_reported_as_untrusted_not_as_tls() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start();
+    let proxy = start(&pki, broker.upstream(), |_| {}).await;
+    let device = pki.ca.client("device-42");
+    for header in [v1_header(LB_CLIENT, LB_FRONTEND), v2_header(LB_CLIENT, LB_FRONTEND)] {
+        let refused = tls_with_prefix(proxy.port(), &header, client_tls(&pki, Some(&device))).await;
+        assert!(refused.is_err(), "no handshake behind a header the listener does not read");
+    }
+    expect_metric(&proxy, "mqtls_connections_total{outcome=\"proxy_protocol\"} 2").await;
+    expect_metric(&proxy, "mqtls_proxy_protocol_errors_total{reason=\"untrusted\"} 2").await;
+    let text = proxy.proxy.metrics.render();
+    assert!(!text.contains("outcome=\"tls_failed\""), "not a TLS failure:\n{text}");
+    assert!(mqtt_accepted(proxy.port(), client_tls(&pki, Some(&device))).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_trusted_source_without_a_header_is_refused() {
     let pki = Pki::new();
     let broker = Mosquitto::start();

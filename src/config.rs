@@ -1431,20 +1431,6 @@ sni = []
     }
 
     #[test]
-    fn the_readme_worked_example_for_several_listeners_is_valid() {
-        let readme = include_str!("../README.md");
-        let section = readme.split("## Several listeners, SNI and ALPN").nth(1).expect("section");
-        let example = section.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("toml block");
-        let all = Config::merge_all(&args(&[]), file(example)).expect("the README example is valid");
-        let names: Vec<_> = all.iter().map(|c| c.name.clone().unwrap_or_default()).collect();
-        assert_eq!(names, ["devices", "passwords", "https-port"]);
-        assert_eq!(all[1].tls.client_auth, ClientAuth::Optional);
-        assert_eq!(all[2].tls.alpn, ["x-amzn-mqtt-ca", "mqtt"]);
-        assert_eq!(all[2].tls.sni.len(), 1);
-        assert!(all[0].tls.sni.is_empty() && all[0].tls.alpn.is_empty());
-    }
-
-    #[test]
     fn check_output_round_trips_alpn_and_sni() {
         let all = Config::merge_all(&args(&[]), file(TWO_LISTENERS)).expect("valid");
         let text = all[0].to_string();

@@ -13,14 +13,14 @@ mod connect_roundtrip;
 
 use connect_roundtrip::check_connect_roundtrip;
 
-/// The files directly inside `fuzz/<dir>`, sorted; empty if the directory does not exist.
+/// The files directly inside `fuzz/<dir>`, sorted. A missing or empty directory fails the test that
+/// asked: a replay of nothing would pass having checked nothing.
 fn inputs(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(dir);
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return Vec::new();
-    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(dir);
+    let entries = fs::read_dir(&path).unwrap_or_else(|e| panic!("fuzz/{dir} is missing ({}: {e})", path.display()));
     let mut files: Vec<PathBuf> =
         entries.map(|e| e.expect("readable directory entry").path()).filter(|p| p.is_file()).collect();
+    assert!(!files.is_empty(), "fuzz/{dir} holds no input files ({})", path.display());
     files.sort();
     files
 }
@@ -35,9 +35,7 @@ fn replay(files: &[PathBuf]) {
 
 #[test]
 fn connect_raw_corpus_passes_the_fuzz_checks() {
-    let files = inputs("corpus/connect_raw");
-    assert!(!files.is_empty(), "fuzz/corpus/connect_raw is empty or missing");
-    replay(&files);
+    replay(&inputs("corpus/connect_raw"));
 }
 
 #[test]
@@ -51,6 +49,8 @@ fn connect_raw_corpus_holds_every_captured_connect() {
     }
 }
 
+/// `fuzz/regressions/connect_raw/`: minimised inputs that once broke the reader or editor, and
+/// hand-written edge cases, each file named for what it reproduces (see fuzz/README.md).
 #[test]
 fn crash_reproducers_pass_the_fuzz_checks() {
     replay(&inputs("regressions/connect_raw"));

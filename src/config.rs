@@ -29,6 +29,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// deadline; the cap bounds what a flood of silent or slow ClientHellos can pin, while staying far above
 /// what a reconnect storm of real devices has in flight on one replica.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 4096;
+
+/// CONNECT bytes held at once beyond each connection's free 4 KiB (see [`crate::budget`]): 128
+/// CONNECTs at the 256 KiB cap in flight together, far more than real devices ever send at once, and
+/// with `max_handshakes`' worst case (~52 MiB) well inside the Kubernetes example's 256 MiB limit.
+pub const DEFAULT_CONNECT_BUFFER_BUDGET: usize = 32 * 1024 * 1024;
 /// Re-check period: short enough that a rotation on NFS is live within a minute, long enough that
 /// hashing a few PEM files is noise.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
@@ -206,6 +211,10 @@ pub struct RunArgs {
     /// Largest CONNECT accepted, in bytes [default: 262144].
     #[arg(long)]
     pub max_connect_size: Option<usize>,
+    /// Bytes all CONNECTs being read may hold together beyond 4 KiB each; past it a CONNECT is refused
+    /// ("server busy") [default: 33554432].
+    #[arg(long)]
+    pub connect_buffer_budget: Option<usize>,
     /// Time allowed to connect to the broker [default: 5s].
     #[arg(long)]
     pub upstream_connect_timeout: Option<String>,
@@ -295,6 +304,7 @@ pub struct FileConfig {
     pub handshake_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub max_connect_size: Option<usize>,
+    pub connect_buffer_budget: Option<usize>,
     pub upstream_connect_timeout: Option<String>,
     pub connack_timeout: Option<String>,
     pub drain_timeout: Option<String>,
@@ -500,6 +510,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// TLS handshakes in progress at once; past it new connections are closed at accept.
     pub max_handshakes: usize,
+    /// CONNECT bytes held by all connections together beyond each one's free allowance.
+    pub connect_buffer_budget: usize,
 }
 
 impl Default for Limits {
@@ -512,6 +524,7 @@ impl Default for Limits {
             connack_timeout: Duration::from_secs(10),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            connect_buffer_budget: DEFAULT_CONNECT_BUFFER_BUDGET,
         }
     }
 }
@@ -735,6 +748,20 @@ impl Config {
             connack_timeout: duration("connack_timeout", pick!(connack_timeout), defaults.connack_timeout)?,
             max_connections: at_least_one("max_connections", pick!(max_connections), defaults.max_connections)?,
             max_handshakes: at_least_one("max_handshakes", pick!(max_handshakes), defaults.max_handshakes)?,
+            connect_buffer_budget: match pick!(connect_buffer_budget) {
+                None => defaults.connect_buffer_budget.max(max_connect_size),
+                Some((n, origin)) if n < max_connect_size => {
+                    return Err(ConfigError::Invalid {
+                        setting: "connect_buffer_budget",
+                        origin,
+                        reason: format!(
+                            "{n} bytes is less than max_connect_size ({max_connect_size}): a CONNECT of that size \
+                             could never be read"
+                        ),
+                    })
+                }
+                Some((n, _)) => n,
+            },
         };
         let admin = match pick!(admin) {
             Some((s, origin)) => Some(s.parse::<SocketAddr>().map_err(|e| ConfigError::Invalid {
@@ -1075,6 +1102,7 @@ impl fmt::Display for Config {
         writeln!(f, "handshake_timeout = \"{}\"", d(self.limits.handshake_timeout))?;
         writeln!(f, "connect_timeout = \"{}\"", d(self.limits.connect_timeout))?;
         writeln!(f, "max_connect_size = {}", self.limits.max_connect_size)?;
+        writeln!(f, "connect_buffer_budget = {}", self.limits.connect_buffer_budget)?;
         writeln!(f, "upstream_connect_timeout = \"{}\"", d(self.limits.upstream_connect_timeout))?;
         writeln!(f, "connack_timeout = \"{}\"", d(self.limits.connack_timeout))?;
         writeln!(f, "max_connections = {}", self.limits.max_connections)?;

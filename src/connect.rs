@@ -178,6 +178,8 @@ pub enum Refusal {
     NotAuthorized,
     Malformed,
     PacketTooLarge,
+    /// mqtls itself is short of a resource (the CONNECT budget); try again later.
+    ServerBusy,
 }
 
 /// The CONNACK refusing a client, or `None` when the protocol has no way to say it.
@@ -193,7 +195,7 @@ pub fn connack(version: ProtocolVersion, refusal: Refusal) -> Option<Vec<u8>> {
             let rc = match refusal {
                 Refusal::UnsupportedProtocolVersion => 1,
                 Refusal::IdentifierRejected => 2,
-                Refusal::ServerUnavailable => 3,
+                Refusal::ServerUnavailable | Refusal::ServerBusy => 3,
                 Refusal::BadUsernameOrPassword => 4,
                 Refusal::NotAuthorized => 5,
                 Refusal::Malformed | Refusal::PacketTooLarge => return None,
@@ -205,6 +207,7 @@ pub fn connack(version: ProtocolVersion, refusal: Refusal) -> Option<Vec<u8>> {
                 Refusal::UnsupportedProtocolVersion => 0x84,
                 Refusal::IdentifierRejected => 0x85,
                 Refusal::ServerUnavailable => 0x88,
+                Refusal::ServerBusy => 0x89,
                 Refusal::BadUsernameOrPassword => 0x86,
                 Refusal::NotAuthorized => 0x87,
                 Refusal::Malformed => 0x81,
@@ -578,6 +581,13 @@ pub fn read_connect(buf: &[u8], max_len: usize) -> Result<Option<Connect>, Conne
 pub fn announced_len(buf: &[u8]) -> Option<usize> {
     let (remaining, body_start) = decode_varint(buf, 1, usize::MAX).ok()?;
     body_start.checked_add(remaining)
+}
+
+/// The protocol version of a CONNECT still arriving, once its name and level are in `buf`: what a
+/// refusal before the whole packet is read answers in.
+pub fn partial_version(buf: &[u8]) -> Option<ProtocolVersion> {
+    let (_, body_start) = decode_varint(buf, 1, usize::MAX).ok()?;
+    peek_version(buf, body_start)
 }
 
 fn parse(buf: &[u8], max_len: usize) -> Result<Connect, Stop> {

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod authorize;
+pub mod budget;
 pub mod busy_poll;
 pub mod certinfo;
 pub mod config;

@@ -15,6 +15,7 @@ use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
 use crate::admin::Health;
 use crate::authorize::{self, Refused, Rules};
+use crate::budget::Share;
 use crate::busy_poll::BusyPoll;
 use crate::config::{ClientIdPolicy, ClientUsername, Config, PasswordPolicy};
 use crate::connect::{self, Connect, ConnectError, Edit, ProtocolVersion, Refusal};
@@ -70,6 +71,7 @@ impl Proxy {
             ConnError::ConnectTimeout(_) => (&m.connect_refusals, "timeout"),
             ConnError::ClosedBeforeConnect | ConnError::ConnectIo(_) => (&m.connect_refusals, "eof"),
             ConnError::BadConnect(e) => (&m.connect_refusals, e.label()),
+            ConnError::OverBudget { .. } => (&m.connect_refusals, "memory_budget"),
             ConnError::Identity(_) => (&m.connect_refusals, "no_identity"),
             ConnError::UsernameMismatch { .. } => (&m.connect_refusals, "username_mismatch"),
             ConnError::NotAllowed(e) => (&m.connect_refusals, e.label()),
@@ -127,6 +129,11 @@ pub enum ConnError {
     NotAllowed(#[from] Refused),
     #[error("CONNECT client id {client_id:?} does not start with the certificate identity {identity:?} (client_id = require-prefix)")]
     ClientIdRejected { client_id: String, identity: String },
+    #[error(
+        "CONNECT refused after {held} bytes: the CONNECTs being read hold all of connect_buffer_budget \
+         (a flood of large CONNECTs?)"
+    )]
+    OverBudget { held: usize, version: Option<ProtocolVersion> },
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
     #[error("forwarding CONNECT to broker: {0}")]
@@ -148,7 +155,7 @@ impl ConnError {
             ConnError::Handshake(_) => "tls_failed",
             ConnError::ConnectTimeout(_) => "connect_timeout",
             ConnError::ClosedBeforeConnect | ConnError::ConnectIo(_) => "connect_eof",
-            ConnError::BadConnect(_) => "connect_refused",
+            ConnError::BadConnect(_) | ConnError::OverBudget { .. } => "connect_refused",
             ConnError::Identity(_)
             | ConnError::UsernameMismatch { .. }
             | ConnError::NotAllowed(_)
@@ -164,7 +171,14 @@ impl ConnError {
 
 /// Runs one client connection to its end, logging its outcome once.
 /// `handshake` is this connection's place among the handshakes in flight, given back once TLS is done.
-pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, handshake: OwnedSemaphorePermit) {
+/// `connect_bytes` is its share of the CONNECT budget, drawn on only while the CONNECT is read.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    handshake: OwnedSemaphorePermit,
+    connect_bytes: Share,
+) {
     // With a trusted load balancer in front, `peer` is the client its PROXY header names (recorded once
     // read) and `proxied_by` the balancer.
     let span = info_span!(
@@ -181,7 +195,7 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, handsha
     async move {
         let started = Instant::now();
         let _active = ActiveGuard::new(&proxy.metrics);
-        let result = serve_connection(&proxy, tcp, peer, handshake).await;
+        let result = serve_connection(&proxy, tcp, peer, handshake, connect_bytes).await;
         match &result {
             Ok((stats, _)) => {
                 let m = &proxy.metrics;
@@ -215,6 +229,7 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, handsha
                     ConnError::Handshake(e) => tls::handshake_failure_label(e),
                     ConnError::ProxyProtocol(e) => e.label(),
                     ConnError::BadConnect(e) => e.label(),
+                    ConnError::OverBudget { .. } => "memory_budget",
                     ConnError::Identity(e) => e.label(),
                     ConnError::NotAllowed(e) => e.label(),
                     ConnError::ClientIdRejected { .. } => "client_id_rejected",
@@ -247,11 +262,12 @@ async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     handshake: OwnedSemaphorePermit,
+    connect_bytes: Share,
 ) -> Result<(SpliceStats, std::io::Result<()>), ConnError> {
     // Everything before the broker is contacted runs in its own heap-allocated future, freed once done:
     // a task's future is as large as its largest state for its whole life, and the checks' state
     // (buffers, identity, rules' verdicts) must not stay pinned to tens of thousands of idle connections.
-    let ready = Box::pin(prepare(proxy, tcp, peer, handshake)).await?;
+    let ready = Box::pin(prepare(proxy, tcp, peer, handshake, connect_bytes)).await?;
     forward(proxy, ready).await
 }
 
@@ -261,6 +277,7 @@ async fn prepare(
     mut tcp: TcpStream,
     peer: SocketAddr,
     handshake: OwnedSemaphorePermit,
+    mut connect_bytes: Share,
 ) -> Result<Ready, ConnError> {
     let limits = proxy.config.limits;
     // Nagle would hold back PINGRESPs and small publishes behind a delayed ACK.
@@ -296,17 +313,27 @@ async fn prepare(
     }
     let upstream_header = upstream_header(proxy, client.get_ref().1, addrs);
 
-    let (buf, connect) =
-        match tokio::time::timeout(limits.connect_timeout, read_connect(&mut client, limits.max_connect_size)).await {
-            Err(_) => return Err(ConnError::ConnectTimeout(limits.connect_timeout)),
-            Ok(Err(ConnError::BadConnect(e))) => {
-                if let Some(ack) = e.connack() {
-                    send_and_close(&mut client, &ack).await;
-                }
-                return Err(e.into());
+    let (buf, connect) = match tokio::time::timeout(
+        limits.connect_timeout,
+        read_connect(&mut client, limits.max_connect_size, &mut connect_bytes),
+    )
+    .await
+    {
+        Err(_) => return Err(ConnError::ConnectTimeout(limits.connect_timeout)),
+        Ok(Err(err @ ConnError::OverBudget { version, .. })) => {
+            return Err(match version {
+                Some(version) => refuse(&mut client, version, Refusal::ServerBusy, err).await,
+                None => err,
+            });
+        }
+        Ok(Err(ConnError::BadConnect(e))) => {
+            if let Some(ack) = e.connack() {
+                send_and_close(&mut client, &ack).await;
             }
-            Ok(r) => r?,
-        };
+            return Err(e.into());
+        }
+        Ok(r) => r?,
+    };
     let version = connect.version();
     Span::current().record("proto", version.as_str());
     Span::current().record("client_id", connect.client_id(&buf));
@@ -481,8 +508,12 @@ where
 }
 
 /// Reads until the buffer starts with a complete CONNECT; returns the buffer (CONNECT plus whatever
-/// arrived behind it) and the CONNECT's offsets.
-async fn read_connect<S: AsyncRead + Unpin>(stream: &mut S, max_len: usize) -> Result<(Vec<u8>, Connect), ConnError> {
+/// arrived behind it) and the CONNECT's offsets. The buffer grows only as far as `budget` covers.
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max_len: usize,
+    budget: &mut Share,
+) -> Result<(Vec<u8>, Connect), ConnError> {
     let mut buf = Vec::with_capacity(512);
     // The reader walks the packet from its start; re-run it only when it can decide something new:
     // while the header and protocol name are arriving, then when the announced length is here, and in
@@ -498,7 +529,11 @@ async fn read_connect<S: AsyncRead + Unpin>(stream: &mut S, max_len: usize) -> R
         }
         if buf.len() == buf.capacity() {
             // Grow geometrically but never far past the cap: the reader refuses oversize headers early.
-            buf.reserve(buf.len().clamp(512, 64 * 1024));
+            let more = buf.len().clamp(512, 64 * 1024);
+            if !budget.cover(buf.len() + more) {
+                return Err(ConnError::OverBudget { held: buf.len(), version: connect::partial_version(&buf) });
+            }
+            buf.reserve_exact(more);
         }
         if stream.read_buf(&mut buf).await.map_err(ConnError::ConnectIo)? == 0 {
             return Err(ConnError::ClosedBeforeConnect);
@@ -553,7 +588,7 @@ mod tests {
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (tcp, peer) = listener.accept().await.expect("accept");
         let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
-        let task = handle(proxy, tcp, peer, permit);
+        let task = handle(proxy, tcp, peer, permit, crate::budget::ConnectBudget::new(0).share());
         assert!(std::mem::size_of_val(&task) <= 1536, "connection future is {} bytes", std::mem::size_of_val(&task));
     }
 }

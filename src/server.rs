@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::budget::ConnectBudget;
 use crate::proxy::{self, Proxy};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop backs off instead of spinning.
@@ -21,13 +22,14 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
     serve_with(listener, proxy, caps, shutdown).await
 }
 
-/// The process-wide caps on open connections and handshakes in flight (`max_connections`,
-/// `max_handshakes`): several listeners share one, since what they protect (file descriptors,
-/// memory) belongs to the process.
+/// The process-wide caps on open connections, handshakes in flight and CONNECT bytes held
+/// (`max_connections`, `max_handshakes`, `connect_buffer_budget`): several listeners share one, since
+/// what they protect (file descriptors, memory) belongs to the process.
 #[derive(Clone)]
 pub struct Caps {
     connections: Arc<Semaphore>,
     handshakes: Arc<Semaphore>,
+    connect_bytes: ConnectBudget,
 }
 
 impl Caps {
@@ -35,6 +37,7 @@ impl Caps {
         Caps {
             connections: Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS))),
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes.min(Semaphore::MAX_PERMITS))),
+            connect_bytes: ConnectBudget::new(limits.connect_buffer_budget),
         }
     }
 }
@@ -43,7 +46,7 @@ impl Caps {
 pub async fn serve_with(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let force_close = CancellationToken::new();
-    let Caps { connections, handshakes } = caps;
+    let Caps { connections, handshakes, connect_bytes } = caps;
     proxy.health.set_listening(true);
     if let Ok(addr) = listener.local_addr() {
         // `listener` is left out for the unnamed (single) listener.
@@ -69,12 +72,13 @@ pub async fn serve_with(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, sh
                     };
                     let proxy = proxy.clone();
                     let force_close = force_close.clone();
+                    let connect_bytes = connect_bytes.share();
                     // A panic in one connection ends only that task: tokio catches it at the task boundary.
                     tracker.spawn(async move {
                         let _permit = permit;
                         tokio::select! {
                             _ = force_close.cancelled() => {}
-                            _ = proxy::handle(proxy, tcp, peer, handshake) => {}
+                            _ = proxy::handle(proxy, tcp, peer, handshake, connect_bytes) => {}
                         }
                     });
                 }

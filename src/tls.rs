@@ -338,7 +338,8 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
         CheckedTickets::wrap(ticketer().map_err(|e| TlsError::Verifier { setting: "tls", reason: e.to_string() })?);
     // One ticket per handshake: a device reconnects with one, and each ticket costs an encryption.
     config.send_tls13_tickets = 1;
-    config.session_storage = CheckedSessions::wrap(rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES));
+    config.session_storage =
+        CheckedSessions::wrap(rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES));
     let loaded_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let certificates = Arc::new(Certificates { loaded_at, server_chain, client_ca, sni });
     Ok(Loaded { config: Arc::new(config), leaf, certificates })

@@ -1,45 +1,39 @@
 //! mqtls: terminates MQTT-over-TLS, maps the client certificate onto the MQTT CONNECT's username, and
 //! splices the rest of the connection to a plain-TCP broker untouched.
 //!
-//! A connection's life, one module per stage:
-//! [`tls`] handshake → [`connect`] read and edit the first packet → [`authorize`] allow rules →
-//! [`identity`] certificate → username →
-//! [`upstream`] broker connect → [`splice`] bytes both ways. [`proxy`] runs those stages for one
-//! connection, [`server`] accepts and drains, [`reload`] swaps in rotated TLS files, [`config`] and
-//! [`signal`] sit at the edges; [`admin`], [`metrics`] and [`service_manager`] are for operators.
+//! The folders follow a connection's life and what surrounds it:
+//! - [`config`]: the command line and the file, merged once into validated settings;
+//! - [`tls`]: the rustls server configuration built from the files on disk, and resumption that never
+//!   outlives a client certificate;
+//! - [`conn`]: one connection, stage by stage: accept, PROXY header, TLS handshake, CONNECT, identity,
+//!   broker, splice;
+//! - [`mqtt`]: the CONNECT reader/editor (where the username is rewritten) and the CONNACKs;
+//! - [`x509`]: certificate → username, allow rules, certificate descriptions;
+//! - [`reload`]: rotated TLS files and SIGHUP;
+//! - [`ops`]: admin endpoints, metrics, logging, signals, systemd.
 #![forbid(unsafe_code)]
 // Nothing reachable from the network may panic: no unwrap/expect/indexing/panic outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
-pub mod admin;
-pub mod authorize;
-pub mod budget;
-pub mod busy_poll;
-pub mod certinfo;
 pub mod config;
-pub mod connect;
-pub mod identity;
-pub mod logging;
-pub mod metrics;
-pub mod proxy;
-pub mod proxy_protocol;
+pub mod conn;
+pub mod mqtt;
+pub mod ops;
 pub mod reload;
-pub mod resumption;
-pub mod server;
-pub mod service_manager;
-pub mod signal;
-pub mod splice;
 pub mod tls;
-pub mod upstream;
+pub mod x509;
 
-pub use proxy::Proxy;
-pub use server::serve;
+pub use conn::accept::serve;
+pub use conn::handle::Proxy;
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use conn::accept as server;
+use ops::{admin, service_manager};
 
 /// One listener as [`run`] takes it: the bound socket, its proxy, and (optionally) the reloader that
 /// rotates its TLS files.

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use mqtls::config::{Cli, Command, Config, RunArgs};
-use mqtls::metrics::Metrics;
+use mqtls::ops::metrics::Metrics;
 use mqtls::reload::{ConfigReload, Reloader};
-use mqtls::{identity, logging, tls, Proxy};
+use mqtls::{ops::logging, tls, x509::identity, Proxy};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
@@ -125,7 +125,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             None => None,
         };
         let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(mqtls::signal::watch(shutdown.clone()));
+        let signals = tokio::spawn(mqtls::ops::signal::watch(shutdown.clone()));
         // On a worker, not on this (the main) thread: with `threads = 1` the accept loop then shares
         // the one worker instead of waking a second thread for every connection.
         let served = tokio::spawn(mqtls::run(listeners, admin, shutdown)).await;

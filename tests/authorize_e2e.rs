@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use mqtls::authorize::{RuleKind, Rules};
 use mqtls::config::{ClientAuth, ClientIdPolicy, Config};
+use mqtls::x509::rules::{RuleKind, Rules};
 use rcgen::{DnType, SanType};
 use tokio::io::AsyncWriteExt;
 

@@ -4,7 +4,7 @@
 //! and editor against it, example tests pin down each refusal, and captured `mosquitto_pub`
 //! packets in `tests/data` check interoperability with a real client.
 
-use mqtls::connect::*;
+use mqtls::mqtt::connect::*;
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------

@@ -210,7 +210,8 @@ async fn the_example_mosquitto_config_confines_a_device_to_its_own_topics_behind
     let broker = ExampleBroker::start();
     let pki = Pki::new();
     let mqtls =
-        Mqtls::start(pki.config(mqtls::upstream::Upstream::Tcp { host: "127.0.0.1".into(), port: broker.port })).await;
+        Mqtls::start(pki.config(mqtls::conn::upstream::Upstream::Tcp { host: "127.0.0.1".into(), port: broker.port }))
+            .await;
     let mut seen = Monitor::on_port(broker.port, "#").await;
 
     let device = pki.ca.client("device-42");

@@ -3,7 +3,7 @@
 //! without running a fuzzer.
 //!
 //! The checks live in `fuzz/checks/connect_roundtrip.rs` and are included here verbatim; they use
-//! only the public `mqtls::connect` API.
+//! only the public `mqtls::mqtt::connect` API.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mqtls::upstream::Upstream;
+use mqtls::conn::upstream::Upstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -256,7 +256,7 @@ async fn two_thousand_handshakes_that_never_complete_cost_bounded_memory_and_blo
     let mqtls = Binary::start(
         &pki,
         &format!("127.0.0.1:{}", broker.port),
-        &["--handshake-timeout", "3s", "--log-level", "warn,mqtls::proxy=error"],
+        &["--handshake-timeout", "3s", "--log-level", "warn,mqtls::conn::handle=error"],
     );
     let before = mqtls.rss_kib();
     // Each sends a TLS record header announcing a ClientHello, and nothing more.

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use mqtls::identity::{self, IdentityError, UsernameFrom};
+use mqtls::x509::identity::{self, IdentityError, UsernameFrom};
 use rcgen::string::{BmpString, Ia5String, UniversalString};
 use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, KeyPair, SanType};
 use tempfile::TempDir;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mqtls::upstream::Upstream;
+use mqtls::conn::upstream::Upstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The promise: a rotated file is in use within 2 s of the rename.

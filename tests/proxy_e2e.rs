@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use common::*;
 use mqtls::config::{ClientAuth, ClientUsername, PasswordPolicy};
-use mqtls::identity::UsernameFrom;
-use mqtls::upstream::Upstream;
+use mqtls::conn::upstream::Upstream;
+use mqtls::x509::identity::UsernameFrom;
 use rcgen::{DnType, SanType};
 use tokio::io::AsyncWriteExt;
 

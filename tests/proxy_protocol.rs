@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use mqtls::config::Config;
-use mqtls::proxy_protocol::UpstreamProxyProtocol;
+use mqtls::conn::proxy_protocol::UpstreamProxyProtocol;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -80,7 +80,7 @@ fn only_ssl_tlv(header: &ppp::v2::Header<'_>) -> Vec<u8> {
     tlvs[0].value.to_vec()
 }
 
-async fn start(pki: &Pki, upstream: mqtls::upstream::Upstream, edit: impl FnOnce(&mut Config)) -> Mqtls {
+async fn start(pki: &Pki, upstream: mqtls::conn::upstream::Upstream, edit: impl FnOnce(&mut Config)) -> Mqtls {
     init_logs();
     let mut config = pki.config(upstream);
     edit(&mut config);
@@ -123,7 +123,7 @@ async fn expect_metric(proxy: &Mqtls, line: &str) {
 
 fn trusting(ranges: &[&str]) -> impl FnOnce(&mut Config) {
     let ranges: Vec<ipnet::IpNet> =
-        ranges.iter().map(|r| mqtls::proxy_protocol::parse_source_range(r).expect("range")).collect();
+        ranges.iter().map(|r| mqtls::conn::proxy_protocol::parse_source_range(r).expect("range")).collect();
     move |c| c.proxy_protocol.accept_from = ranges
 }
 

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mqtls::config::{Config, ReloadSettings};
+use mqtls::conn::upstream::Upstream;
 use mqtls::reload::{ReloadOutcome, ReloadReason, Reloader};
 use mqtls::tls::{TlsError, Validity};
-use mqtls::upstream::Upstream;
 use rcgen::{DnType, SerialNumber};
 use rustls::pki_types::CertificateDer;
 use tokio::io::AsyncWriteExt;
@@ -546,7 +546,7 @@ fn reloads_are_counted_and_the_expiry_metric_follows_the_new_certificate() {
     let pki = Pki::new();
     let mut config = pki.config(no_upstream());
     config.reload = watch_only();
-    let metrics = std::sync::Arc::new(mqtls::metrics::Metrics::new());
+    let metrics = std::sync::Arc::new(mqtls::ops::metrics::Metrics::new());
     let r = Reloader::new(config.tls, watch_only(), metrics.clone()).expect("valid");
     let next = pki.ca.issue(false, |p| {
         p.distinguished_name.push(DnType::CommonName, "rotated");

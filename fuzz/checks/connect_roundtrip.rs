@@ -4,7 +4,7 @@
 //! Included by both with `#[path]`, so it may use only mqtls' public API and std. A failed check
 //! panics: that is how libFuzzer and the test harness both learn about it.
 
-use mqtls::connect::{
+use mqtls::mqtt::connect::{
     announced_len, edit, read_connect, Connect, ConnectError, Edit, DEFAULT_MAX_CONNECT_LEN, MAX_REMAINING_LEN,
 };
 
@@ -23,7 +23,7 @@ const CLIENT_IDS: [&str; 2] = ["", "device-42-device-42-device-42-device-42-devi
 /// the check linear-ish in the input size.
 const PREFIXES_CHECKED: usize = 32;
 
-/// Feeds `data` to every public entry point of `mqtls::connect` and panics if any outcome breaks
+/// Feeds `data` to every public entry point of `mqtls::mqtt::connect` and panics if any outcome breaks
 /// the reader's or the editor's contract.
 pub fn check_connect_roundtrip(data: &[u8]) {
     let announced = announced_len(data);

@@ -8,7 +8,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mqtls::connect::{edit, read_connect, ConnectError, Edit, ProtocolVersion, DEFAULT_MAX_CONNECT_LEN};
+use mqtls::mqtt::connect::{edit, read_connect, ConnectError, Edit, ProtocolVersion, DEFAULT_MAX_CONNECT_LEN};
 
 #[path = "../checks/connect_roundtrip.rs"]
 mod connect_roundtrip;

@@ -13,9 +13,9 @@ use mqtls::config::{
     ClientAuth, ClientIdPolicy, ClientUsername, Config, IdentityPolicy, Limits, LogFormat, PasswordPolicy,
     ReloadSettings, TlsSettings,
 };
-use mqtls::identity::UsernameFrom;
+use mqtls::conn::upstream::Upstream;
 use mqtls::reload::Reloader;
-use mqtls::upstream::Upstream;
+use mqtls::x509::identity::UsernameFrom;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
@@ -378,7 +378,7 @@ impl Mqtls {
 
     /// Like `start`, with a running reloader (watch, debounce, SIGHUP, re-check as `config.reload` says).
     pub async fn start_reloading(config: Config) -> (Mqtls, Arc<Reloader>) {
-        let metrics = Arc::new(mqtls::metrics::Metrics::new());
+        let metrics = Arc::new(mqtls::ops::metrics::Metrics::new());
         let reloader =
             Arc::new(Reloader::new(config.tls.clone(), config.reload, metrics.clone()).expect("valid TLS config"));
         let proxy = mqtls::Proxy::with_tls(config, reloader.handle(), metrics);

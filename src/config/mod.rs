@@ -12,14 +12,14 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
-use crate::authorize::{RuleKind, Rules};
-use crate::identity::UsernameFrom;
-use crate::proxy_protocol::{self, ProxyProtocolSettings, UpstreamProxyProtocol};
-use crate::upstream::Upstream;
+use crate::conn::proxy_protocol::{self, ProxyProtocolSettings, UpstreamProxyProtocol};
+use crate::conn::upstream::Upstream;
+use crate::x509::identity::UsernameFrom;
+use crate::x509::rules::{RuleKind, Rules};
 
 /// Largest CONNECT mqtls buffers by default: ample for long MQTT 5 property lists, small enough that a
 /// flood of half-sent CONNECTs costs little.
-pub const DEFAULT_MAX_CONNECT_SIZE: usize = crate::connect::DEFAULT_MAX_CONNECT_LEN;
+pub const DEFAULT_MAX_CONNECT_SIZE: usize = crate::mqtt::connect::DEFAULT_MAX_CONNECT_LEN;
 
 /// Enough for a large fleet per replica, while keeping a file-descriptor exhaustion from taking the
 /// process down with it (each connection holds two descriptors).
@@ -30,7 +30,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// what a reconnect storm of real devices has in flight on one replica.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 4096;
 
-/// CONNECT bytes held at once beyond each connection's free 4 KiB (see [`crate::budget`]): 128
+/// CONNECT bytes held at once beyond each connection's free 4 KiB (see [`crate::conn::budget`]): 128
 /// CONNECTs at the 256 KiB cap in flight together, far more than real devices ever send at once, and
 /// with `max_handshakes`' worst case (~52 MiB) well inside the Kubernetes example's 256 MiB limit.
 pub const DEFAULT_CONNECT_BUFFER_BUDGET: usize = 32 * 1024 * 1024;

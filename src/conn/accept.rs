@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::budget::ConnectBudget;
-use crate::proxy::{self, Proxy};
+use crate::conn::budget::ConnectBudget;
+use crate::conn::handle::{self as proxy, Proxy};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop backs off instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);

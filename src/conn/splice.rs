@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::busy_poll::BusyPoll;
+use crate::conn::busy_poll::BusyPoll;
 
 /// How long the broker may keep answering after the client half-closed, before both sides are closed.
 pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(10);

@@ -36,7 +36,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use crate::identity;
+use crate::x509::identity;
 
 /// The certificate field a rule is matched against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,10 +34,10 @@ use tracing::{debug, error, info, warn};
 
 use arc_swap::ArcSwap;
 
-use crate::authorize::Rules;
 use crate::config::{Config, ConfigError, ReloadSettings, RunArgs, TlsSettings};
-use crate::metrics::{Metrics, ResultLabel};
+use crate::ops::metrics::{Metrics, ResultLabel};
 use crate::tls::{self, LeafInfo, TlsError, TlsFiles, TlsHandle, Validity};
+use crate::x509::rules::Rules;
 
 /// However busy a directory is, a burst of events delays the reload by at most this many debounce
 /// periods: keeps "new files in use within 2 s" true next to a file that is rewritten continuously.
@@ -330,7 +330,7 @@ impl ConfigReload {
         };
         let rules_changed = **self.rules.load() != new.authz;
         if rules_changed {
-            let counts: Vec<String> = crate::authorize::RuleKind::ALL
+            let counts: Vec<String> = crate::x509::rules::RuleKind::ALL
                 .iter()
                 .map(|&k| format!("{}={}", k.setting(), new.authz.patterns(k).len()))
                 .collect();

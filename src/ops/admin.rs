@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::proxy::Proxy;
+use crate::conn::handle::Proxy;
 
 /// How long one admin request may take end to end; probes must never pile up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::identity::{name_rfc2253, sha256_hex};
+use crate::x509::identity::{name_rfc2253, sha256_hex};
 
 /// A certificate, described.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -13,18 +13,18 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
-use crate::admin::Health;
-use crate::authorize::{self, Refused, Rules};
-use crate::budget::Share;
-use crate::busy_poll::BusyPoll;
 use crate::config::{ClientIdPolicy, ClientUsername, Config, PasswordPolicy};
-use crate::connect::{self, Connect, ConnectError, Edit, ProtocolVersion, Refusal};
-use crate::identity::{self, IdentityError};
-use crate::metrics::{DirectionLabel, Metrics, ReasonLabel};
-use crate::proxy_protocol::{self, ClientAddrs, InboundError, TlsFacts, UpstreamProxyProtocol};
-use crate::splice::{splice, SpliceStats};
+use crate::conn::budget::Share;
+use crate::conn::busy_poll::BusyPoll;
+use crate::conn::proxy_protocol::{self, ClientAddrs, InboundError, TlsFacts, UpstreamProxyProtocol};
+use crate::conn::splice::{splice, SpliceStats};
+use crate::conn::upstream::{UpstreamError, UpstreamStream};
+use crate::mqtt::connect::{self, Connect, ConnectError, Edit, ProtocolVersion, Refusal};
+use crate::ops::admin::Health;
+use crate::ops::metrics::{DirectionLabel, Metrics, ReasonLabel};
 use crate::tls::{self, TlsError, TlsFiles, TlsHandle};
-use crate::upstream::{UpstreamError, UpstreamStream};
+use crate::x509::identity::{self, IdentityError};
+use crate::x509::rules::{self as authorize, Refused, Rules};
 
 /// How long a refusal CONNACK may take to leave: a client that doesn't read must not hold the task.
 const CONNACK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -588,7 +588,7 @@ mod tests {
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (tcp, peer) = listener.accept().await.expect("accept");
         let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
-        let task = handle(proxy, tcp, peer, permit, crate::budget::ConnectBudget::new(0).share());
+        let task = handle(proxy, tcp, peer, permit, crate::conn::budget::ConnectBudget::new(0).share());
         assert!(std::mem::size_of_val(&task) <= 1536, "connection future is {} bytes", std::mem::size_of_val(&task));
     }
 }

@@ -20,11 +20,13 @@ use rustls::{RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
+pub mod resumption;
+
 use serde::Serialize;
 
-use crate::certinfo::CertInfo;
 use crate::config::{ClientAuth, TlsSettings};
-use crate::resumption::{CheckedSessions, CheckedTickets};
+use crate::x509::cert::CertInfo;
+use resumption::{CheckedSessions, CheckedTickets};
 
 /// Why the TLS configuration could not be built. Each names the setting and the file.
 #[derive(Debug, thiserror::Error)]

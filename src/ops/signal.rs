@@ -13,7 +13,7 @@ pub async fn watch(shutdown: CancellationToken) -> std::io::Result<()> {
         _ = int.recv() => "SIGINT",
     };
     info!(signal = name, "shutting down: draining connections");
-    crate::service_manager::stopping();
+    crate::ops::service_manager::stopping();
     shutdown.cancel();
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",

@@ -840,7 +840,7 @@ async fn idle(target: Target, count: usize, concurrency: usize, hold_file: &Path
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mqtls::config::{Config, RunArgs};
+    use mqtls::config::{Config, Layer, RunArgs};
     use tokio_util::sync::CancellationToken;
 
     /// The benchmark PKI in a temporary directory (kept while the first value lives) and a running sink.
@@ -861,18 +861,22 @@ mod tests {
         let (_dir, certs, sink_addr, sink_task) = certs_and_sink().await;
 
         let args = RunArgs {
-            upstream: Some(sink_addr.to_string()),
-            cert: Some(certs.join("server.crt")),
-            key: Some(certs.join("server.key")),
-            client_ca: Some(certs.join("ca.crt")),
+            settings: Layer {
+                listen: Some("127.0.0.1:0".into()),
+                upstream: Some(sink_addr.to_string()),
+                cert: Some(certs.join("server.crt")),
+                key: Some(certs.join("server.key")),
+                client_ca: Some(certs.join("ca.crt")),
+                ..Layer::default()
+            },
             ..RunArgs::default()
         };
-        let proxy = Arc::new(mqtls::Proxy::new(Config::load(&args).expect("config")).expect("tls"));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mqtls");
-        let target =
-            Target { addr: listener.local_addr().expect("addr"), certs: certs.clone(), plain: false, tls12: false };
+        // Built as the binary builds it.
+        let app = mqtls::App::bind(Config::load(&args).expect("config"), None).await.expect("app");
+        let addr = *app.listen_addrs().first().expect("listener");
+        let target = Target { addr, certs: certs.clone(), plain: false, tls12: false };
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(mqtls::serve(listener, proxy, shutdown.clone()));
+        let server = tokio::spawn(app.run(shutdown.clone()));
 
         let full = storm(target.clone(), 4, Duration::from_secs(1), false).await.expect("handshakes");
         assert!(full["ok"].as_u64().unwrap_or(0) > 0, "{full}");

@@ -31,7 +31,7 @@ async fn setup(extra_ca: Option<&Ca>, edit: impl FnOnce(&mut Config)) -> Setup {
     if let Some(ca) = extra_ca {
         let bundle = pki.path("client-cas.pem");
         write_file(&bundle, &format!("{}{}", pki.ca.pem, ca.pem));
-        config.tls.client_ca = Some(bundle);
+        config.listeners[0].tls.client_ca = Some(bundle);
     }
     edit(&mut config);
     let proxy = Mqtls::start(config).await;
@@ -110,7 +110,7 @@ async fn allow_matrix(s: &Setup, allowed: &[(&str, Leaf)], refused: &[(&str, Lea
 
 #[tokio::test(flavor = "multi_thread")]
 async fn allow_cn_admits_matching_cns_only() {
-    let s = setup(None, |c| c.authz = rules(RuleKind::Cn, &["device-*"])).await;
+    let s = setup(None, |c| c.listeners[0].authz = rules(RuleKind::Cn, &["device-*"])).await;
     let ca = &s.pki.ca;
     allow_matrix(
         &s,
@@ -122,7 +122,7 @@ async fn allow_cn_admits_matching_cns_only() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn allow_ou_admits_certificates_with_a_matching_ou() {
-    let s = setup(None, |c| c.authz = rules(RuleKind::Ou, &["Fleet A"])).await;
+    let s = setup(None, |c| c.listeners[0].authz = rules(RuleKind::Ou, &["Fleet A"])).await;
     let with_ou = |ou: &str| {
         s.pki.ca.issue(true, |p| {
             p.distinguished_name.push(DnType::CommonName, "device-1");
@@ -146,7 +146,7 @@ fn with_sans(ca: &Ca, sans: Vec<SanType>) -> Leaf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn allow_dns_admits_certificates_with_a_matching_dns_name() {
-    let s = setup(None, |c| c.authz = rules(RuleKind::Dns, &["*.fleet.example.org"])).await;
+    let s = setup(None, |c| c.listeners[0].authz = rules(RuleKind::Dns, &["*.fleet.example.org"])).await;
     let dns = |d: &str| with_sans(&s.pki.ca, vec![SanType::DnsName(d.try_into().expect("ia5"))]);
     allow_matrix(
         &s,
@@ -158,7 +158,7 @@ async fn allow_dns_admits_certificates_with_a_matching_dns_name() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn allow_uri_glob_stays_within_one_path_segment() {
-    let s = setup(None, |c| c.authz = rules(RuleKind::Uri, &["spiffe://example.org/sensors/*"])).await;
+    let s = setup(None, |c| c.listeners[0].authz = rules(RuleKind::Uri, &["spiffe://example.org/sensors/*"])).await;
     let uri = |u: &str| with_sans(&s.pki.ca, vec![SanType::URI(u.try_into().expect("ia5"))]);
     allow_matrix(
         &s,
@@ -175,15 +175,15 @@ async fn allow_uri_glob_stays_within_one_path_segment() {
 async fn allow_issuer_admits_certificates_of_the_named_ca_only() {
     let other = Ca::new("Other CA");
     // Both CAs are trusted for the handshake; only the test CA is allowed.
-    let s = setup(Some(&other), |c| c.authz = rules(RuleKind::Issuer, &["CN=mqtls test CA"])).await;
+    let s = setup(Some(&other), |c| c.listeners[0].authz = rules(RuleKind::Issuer, &["CN=mqtls test CA"])).await;
     allow_matrix(&s, &[("issuer", s.pki.ca.client("device-1"))], &[("issuer", other.client("device-1"))]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_without_a_certificate_is_not_subject_to_the_rules() {
     let s = setup(None, |c| {
-        c.tls.client_auth = ClientAuth::Optional;
-        c.authz = rules(RuleKind::Cn, &["nobody"]);
+        c.listeners[0].tls.client_auth = ClientAuth::Optional;
+        c.listeners[0].authz = rules(RuleKind::Cn, &["nobody"]);
     })
     .await;
     let _anon = expect_accepted(&s, None, 4, "anonymous-client").await;
@@ -207,7 +207,7 @@ async fn without_from_identity_a_second_device_kicks_the_first_off_a_shared_clie
 
 #[tokio::test(flavor = "multi_thread")]
 async fn from_identity_gives_each_device_its_own_client_id() {
-    let s = setup(None, |c| c.identity.client_id = ClientIdPolicy::FromIdentity).await;
+    let s = setup(None, |c| c.listeners[0].identity.client_id = ClientIdPolicy::FromIdentity).await;
     let (a, b) = (s.pki.ca.client("dev-a"), s.pki.ca.client("dev-b"));
     let mut first = expect_accepted(&s, Some(&a), 4, "shared").await;
     let mut second = expect_accepted(&s, Some(&b), 5, "shared").await;
@@ -222,7 +222,7 @@ async fn from_identity_gives_each_device_its_own_client_id() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn require_prefix_refuses_a_client_id_not_starting_with_the_identity() {
-    let s = setup(None, |c| c.identity.client_id = ClientIdPolicy::RequirePrefix).await;
+    let s = setup(None, |c| c.listeners[0].identity.client_id = ClientIdPolicy::RequirePrefix).await;
     let a = s.pki.ca.client("dev-a");
     expect_refused(&s, Some(&a), 4, "dev-b", &ID_REJECTED_V4).await;
     expect_refused(&s, Some(&a), 5, "shared", &ID_REJECTED_V5).await;

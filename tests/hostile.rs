@@ -75,7 +75,7 @@ async fn random_bytes_instead_of_a_client_hello_are_closed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_done_but_no_connect_sent_is_closed_at_the_connect_deadline() {
-    let rig = rig(|c| c.limits.connect_timeout = Duration::from_millis(500)).await;
+    let rig = rig(|c| c.global.limits.connect_timeout = Duration::from_millis(500)).await;
     let device = rig.pki.ca.client("device-42");
     let mut silent = tls_connect(rig.proxy.port(), client_tls(&rig.pki, Some(&device))).await.expect("tls");
     let connected = Instant::now();
@@ -236,7 +236,7 @@ async fn a_broker_that_accepts_but_never_answers_gets_the_client_connack_server_
     })
     .await;
     let mut config = pki.config(upstream);
-    config.limits.connack_timeout = Duration::from_millis(500);
+    config.global.limits.connack_timeout = Duration::from_millis(500);
     let proxy = Mqtls::start(config).await;
     let device = pki.ca.client("device-42");
     let mut tls = tls_connect(proxy.port(), client_tls(&pki, Some(&device))).await.expect("tls");

@@ -197,7 +197,7 @@ async fn alpn_negotiates_a_configured_protocol_and_refuses_others() {
     let pki = Pki::new();
     let broker = Mosquitto::start();
     let mut config = pki.config(broker.upstream());
-    config.tls.alpn = vec!["mqtt".into(), "x-amzn-mqtt-ca".into()];
+    config.listeners[0].tls.alpn = vec!["mqtt".into(), "x-amzn-mqtt-ca".into()];
     let mqtls = Mqtls::start(config).await;
     let device = client_tls(&pki, Some(&pki.ca.client("device-1")));
 

@@ -167,7 +167,7 @@ async fn drain_turns_readiness_off_and_lets_a_live_session_finish() {
     let broker = Mosquitto::start();
     let mut config = pki.config(broker.upstream());
     // Far longer than the test: the drain must end because the session did, not at the deadline.
-    config.drain_timeout = Duration::from_secs(30);
+    config.global.drain_timeout = Duration::from_secs(30);
     let mut proxy = Mqtls::start_with_admin(config).await;
     let admin = proxy.admin.expect("admin");
     eventually("ready", || async { http_get(admin, "/readyz").await.0 == 200 }).await;
@@ -205,7 +205,7 @@ async fn connections_past_the_limit_are_closed_at_once_and_counted() {
     let pki = Pki::new();
     let broker = Mosquitto::start();
     let mut config = pki.config(broker.upstream());
-    config.limits.max_connections = 1;
+    config.global.limits.max_connections = 1;
     let proxy = Mqtls::start_with_admin(config).await;
     let device = pki.ca.client("device-42");
     let mut first = tls_connect(proxy.port(), client_tls(&pki, Some(&device))).await.expect("tls");

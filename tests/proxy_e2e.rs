@@ -89,7 +89,7 @@ async fn password_keep_passes_the_password_on() {
     let pki = Pki::new();
     let (upstream, captured) = capturing_upstream().await;
     let mut config = pki.config(upstream);
-    config.identity.password = PasswordPolicy::Keep;
+    config.listeners[0].identity.password = PasswordPolicy::Keep;
     let proxy = Mqtls::start(config).await;
     let device = pki.ca.client("device-42");
     let mut tls = tls_connect(proxy.port(), client_tls(&pki, Some(&device))).await.expect("tls");
@@ -101,7 +101,7 @@ async fn password_keep_passes_the_password_on() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reject_mode_refuses_a_different_username_with_connack_not_authorized() {
-    let s = rig(|c| c.identity.client_username = ClientUsername::Reject).await;
+    let s = rig(|c| c.listeners[0].identity.client_username = ClientUsername::Reject).await;
     let device = s.pki.ca.client("device-42");
     for (level, expected) in [(3u8, vec![0x20, 2, 0, 5]), (4, vec![0x20, 2, 0, 5]), (5, vec![0x20, 3, 0, 0x87, 0])] {
         let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&device))).await.expect("tls");
@@ -113,7 +113,7 @@ async fn reject_mode_refuses_a_different_username_with_connack_not_authorized() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reject_mode_accepts_the_matching_or_an_absent_username() {
-    let s = rig(|c| c.identity.client_username = ClientUsername::Reject).await;
+    let s = rig(|c| c.listeners[0].identity.client_username = ClientUsername::Reject).await;
     let device = s.pki.ca.client("device-42");
     for username in [Some("device-42"), None] {
         let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&device))).await.expect("tls");
@@ -132,14 +132,14 @@ async fn broker_username(from: UsernameFrom, leaf: &Leaf, s: &Rig) -> String {
 }
 
 async fn identity_source(from: UsernameFrom, edit: impl FnOnce(&mut rcgen::CertificateParams), expected: &str) {
-    let s = rig(|c| c.identity.username_from = from).await;
+    let s = rig(|c| c.listeners[0].identity.username_from = from).await;
     let leaf = s.pki.ca.issue(true, edit);
     assert_eq!(broker_username(from, &leaf, &s).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn username_from_subject_is_what_openssl_prints_as_rfc2253() {
-    let s = rig(|c| c.identity.username_from = UsernameFrom::Subject).await;
+    let s = rig(|c| c.listeners[0].identity.username_from = UsernameFrom::Subject).await;
     let leaf = s.pki.ca.issue(true, |p| {
         p.distinguished_name.push(DnType::CountryName, "GB");
         p.distinguished_name.push(DnType::OrganizationName, "Acme, Inc.");
@@ -196,7 +196,7 @@ async fn username_from_san_email_is_the_first_email() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn username_from_sha256_is_the_certificate_fingerprint() {
-    let s = rig(|c| c.identity.username_from = UsernameFrom::Sha256).await;
+    let s = rig(|c| c.listeners[0].identity.username_from = UsernameFrom::Sha256).await;
     let leaf = s.pki.ca.client("device-42");
     let expected: String = {
         use sha2::Digest;
@@ -207,7 +207,7 @@ async fn username_from_sha256_is_the_certificate_fingerprint() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_without_the_selected_field_is_refused_as_not_authorized() {
-    let s = rig(|c| c.identity.username_from = UsernameFrom::SanUri).await;
+    let s = rig(|c| c.listeners[0].identity.username_from = UsernameFrom::SanUri).await;
     let leaf = s.pki.ca.client("device-42");
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&leaf))).await.expect("tls");
     tls.write_all(&packet::connect(5, "c", None, None)).await.expect("write");
@@ -272,7 +272,7 @@ async fn revoked_certificate_is_refused() {
     std::fs::write(&crl, pki.ca.crl(&[666])).expect("crl");
     let broker = Mosquitto::start();
     let mut config = pki.config(broker.upstream());
-    config.tls.crls = vec![crl];
+    config.listeners[0].tls.crls = vec![crl];
     let proxy = Mqtls::start(config).await;
     let s = Rig { pki, broker, proxy };
     let revoked = s.pki.ca.issue(true, |p| {
@@ -285,7 +285,7 @@ async fn revoked_certificate_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn optional_auth_passes_a_certificateless_client_unmodified() {
-    let s = rig(|c| c.tls.client_auth = ClientAuth::Optional).await;
+    let s = rig(|c| c.listeners[0].tls.client_auth = ClientAuth::Optional).await;
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, None)).await.expect("tls");
     tls.write_all(&packet::connect(4, "c", Some("password-device"), Some(b"pw"))).await.expect("write");
     assert_eq!(read_exact_within(&mut tls, 4).await.expect("connack"), [0x20, 2, 0, 0]);
@@ -294,7 +294,7 @@ async fn optional_auth_passes_a_certificateless_client_unmodified() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn optional_auth_maps_a_presented_certificate() {
-    let s = rig(|c| c.tls.client_auth = ClientAuth::Optional).await;
+    let s = rig(|c| c.listeners[0].tls.client_auth = ClientAuth::Optional).await;
     let leaf = s.pki.ca.client("device-42");
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&leaf))).await.expect("tls");
     tls.write_all(&packet::connect(4, "c", Some("password-device"), Some(b"pw"))).await.expect("write");
@@ -304,7 +304,7 @@ async fn optional_auth_maps_a_presented_certificate() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn optional_auth_still_refuses_an_untrusted_certificate() {
-    let s = rig(|c| c.tls.client_auth = ClientAuth::Optional).await;
+    let s = rig(|c| c.listeners[0].tls.client_auth = ClientAuth::Optional).await;
     let leaf = Ca::new("rogue").client("device-42");
     handshake_refused(&s, Some(&leaf), &s.pki).await;
 }
@@ -315,7 +315,7 @@ async fn auth_none_passes_the_connect_unmodified() {
     let pki = Pki::new();
     let (upstream, captured) = capturing_upstream().await;
     let mut config = pki.config(upstream);
-    config.tls.client_auth = ClientAuth::None;
+    config.listeners[0].tls.client_auth = ClientAuth::None;
     let proxy = Mqtls::start(config).await;
     let mut tls = tls_connect(proxy.port(), client_tls(&pki, None)).await.expect("tls");
     let connect = packet::connect(4, "c", Some("user"), Some(b"pw"));
@@ -397,7 +397,7 @@ async fn a_publish_as_first_packet_is_closed_without_reaching_the_broker() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connect_that_stalls_is_closed_at_the_deadline() {
-    let s = rig(|c| c.limits.connect_timeout = Duration::from_millis(300)).await;
+    let s = rig(|c| c.global.limits.connect_timeout = Duration::from_millis(300)).await;
     let leaf = s.pki.ca.client("device-42");
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&leaf))).await.expect("tls");
     let connect = packet::connect(4, "c", None, None);
@@ -409,7 +409,7 @@ async fn a_connect_that_stalls_is_closed_at_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connect_header_over_the_size_cap_is_refused_without_waiting_for_the_body() {
-    let s = rig(|c| c.limits.max_connect_size = 1024).await;
+    let s = rig(|c| c.global.limits.max_connect_size = 1024).await;
     let leaf = s.pki.ca.client("device-42");
     let mut tls = tls_connect(s.proxy.port(), client_tls(&s.pki, Some(&leaf))).await.expect("tls");
     tls.write_all(&[0x10, 0xff, 0xff, 0xff, 0x7f]).await.expect("write");

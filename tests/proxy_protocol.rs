@@ -124,7 +124,7 @@ async fn expect_metric(proxy: &Mqtls, line: &str) {
 fn trusting(ranges: &[&str]) -> impl FnOnce(&mut Config) {
     let ranges: Vec<ipnet::IpNet> =
         ranges.iter().map(|r| mqtls::conn::proxy_protocol::parse_source_range(r).expect("range")).collect();
-    move |c| c.proxy_protocol.accept_from = ranges
+    move |c| c.listeners[0].proxy_protocol.accept_from = ranges
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ fn trusting(ranges: &[&str]) -> impl FnOnce(&mut Config) {
 async fn v2_header_carries_the_client_address_and_tls_facts_then_the_edited_connect() {
     let pki = Pki::new();
     let (upstream, captured) = capturing_upstream().await;
-    let proxy = start(&pki, upstream, |c| c.proxy_protocol.upstream = UpstreamProxyProtocol::V2).await;
+    let proxy = start(&pki, upstream, |c| c.listeners[0].proxy_protocol.upstream = UpstreamProxyProtocol::V2).await;
     let device = pki.ca.client("device-42");
     let mut tls = tls_connect(proxy.port(), client_tls(&pki, Some(&device))).await.expect("handshake");
     let client_addr = tls.get_ref().0.local_addr().expect("addr");
@@ -165,7 +165,7 @@ async fn v2_header_carries_the_client_address_and_tls_facts_then_the_edited_conn
 async fn v2_header_names_tls_1_2_when_the_client_negotiated_it() {
     let pki = Pki::new();
     let (upstream, captured) = capturing_upstream().await;
-    let proxy = start(&pki, upstream, |c| c.proxy_protocol.upstream = UpstreamProxyProtocol::V2).await;
+    let proxy = start(&pki, upstream, |c| c.listeners[0].proxy_protocol.upstream = UpstreamProxyProtocol::V2).await;
     let device = pki.ca.client("device-12");
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca_cert_der()).expect("root");
@@ -199,8 +199,8 @@ async fn identity_only_in_the_header_leaves_the_connect_byte_for_byte() {
     let pki = Pki::new();
     let (upstream, captured) = capturing_upstream().await;
     let proxy = start(&pki, upstream, |c| {
-        c.proxy_protocol.upstream = UpstreamProxyProtocol::V2;
-        c.proxy_protocol.rewrite_connect = false;
+        c.listeners[0].proxy_protocol.upstream = UpstreamProxyProtocol::V2;
+        c.listeners[0].proxy_protocol.rewrite_connect = false;
     })
     .await;
     let device = pki.ca.client("device-42");
@@ -235,8 +235,8 @@ async fn header_only_mode_still_refuses_a_certificate_without_a_cn() {
     let pki = Pki::new();
     let (upstream, _captured) = capturing_upstream().await;
     let proxy = start(&pki, upstream, |c| {
-        c.proxy_protocol.upstream = UpstreamProxyProtocol::V2;
-        c.proxy_protocol.rewrite_connect = false;
+        c.listeners[0].proxy_protocol.upstream = UpstreamProxyProtocol::V2;
+        c.listeners[0].proxy_protocol.rewrite_connect = false;
     })
     .await;
     let no_cn = pki.ca.issue(true, |p| {
@@ -253,7 +253,7 @@ async fn header_only_mode_still_refuses_a_certificate_without_a_cn() {
 async fn v1_header_carries_the_addresses_then_the_connect() {
     let pki = Pki::new();
     let (upstream, captured) = capturing_upstream().await;
-    let proxy = start(&pki, upstream, |c| c.proxy_protocol.upstream = UpstreamProxyProtocol::V1).await;
+    let proxy = start(&pki, upstream, |c| c.listeners[0].proxy_protocol.upstream = UpstreamProxyProtocol::V1).await;
     let device = pki.ca.client("device-42");
     let mut tls = tls_connect(proxy.port(), client_tls(&pki, Some(&device))).await.expect("handshake");
     let client_addr = tls.get_ref().0.local_addr().expect("addr");
@@ -275,8 +275,8 @@ async fn without_a_client_certificate_the_ssl_tlv_says_so() {
     let pki = Pki::new();
     let (upstream, captured) = capturing_upstream().await;
     let proxy = start(&pki, upstream, |c| {
-        c.proxy_protocol.upstream = UpstreamProxyProtocol::V2;
-        c.tls.client_auth = mqtls::config::ClientAuth::Optional;
+        c.listeners[0].proxy_protocol.upstream = UpstreamProxyProtocol::V2;
+        c.listeners[0].tls.client_auth = mqtls::config::ClientAuth::Optional;
     })
     .await;
     let mut tls = tls_connect(proxy.port(), client_tls(&pki, None)).await.expect("handshake");
@@ -302,7 +302,7 @@ async fn header_in_is_passed_on(header: Vec<u8>) {
     let (upstream, captured) = capturing_upstream().await;
     let proxy = start(&pki, upstream, |c| {
         trusting(&["127.0.0.0/8"])(c);
-        c.proxy_protocol.upstream = UpstreamProxyProtocol::V2;
+        c.listeners[0].proxy_protocol.upstream = UpstreamProxyProtocol::V2;
     })
     .await;
     let device = pki.ca.client("device-42");
@@ -340,7 +340,7 @@ async fn a_v2_header_with_tlvs_arriving_byte_by_byte_is_read_exactly() {
     let (upstream, captured) = capturing_upstream().await;
     let proxy = start(&pki, upstream, |c| {
         trusting(&["127.0.0.1"])(c);
-        c.proxy_protocol.upstream = UpstreamProxyProtocol::V1;
+        c.listeners[0].proxy_protocol.upstream = UpstreamProxyProtocol::V1;
     })
     .await;
     let mut tcp = TcpStream::connect(("127.0.0.1", proxy.port())).await.expect("connect");
@@ -368,7 +368,7 @@ async fn a_local_header_from_the_load_balancer_keeps_the_connection_addresses() 
     let (upstream, captured) = capturing_upstream().await;
     let proxy = start(&pki, upstream, |c| {
         trusting(&["127.0.0.0/8"])(c);
-        c.proxy_protocol.upstream = UpstreamProxyProtocol::V1;
+        c.listeners[0].proxy_protocol.upstream = UpstreamProxyProtocol::V1;
     })
     .await;
     let mut tls =
@@ -436,7 +436,7 @@ async fn malformed_oversized_and_stalled_headers_are_refused() {
     let (upstream, _captured) = capturing_upstream().await;
     let proxy = start(&pki, upstream, |c| {
         trusting(&["127.0.0.0/8"])(c);
-        c.limits.handshake_timeout = Duration::from_millis(500);
+        c.global.limits.handshake_timeout = Duration::from_millis(500);
     })
     .await;
     let mut oversized = b"\r\n\r\n\0\r\nQUIT\n\x21\x11".to_vec();

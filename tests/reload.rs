@@ -49,7 +49,7 @@ impl Rig {
     async fn start_with(pki: Pki, broker: Option<Mosquitto>, edit: impl FnOnce(&Pki, &mut Config)) -> Rig {
         init_logs();
         let mut config = pki.config(broker.as_ref().map_or_else(no_upstream, Mosquitto::upstream));
-        config.reload = watch_only();
+        config.global.reload = watch_only();
         edit(&pki, &mut config);
         let (proxy, reloader) = Mqtls::start_reloading(config).await;
         let device = pki.ca.client("device-1");
@@ -109,9 +109,9 @@ async fn kubernetes_secret_updates_are_served_each_time() {
     let mut volume = K8sVolume::create(&pki.path("secret"), &k8s_files(&pki.server, &pki.ca.pem));
     let paths = (volume.path("tls.crt"), volume.path("tls.key"), volume.path("ca.crt"));
     let rig = Rig::start_with(pki, None, |_, c| {
-        c.tls.cert = paths.0.clone();
-        c.tls.key = paths.1.clone();
-        c.tls.client_ca = Some(paths.2.clone());
+        c.listeners[0].tls.cert = paths.0.clone();
+        c.listeners[0].tls.key = paths.1.clone();
+        c.listeners[0].tls.client_ca = Some(paths.2.clone());
     })
     .await;
     assert_eq!(rig.presented().await, rig.pki.server.der);
@@ -195,8 +195,8 @@ async fn replaced_directory_is_loaded_and_then_watched() {
     std::fs::create_dir(&tls_dir).expect("tls dir");
     let (cert, key) = pki.server.write(&tls_dir, "server");
     let rig = Rig::start_with(pki, None, |_, c| {
-        c.tls.cert = cert.clone();
-        c.tls.key = key.clone();
+        c.listeners[0].tls.cert = cert.clone();
+        c.listeners[0].tls.key = key.clone();
     })
     .await;
     let next = rig.pki.ca.server("new-dir");
@@ -245,7 +245,7 @@ async fn crl_update_revokes_a_client_certificate() {
     let pki = Pki::new();
     let crl = pki.path("crl.pem");
     write_file(&crl, &pki.ca.crl(&[]));
-    let rig = Rig::start_with(pki, Some(Mosquitto::start()), |_, c| c.tls.crls = vec![crl.clone()]).await;
+    let rig = Rig::start_with(pki, Some(Mosquitto::start()), |_, c| c.listeners[0].tls.crls = vec![crl.clone()]).await;
     let victim = rig.pki.ca.issue(true, |p| {
         p.distinguished_name.push(DnType::CommonName, "stolen-device");
         p.serial_number = Some(SerialNumber::from(4242u64));
@@ -262,9 +262,10 @@ async fn crl_update_revokes_a_client_certificate() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_at_once() {
-    let rig =
-        Rig::start(|_, c| c.reload = ReloadSettings { interval: None, debounce: Duration::from_secs(1), watch: false })
-            .await;
+    let rig = Rig::start(|_, c| {
+        c.global.reload = ReloadSettings { interval: None, debounce: Duration::from_secs(1), watch: false }
+    })
+    .await;
     let next = rig.pki.ca.server("rotated");
     replace_by_rename(&rig.pki.server_key, &next.key_pem);
     replace_by_rename(&rig.pki.server_cert, &next.cert_pem);
@@ -280,9 +281,10 @@ async fn sighup_reloads_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn periodic_recheck_loads_changes_no_event_reported() {
     let period = Duration::from_millis(400);
-    let rig =
-        Rig::start(|_, c| c.reload = ReloadSettings { interval: Some(period), debounce: Duration::ZERO, watch: false })
-            .await;
+    let rig = Rig::start(|_, c| {
+        c.global.reload = ReloadSettings { interval: Some(period), debounce: Duration::ZERO, watch: false }
+    })
+    .await;
     let next = rig.pki.ca.server("rotated");
     replace_by_rename(&rig.pki.server_key, &next.key_pem);
     replace_by_rename(&rig.pki.server_cert, &next.cert_pem);
@@ -297,7 +299,7 @@ async fn periodic_recheck_loads_changes_no_event_reported() {
 fn reloader(pki: &Pki, edit: impl FnOnce(&mut Config)) -> Result<Reloader, TlsError> {
     let mut config = pki.config(no_upstream());
     edit(&mut config);
-    Reloader::new(config.tls, watch_only(), std::sync::Arc::default())
+    Reloader::new(config.listeners[0].tls.clone(), watch_only(), std::sync::Arc::default())
 }
 
 #[test]
@@ -366,7 +368,7 @@ fn expired_certificate_is_loaded_on_reload_by_default() {
 #[test]
 fn expired_certificate_is_refused_on_reload_when_refuse_expired_is_set() {
     let pki = Pki::new();
-    let r = reloader(&pki, |c| c.tls.refuse_expired = true).expect("valid");
+    let r = reloader(&pki, |c| c.listeners[0].tls.refuse_expired = true).expect("valid");
     expired(&pki).write(pki.dir.path(), "server");
     let err = r.reload(ReloadReason::Watch).expect_err("refused");
     assert!(matches!(err, TlsError::Expired { .. }), "{err}");
@@ -381,7 +383,7 @@ fn not_yet_valid_certificate_is_refused_at_startup_when_refuse_expired_is_set() 
             p.not_before = rcgen::date_time_ymd(2098, 1, 1);
         })
         .write(pki.dir.path(), "server");
-    let err = reloader(&pki, |c| c.tls.refuse_expired = true).err().expect("refused");
+    let err = reloader(&pki, |c| c.listeners[0].tls.refuse_expired = true).err().expect("refused");
     assert!(matches!(err, TlsError::NotYetValid { .. }), "{err}");
 }
 
@@ -545,9 +547,9 @@ async fn expired_certificate_at_startup_is_served_with_a_warning_in_the_log() {
 fn reloads_are_counted_and_the_expiry_metric_follows_the_new_certificate() {
     let pki = Pki::new();
     let mut config = pki.config(no_upstream());
-    config.reload = watch_only();
+    config.global.reload = watch_only();
     let metrics = std::sync::Arc::new(mqtls::ops::metrics::Metrics::new());
-    let r = Reloader::new(config.tls, watch_only(), metrics.clone()).expect("valid");
+    let r = Reloader::new(config.listeners[0].tls.clone(), watch_only(), metrics.clone()).expect("valid");
     let next = pki.ca.issue(false, |p| {
         p.distinguished_name.push(DnType::CommonName, "rotated");
         p.serial_number = Some(SerialNumber::from(0x0a0bu64));

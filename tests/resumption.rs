@@ -63,7 +63,7 @@ async fn reloadable(edit: impl FnOnce(&Pki, &mut mqtls::config::Config)) -> Relo
     let pki = Pki::new();
     let broker = Mosquitto::start();
     let mut config = pki.config(broker.upstream());
-    config.reload = ReloadSettings { interval: None, watch: false, ..ReloadSettings::default() };
+    config.global.reload = ReloadSettings { interval: None, watch: false, ..ReloadSettings::default() };
     edit(&pki, &mut config);
     let (proxy, reloader) = Mqtls::start_reloading(config).await;
     Reloadable { pki, _broker: broker, proxy, reloader }
@@ -176,7 +176,7 @@ async fn revocation_ends_resumption(version: &'static SupportedProtocolVersion) 
     let Reloadable { pki, _broker, proxy, reloader } = reloadable(|pki, config| {
         let crl = pki.path("ca.crl");
         std::fs::write(&crl, pki.ca.crl(&[])).expect("empty crl");
-        config.tls.crls = vec![crl];
+        config.listeners[0].tls.crls = vec![crl];
     })
     .await;
     let crl = pki.path("ca.crl");

@@ -15,13 +15,6 @@ use crate::conn::handle::{self as proxy, Proxy};
 /// Pause after an accept error (e.g. out of file descriptors) so the loop backs off instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets established
-/// connections finish for up to the configured drain timeout before closing the rest.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
-    let caps = Caps::new(&proxy.config.limits);
-    serve_with(listener, proxy, caps, shutdown).await
-}
-
 /// The process-wide caps on open connections, handshakes in flight and CONNECT bytes held
 /// (`max_connections`, `max_handshakes`, `connect_buffer_budget`): several listeners share one, since
 /// what they protect (file descriptors, memory) belongs to the process.
@@ -33,7 +26,7 @@ pub struct Caps {
 }
 
 impl Caps {
-    pub fn new(limits: &crate::config::Limits) -> Caps {
+    pub fn new(limits: &super::Limits) -> Caps {
         Caps {
             connections: Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS))),
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes.min(Semaphore::MAX_PERMITS))),
@@ -42,16 +35,18 @@ impl Caps {
     }
 }
 
-/// [`serve`] with caps shared with other listeners.
-pub async fn serve_with(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, shutdown: CancellationToken) {
+/// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets established
+/// connections finish for up to the drain timeout before closing the rest. `caps` are shared with the
+/// process's other listeners.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let force_close = CancellationToken::new();
     let Caps { connections, handshakes, connect_bytes } = caps;
     proxy.health.set_listening(true);
     if let Ok(addr) = listener.local_addr() {
         // `listener` is left out for the unnamed (single) listener.
-        let name = proxy.config.name.as_deref();
-        info!(listen = %addr, listener = name, upstream = %proxy.config.upstream, "accepting connections");
+        let name = proxy.listener.name.as_deref();
+        info!(listen = %addr, listener = name, upstream = %proxy.listener.upstream, "accepting connections");
     }
     loop {
         tokio::select! {
@@ -92,7 +87,7 @@ pub async fn serve_with(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, sh
     proxy.health.set_draining();
     drop(listener);
     tracker.close();
-    let drain = proxy.config.drain_timeout;
+    let drain = proxy.global.drain_timeout;
     info!(connections = tracker.len(), deadline = ?drain, "listener closed; draining");
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         warn!(connections = tracker.len(), "drain deadline passed; closing remaining connections");

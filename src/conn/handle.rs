@@ -13,31 +13,36 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
-use crate::config::{ClientIdPolicy, ClientUsername, Config, PasswordPolicy};
+use crate::config::{Global, Listener};
 use crate::conn::budget::Share;
 use crate::conn::busy_poll::BusyPoll;
 use crate::conn::proxy_protocol::{self, ClientAddrs, InboundError, TlsFacts, UpstreamProxyProtocol};
 use crate::conn::splice::{splice, SpliceStats};
 use crate::conn::upstream::{UpstreamError, UpstreamStream};
 use crate::mqtt::connect::{self, Connect, ConnectError, Edit, ProtocolVersion, Refusal};
-use crate::ops::admin::Health;
+use crate::ops::health::Health;
 use crate::ops::metrics::{DirectionLabel, Metrics, ReasonLabel};
-use crate::tls::{self, TlsError, TlsFiles, TlsHandle};
+#[cfg(test)]
+use crate::tls::TlsFiles;
+use crate::tls::{self, TlsHandle};
 use crate::x509::identity::{self, IdentityError};
+use crate::x509::policy::{ClientIdPolicy, ClientUsername, PasswordPolicy};
 use crate::x509::rules::{self as authorize, Refused, Rules};
 
 /// How long a refusal CONNACK may take to leave: a client that doesn't read must not hold the task.
 const CONNACK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What every connection shares: the validated configuration, the current TLS configuration, and the
-/// operator-facing state (metrics, health).
+/// What every connection of one listener shares: its settings and the process-wide ones, the current
+/// TLS configuration, and the operator-facing state (metrics, health). Built by [`crate::app::App`].
 pub struct Proxy {
-    pub config: Arc<Config>,
+    pub listener: Arc<Listener>,
+    pub global: Arc<Global>,
     /// Shared with the [`crate::reload::Reloader`], which publishes rotated configurations into it.
     pub tls: Arc<TlsHandle>,
-    /// Shared with the reloader, which updates the certificate gauges and counts reloads.
+    /// One registry for the process, shared with the reloaders.
     pub metrics: Arc<Metrics>,
-    pub health: Health,
+    /// This listener's part of readiness, read by the admin server.
+    pub health: Arc<Health>,
     /// The allow rules every new connection is checked against; SIGHUP swaps in the file's new ones.
     pub rules: Arc<ArcSwap<Rules>>,
     /// With `busy_poll`, told of this listener's established traffic.
@@ -45,19 +50,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Builds the TLS configuration once from the files the config names (no reloading).
-    pub fn new(config: Config) -> Result<Proxy, TlsError> {
-        let loaded = tls::build(&config.tls, &TlsFiles::read(&config.tls)?)?;
-        let metrics = Arc::new(Metrics::new());
-        metrics.set_certificates(&loaded.certificates);
-        Ok(Proxy::with_tls(config, Arc::new(TlsHandle::new(&loaded)), metrics))
-    }
-
     /// A proxy serving whatever configuration `tls` holds at each handshake.
-    pub fn with_tls(config: Config, tls: Arc<TlsHandle>, metrics: Arc<Metrics>) -> Proxy {
-        let rules = Arc::new(ArcSwap::from_pointee(config.authz.clone()));
-        let busy_poll = config.busy_poll.map(|window| Arc::new(BusyPoll::new(window)));
-        Proxy { config: Arc::new(config), tls, metrics, health: Health::default(), rules, busy_poll }
+    pub(crate) fn new(listener: Listener, global: Arc<Global>, tls: Arc<TlsHandle>, metrics: Arc<Metrics>) -> Proxy {
+        let rules = Arc::new(ArcSwap::from_pointee(listener.authz.clone()));
+        let busy_poll = global.busy_poll.map(|window| Arc::new(BusyPoll::new(window)));
+        let health = Arc::new(Health::default());
+        Proxy { listener: Arc::new(listener), global, tls, metrics, health, rules, busy_poll }
     }
 
     /// Counts a connection that ended before it was spliced, under every metric that describes why.
@@ -189,7 +187,7 @@ pub async fn handle(
         client_id = field::Empty,
         proto = field::Empty
     );
-    if !proxy.config.proxy_protocol.trusts(peer.ip()) {
+    if !proxy.listener.proxy_protocol.trusts(peer.ip()) {
         span.record("peer", field::display(peer));
     }
     async move {
@@ -279,7 +277,7 @@ async fn prepare(
     handshake: OwnedSemaphorePermit,
     mut connect_bytes: Share,
 ) -> Result<Ready, ConnError> {
-    let limits = proxy.config.limits;
+    let limits = proxy.global.limits;
     // Nagle would hold back PINGRESPs and small publishes behind a delayed ACK.
     let _ = tcp.set_nodelay(true);
     // The handshake deadline covers a load balancer's PROXY header too.
@@ -304,7 +302,7 @@ async fn prepare(
 
     // Check the allow rules and map the identity now; refusing needs the CONNECT's version, so the
     // verdicts wait for it. A client without a certificate is subject to neither.
-    let policy = proxy.config.identity;
+    let policy = proxy.listener.identity;
     let leaf = client.get_ref().1.peer_certificates().and_then(|chain| chain.first());
     let allowed = leaf.map(|leaf| authorize::admits_der(&proxy.rules.load(), leaf));
     let identity = leaf.map(|leaf| identity::username(leaf, policy.username_from));
@@ -369,7 +367,7 @@ async fn prepare(
     };
     // Without the rewrite the broker takes the identity from the PROXY v2 header's CN, and the CONNECT
     // goes on byte for byte (a `reject` policy above still refuses a CONNECT naming someone else).
-    let edit = if proxy.config.proxy_protocol.rewrite_connect {
+    let edit = if proxy.listener.proxy_protocol.rewrite_connect {
         Edit { username: username.as_deref(), drop_password, client_id: client_id.as_deref() }
     } else {
         Edit::default()
@@ -393,7 +391,7 @@ async fn client_addrs(
     peer: SocketAddr,
     deadline: tokio::time::Instant,
 ) -> Result<ClientAddrs, ConnError> {
-    let settings = &proxy.config.proxy_protocol;
+    let settings = &proxy.listener.proxy_protocol;
     let own = own_addrs(proxy, tcp, peer);
     if !settings.trusts(peer.ip()) {
         return match tokio::time::timeout_at(deadline, proxy_protocol::refuse_untrusted_header(tcp)).await {
@@ -429,7 +427,7 @@ async fn client_addrs(
 /// The connection's own addresses. The local one is asked of the kernel only when a header to the
 /// broker will carry it (otherwise nothing reads it).
 fn own_addrs(proxy: &Proxy, tcp: &TcpStream, peer: SocketAddr) -> ClientAddrs {
-    let destination = match proxy.config.proxy_protocol.upstream {
+    let destination = match proxy.listener.proxy_protocol.upstream {
         UpstreamProxyProtocol::Off => peer,
         _ => tcp.local_addr().unwrap_or(peer),
     };
@@ -438,7 +436,7 @@ fn own_addrs(proxy: &Proxy, tcp: &TcpStream, peer: SocketAddr) -> ClientAddrs {
 
 /// The PROXY header for the broker (empty when `upstream_proxy_protocol` is off).
 fn upstream_header(proxy: &Proxy, tls: &rustls::ServerConnection, addrs: ClientAddrs) -> Vec<u8> {
-    let version = proxy.config.proxy_protocol.upstream;
+    let version = proxy.listener.proxy_protocol.upstream;
     let cn = match version {
         UpstreamProxyProtocol::Off => return Vec::new(),
         UpstreamProxyProtocol::V1 => None,
@@ -455,8 +453,8 @@ fn upstream_header(proxy: &Proxy, tls: &rustls::ServerConnection, addrs: ClientA
 /// Connects the broker, sends it the prepared bytes, then splices.
 async fn forward(proxy: &Proxy, ready: Ready) -> Result<(SpliceStats, std::io::Result<()>), ConnError> {
     let Ready { mut client, first, version } = ready;
-    let limits = proxy.config.limits;
-    let upstream = match proxy.config.upstream.connect(limits.upstream_connect_timeout).await {
+    let limits = proxy.global.limits;
+    let upstream = match proxy.listener.upstream.connect(limits.upstream_connect_timeout).await {
         Ok(u) => u,
         Err(e) => return Err(refuse(&mut client, version, Refusal::ServerUnavailable, e.into()).await),
     };
@@ -477,7 +475,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let connack_timeout = proxy.config.limits.connack_timeout;
+    let connack_timeout = proxy.global.limits.connack_timeout;
     upstream.write_all(&first).await.map_err(ConnError::UpstreamWrite)?;
     let first_len = first.len() as u64;
     drop(first);
@@ -577,13 +575,17 @@ mod tests {
             .expect("cert");
         std::fs::write(dir.path().join("c.pem"), cert.pem()).expect("write");
         std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).expect("write");
-        let args = crate::config::RunArgs {
+        let settings = crate::config::Layer {
             cert: Some(dir.path().join("c.pem")),
             key: Some(dir.path().join("k.pem")),
-            client_auth: Some(crate::config::ClientAuth::None),
+            client_auth: Some(crate::tls::ClientAuth::None),
             ..Default::default()
         };
-        let proxy = Arc::new(Proxy::new(Config::load(&args).expect("config")).expect("proxy"));
+        let config = crate::config::Config::from_layers(&settings, None).expect("config");
+        let listener = config.listeners.into_iter().next().expect("listener");
+        let loaded = tls::build(&listener.tls, &TlsFiles::read(&listener.tls).expect("files")).expect("tls");
+        let tls = Arc::new(TlsHandle::new(&loaded));
+        let proxy = Arc::new(Proxy::new(listener, Arc::new(config.global), tls, Arc::new(Metrics::new())));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (tcp, peer) = listener.accept().await.expect("accept");

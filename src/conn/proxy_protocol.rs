@@ -34,7 +34,7 @@ const VERIFY_OK: u32 = 0;
 const VERIFY_NO_CERTIFICATE: u32 = 1;
 
 /// Which header, if any, mqtls writes to the broker before the CONNECT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpstreamProxyProtocol {
     /// No header: the broker sees mqtls as the client.
@@ -67,6 +67,20 @@ pub struct ProxyProtocolSettings {
     /// CONNECT byte for byte and leaves the identity to the v2 header's CN (the configuration allows it
     /// only with `upstream = V2`).
     pub rewrite_connect: bool,
+}
+
+impl serde::Serialize for ProxyProtocolSettings {
+    /// Under the file's key names; `accept_proxy_protocol` is whether any source range is set.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let ranges: Vec<String> = self.accept_from.iter().map(ToString::to_string).collect();
+        let mut map = s.serialize_map(Some(4))?;
+        map.serialize_entry("upstream_proxy_protocol", &self.upstream)?;
+        map.serialize_entry("rewrite_connect", &self.rewrite_connect)?;
+        map.serialize_entry("accept_proxy_protocol", &self.accepts())?;
+        map.serialize_entry("proxy_protocol_from", &ranges)?;
+        map.end()
+    }
 }
 
 impl Default for ProxyProtocolSettings {

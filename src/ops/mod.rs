@@ -2,6 +2,7 @@
 //! logging ([`logging`]), signals ([`signal`]) and the systemd notifications ([`service_manager`]).
 
 pub mod admin;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod service_manager;

@@ -15,18 +15,19 @@
 //!
 //! SIGHUP also re-reads the configuration file ([`ConfigReload`]): the allow rules are swapped in;
 //! every other setting keeps its start-up value, and a log line names the ones that changed and need
-//! a restart.
+//! a restart. One handler per process ([`crate::app`]) does that once, then asks every listener's
+//! reloader to reload ([`Reloader::sighup`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -34,8 +35,9 @@ use tracing::{debug, error, info, warn};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ConfigError, ReloadSettings, RunArgs, TlsSettings};
+use crate::config::{Config, ConfigError, RunArgs};
 use crate::ops::metrics::{Metrics, ResultLabel};
+use crate::tls::TlsSettings;
 use crate::tls::{self, LeafInfo, TlsError, TlsFiles, TlsHandle, Validity};
 use crate::x509::rules::Rules;
 
@@ -45,6 +47,35 @@ const MAX_DEBOUNCE_PERIODS: u32 = 5;
 
 /// Symlink hops followed when collecting the directories to watch (the kernel's own limit is 40).
 const MAX_SYMLINK_HOPS: usize = 40;
+
+/// Re-check period: short enough that a rotation on NFS is live within a minute, long enough that
+/// hashing a few PEM files is noise.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Quiet period after file events: tools that write a certificate then its key finish well within
+/// it, and it still leaves most of the 2 s budget from write to new handshakes.
+pub const DEFAULT_RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// When the TLS files are re-read; under the file's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadSettings {
+    /// Period of the content-hash re-check; `None` turns it off.
+    #[serde(rename = "reload_interval", serialize_with = "crate::duration::serialize_or_off")]
+    pub interval: Option<Duration>,
+    /// Quiet period after the last file event before reloading.
+    #[serde(rename = "reload_debounce", serialize_with = "crate::duration::serialize")]
+    pub debounce: Duration,
+    /// Whether to watch the directories at all. Always true from the configuration; the tests turn it
+    /// off to exercise SIGHUP and the periodic re-check alone.
+    #[serde(skip)]
+    pub watch: bool,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        ReloadSettings { interval: Some(DEFAULT_RELOAD_INTERVAL), debounce: DEFAULT_RELOAD_DEBOUNCE, watch: true }
+    }
+}
 
 /// What triggered a reload, for the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +128,8 @@ pub struct Reloader {
     handle: Arc<TlsHandle>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
-    /// What SIGHUP re-reads besides the TLS files, if set.
-    config: Option<ConfigReload>,
+    /// Set by [`Reloader::sighup`]; the loop reloads when it is.
+    sighup: Notify,
 }
 
 impl Reloader {
@@ -116,14 +147,13 @@ impl Reloader {
             handle: Arc::new(TlsHandle::new(&loaded)),
             metrics,
             state: Mutex::new(State { loaded: digests(&files), last_error: None }),
-            config: None,
+            sighup: Notify::new(),
         })
     }
 
-    /// Makes SIGHUP re-read the configuration file too (see [`ConfigReload`]).
-    pub fn with_config_reload(mut self, config: ConfigReload) -> Reloader {
-        self.config = Some(config);
-        self
+    /// Asks the running loop (see [`Reloader::start`]) to reload as for SIGHUP.
+    pub fn sighup(&self) {
+        self.sighup.notify_one();
     }
 
     /// The handle to give the proxy: it always holds the newest good configuration.
@@ -179,26 +209,23 @@ impl Reloader {
         }
     }
 
-    /// Installs the SIGHUP handler and the directory watch now (so a SIGHUP that arrives once this
-    /// returns reloads instead of killing the process, and no write after it goes unseen), then runs
-    /// the watch, debounce and re-check loop until `shutdown`.
+    /// Installs the directory watch now (so no write after this returns goes unseen), then runs the
+    /// watch, debounce, SIGHUP and re-check loop until `shutdown`.
     ///
     /// Takes `Arc<Self>` rather than `self` so callers (tests, an admin endpoint) can still trigger
     /// [`Reloader::reload`] while the loop runs.
-    pub fn start(self: Arc<Self>, shutdown: CancellationToken) -> std::io::Result<JoinHandle<()>> {
-        let hup = signal(SignalKind::hangup())?;
+    pub fn start(self: Arc<Self>, shutdown: CancellationToken) -> JoinHandle<()> {
         let (tx, events) = mpsc::unbounded_channel();
         let watch = self.settings.watch.then(|| {
             let mut w = DirWatch::new(tx);
             w.sync(&self.tls);
             w
         });
-        Ok(tokio::spawn(self.run(hup, watch, events, shutdown)))
+        tokio::spawn(self.run(watch, events, shutdown))
     }
 
     async fn run(
         self: Arc<Self>,
-        mut hup: Signal,
         mut watch: Option<DirWatch>,
         mut events: mpsc::UnboundedReceiver<WatchEvent>,
         shutdown: CancellationToken,
@@ -226,10 +253,7 @@ impl Reloader {
             let due = pending.map(|(_, at)| at);
             let reason = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = hup.recv() => {
-                    info!("SIGHUP: reloading TLS files");
-                    ReloadReason::Sighup
-                }
+                _ = self.sighup.notified() => ReloadReason::Sighup,
                 Some(event) = events.recv() => {
                     if watch.as_ref().is_some_and(|w| w.is_relevant(&event)) {
                         let now = Instant::now();
@@ -254,15 +278,8 @@ impl Reloader {
     }
 
     /// File reads and certificate parsing block; this keeps them off the runtime's worker threads.
-    /// A SIGHUP also re-reads the configuration file.
     async fn reload_off_runtime(self: Arc<Self>, reason: ReloadReason) {
-        let work = move || {
-            if let (ReloadReason::Sighup, Some(config)) = (reason, &self.config) {
-                // Errors are logged inside; the TLS files are reloaded either way.
-                let _ = config.reload();
-            }
-            self.reload(reason)
-        };
+        let work = move || self.reload(reason);
         if let Err(err) = tokio::task::spawn_blocking(work).await {
             error!(%err, "TLS reload task failed");
         }
@@ -276,70 +293,72 @@ impl Reloader {
 }
 
 /// The result of a successful [`ConfigReload::reload`].
+/// What a re-read of the configuration file did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigReloadOutcome {
-    /// New allow rules are in service.
-    pub rules_changed: bool,
-    /// Settings whose new value only a restart puts in service (their config key).
+    /// The listeners whose allow rules changed (and were swapped in).
+    pub rules_changed: Vec<String>,
+    /// The settings that changed in the file but need a restart (see [`Config::needs_restart`]).
     pub needs_restart: Vec<String>,
 }
 
-/// Re-reads the configuration file on SIGHUP: validates it whole, with the same command line on
-/// top, and swaps in its allow rules. Nothing else changes at runtime; settings that differ from the
-/// ones in service are named in a log line (on every SIGHUP until the restart).
+/// SIGHUP's re-read of the configuration file: the same command line over the file as it is now.
 pub struct ConfigReload {
     args: RunArgs,
-    /// The configuration the process started with (its allow rules aside).
     in_service: Config,
-    rules: Arc<ArcSwap<Rules>>,
+    /// Each listener's allow rules, in the order of `in_service.listeners`.
+    rules: Vec<Arc<ArcSwap<Rules>>>,
 }
 
 impl ConfigReload {
-    /// `args` are the command line the process started with, `in_service` the configuration loaded
-    /// from them, `rules` the handle the proxy reads.
-    pub fn new(args: RunArgs, in_service: Config, rules: Arc<ArcSwap<Rules>>) -> ConfigReload {
+    pub fn new(args: RunArgs, in_service: Config, rules: Vec<Arc<ArcSwap<Rules>>>) -> ConfigReload {
         ConfigReload { args, in_service, rules }
     }
 
-    /// Re-reads the file (if one was given). On an invalid file nothing changes and the error is
-    /// logged (naming the setting and the file) and returned.
+    /// Re-reads the file and swaps in every listener's new allow rules; logs what needs a restart.
+    /// On any error the rules in service stay.
     pub fn reload(&self) -> Result<ConfigReloadOutcome, ConfigError> {
         let Some(file) = &self.in_service.file else {
             debug!("no configuration file to re-read; allow rules unchanged");
-            return Ok(ConfigReloadOutcome { rules_changed: false, needs_restart: Vec::new() });
+            return Ok(ConfigReloadOutcome { rules_changed: Vec::new(), needs_restart: Vec::new() });
         };
-        let listener = self.in_service.name.clone();
-        let new = match Config::load_all(&self.args).and_then(|all| {
-            let len = all.len();
-            all.into_iter().find(|c| c.name == listener || (listener.is_none() && len == 1)).ok_or_else(|| {
-                ConfigError::Invalid {
+        let new = Config::load(&self.args).and_then(|new| {
+            let same_listeners = new.listeners.len() == self.in_service.listeners.len()
+                && new.listeners.iter().zip(&self.in_service.listeners).all(|(n, o)| n.name == o.name);
+            if same_listeners {
+                Ok(new)
+            } else {
+                Err(ConfigError::Invalid {
                     setting: "listener",
                     origin: crate::config::Origin::File(file.clone()),
-                    reason: format!(
-                        "the listener {} in service is no longer in the file; restart to change listeners",
-                        listener.as_deref().unwrap_or("(top level)")
-                    ),
-                }
-            })
-        }) {
+                    reason: "the listeners in the file are not the ones in service; restart to change listeners".into(),
+                })
+            }
+        });
+        let new = match new {
             Ok(c) => c,
             Err(err) => {
                 error!(file = %file.display(), %err, "configuration reload failed; keeping the allow rules in service");
                 return Err(err);
             }
         };
-        let rules_changed = **self.rules.load() != new.authz;
-        if rules_changed {
+        let mut rules_changed = Vec::new();
+        for ((listener, rules), old) in new.listeners.iter().zip(&self.rules).zip(&self.in_service.listeners) {
+            if **rules.load() == listener.authz {
+                continue;
+            }
             let counts: Vec<String> = crate::x509::rules::RuleKind::ALL
                 .iter()
-                .map(|&k| format!("{}={}", k.setting(), new.authz.patterns(k).len()))
+                .map(|&k| format!("{}={}", k.setting(), listener.authz.patterns(k).len()))
                 .collect();
-            self.rules.store(Arc::new(new.authz.clone()));
-            info!(file = %file.display(), rules = counts.join(" "), "allow rules reloaded");
-        } else {
+            rules.store(Arc::new(listener.authz.clone()));
+            info!(file = %file.display(), listener = old.name.as_deref(), rules = counts.join(" "), "allow rules reloaded");
+            rules_changed.push(old.label());
+        }
+        if rules_changed.is_empty() {
             info!(file = %file.display(), "configuration re-read; allow rules unchanged");
         }
-        let needs_restart = changed_settings(&self.in_service, &new);
+        let needs_restart = self.in_service.needs_restart(&new);
         if !needs_restart.is_empty() {
             warn!(
                 file = %file.display(),
@@ -349,25 +368,6 @@ impl ConfigReload {
         }
         Ok(ConfigReloadOutcome { rules_changed, needs_restart })
     }
-}
-
-/// The keys whose effective value differs, allow rules excluded: compared on the `mqtls check`
-/// rendering, which prints every setting as one `key = value` line.
-fn changed_settings(old: &Config, new: &Config) -> Vec<String> {
-    let lines = |c: &Config| -> Vec<(String, String)> {
-        c.to_string()
-            .lines()
-            .filter_map(|l| l.split_once(" = "))
-            .filter(|(key, _)| !key.starts_with("allow_"))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
-    let (old, new) = (lines(old), lines(new));
-    let mut keys: Vec<String> = old.iter().chain(&new).map(|(k, _)| k.clone()).collect();
-    keys.sort();
-    keys.dedup();
-    let value = |list: &[(String, String)], key: &str| list.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-    keys.into_iter().filter(|k| value(&old, k) != value(&new, k)).collect()
 }
 
 fn digests(files: &TlsFiles) -> Vec<(PathBuf, [u8; 32])> {

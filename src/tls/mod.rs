@@ -21,12 +21,13 @@ use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
 pub mod resumption;
+mod settings;
 
 use serde::Serialize;
 
-use crate::config::{ClientAuth, TlsSettings};
 use crate::x509::cert::CertInfo;
 use resumption::{CheckedSessions, CheckedTickets};
+pub use settings::{ClientAuth, SniCert, TlsSettings};
 
 /// Why the TLS configuration could not be built. Each names the setting and the file.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::x509::X509Name;
 
 /// Which certificate field becomes the MQTT username.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UsernameFrom {
     /// First subject CN (Mosquitto `use_identity_as_username`).

@@ -3,4 +3,5 @@
 
 pub mod cert;
 pub mod identity;
+pub mod policy;
 pub mod rules;

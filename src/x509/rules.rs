@@ -29,8 +29,6 @@
 //! rules: there is nothing to match, and its CONNECT passes unmodified for the broker to
 //! authenticate, as it always has.
 
-use std::fmt;
-
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
@@ -181,18 +179,15 @@ impl Rules {
     }
 }
 
-impl fmt::Display for Rules {
-    /// One `allow_* = [...]` TOML line per kind (empty lists included), as `mqtls check` prints them.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, kind) in RuleKind::ALL.iter().enumerate() {
-            let quoted: Vec<String> =
-                self.patterns(*kind).iter().map(|p| toml::Value::String(p.clone()).to_string()).collect();
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{} = [{}]", kind.setting(), quoted.join(", "))?;
+impl serde::Serialize for Rules {
+    /// One `allow_*` list per kind (empty lists included), under the file's key names.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(RuleKind::ALL.len()))?;
+        for kind in RuleKind::ALL {
+            map.serialize_entry(kind.setting(), self.patterns(kind))?;
         }
-        Ok(())
+        map.end()
     }
 }
 
@@ -401,9 +396,9 @@ mod tests {
     }
 
     #[test]
-    fn display_prints_toml_and_equality_compares_patterns() {
+    fn serializes_as_toml_and_equality_compares_patterns() {
         let r = rules(RuleKind::Uri, &["spiffe://x/*", r#"a"b\*"#]);
-        let text = r.to_string();
+        let text = toml::to_string(&r).expect("toml");
         assert_eq!(text.lines().count(), 5, "{text}");
         let parsed: toml::Table = toml::from_str(&text).expect("valid toml");
         assert_eq!(parsed["allow_uri"].as_array().expect("array")[1].as_str(), Some(r#"a"b\*"#));

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqtls::config::{
-    ClientAuth, ClientIdPolicy, ClientUsername, Config, IdentityPolicy, Limits, LogFormat, PasswordPolicy,
-    ReloadSettings, TlsSettings,
+    ClientAuth, ClientIdPolicy, ClientUsername, Config, Global, IdentityPolicy, Limits, Listener, LogFormat,
+    PasswordPolicy, ReloadSettings, TlsSettings,
 };
 use mqtls::conn::upstream::Upstream;
 use mqtls::reload::Reloader;
@@ -149,11 +149,11 @@ impl Pki {
 
     /// The settings a test starts from: client certs required, CN as username, broker at `upstream`.
     pub fn config(&self, upstream: Upstream) -> Config {
-        Config {
-            file: None,
+        let listener = Listener {
             name: None,
             listen: "127.0.0.1:0".parse().expect("addr"),
             upstream,
+            proxy_protocol: Default::default(),
             tls: TlsSettings {
                 cert: self.server_cert.clone(),
                 key: self.server_key.clone(),
@@ -171,17 +171,20 @@ impl Pki {
                 client_id: ClientIdPolicy::Keep,
             },
             authz: Default::default(),
+        };
+        let global = Global {
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
             limits: Limits::default(),
             drain_timeout: Duration::from_secs(5),
             admin: None,
             upstream_check_interval: Duration::from_millis(200),
             reload: ReloadSettings::default(),
-            log_level: "info".into(),
-            log_format: LogFormat::Text,
-            proxy_protocol: Default::default(),
+            refuse_expired: false,
             threads: 1,
             busy_poll: None,
-        }
+        };
+        Config { file: None, global, listeners: vec![listener] }
     }
 }
 
@@ -352,11 +355,13 @@ impl Drop for Mosquitto {
 // ---------------------------------------------------------------------------------------------
 // mqtls in-process
 
-/// mqtls serving on a free loopback port inside the test's runtime; stopped when dropped.
+/// mqtls serving on a free loopback port inside the test's runtime, built by the same
+/// [`mqtls::App`] as the binary; stopped when dropped.
 pub struct Mqtls {
     pub addr: SocketAddr,
     /// The admin endpoints' address, when started with them.
     pub admin: Option<SocketAddr>,
+    /// The (first) listener's proxy: its metrics, settings and TLS handle.
     pub proxy: Arc<mqtls::Proxy>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -364,43 +369,32 @@ pub struct Mqtls {
 
 impl Mqtls {
     pub async fn start(config: Config) -> Mqtls {
-        Self::launch(config, false).await
+        Self::launch(config, false).await.0
     }
 
     /// Also serves the admin endpoints on a free loopback port.
     pub async fn start_with_admin(config: Config) -> Mqtls {
-        Self::launch(config, true).await
+        Self::launch(config, true).await.0
     }
 
-    async fn launch(config: Config, with_admin: bool) -> Mqtls {
-        Self::launch_with(config, with_admin, None).await
-    }
-
-    /// Like `start`, with a running reloader (watch, debounce, SIGHUP, re-check as `config.reload` says).
+    /// Like `start`, with the reloader at hand (watch, debounce, SIGHUP, re-check as `config.global.reload` says).
     pub async fn start_reloading(config: Config) -> (Mqtls, Arc<Reloader>) {
-        let metrics = Arc::new(mqtls::ops::metrics::Metrics::new());
-        let reloader =
-            Arc::new(Reloader::new(config.tls.clone(), config.reload, metrics.clone()).expect("valid TLS config"));
-        let proxy = mqtls::Proxy::with_tls(config, reloader.handle(), metrics);
-        (Self::launch_with_proxy(proxy, false, Some(reloader.clone())).await, reloader)
+        Self::launch(config, false).await
     }
 
-    async fn launch_with(config: Config, with_admin: bool, reloader: Option<Arc<Reloader>>) -> Mqtls {
-        let proxy = mqtls::Proxy::new(config).expect("valid TLS config");
-        Self::launch_with_proxy(proxy, with_admin, reloader).await
-    }
-
-    async fn launch_with_proxy(proxy: mqtls::Proxy, with_admin: bool, reloader: Option<Arc<Reloader>>) -> Mqtls {
-        let proxy = Arc::new(proxy);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let admin_listener =
-            if with_admin { Some(TcpListener::bind("127.0.0.1:0").await.expect("bind admin")) } else { None };
-        let admin = admin_listener.as_ref().map(|l| l.local_addr().expect("admin addr"));
+    async fn launch(mut config: Config, with_admin: bool) -> (Mqtls, Arc<Reloader>) {
+        if with_admin {
+            config.global.admin = Some("127.0.0.1:0".parse().expect("addr"));
+        }
+        let app = mqtls::App::bind(config, None).await.expect("valid configuration");
+        let addr = *app.listen_addrs().first().expect("a listener");
+        let admin = app.admin_addr();
+        let proxy = app.proxies().first().expect("a listener").clone();
+        let reloader = app.reloaders().first().expect("a listener").clone();
         let shutdown = CancellationToken::new();
-        let run = mqtls::run(vec![(listener, proxy.clone(), reloader)], admin_listener, shutdown.clone());
+        let run = app.run(shutdown.clone());
         let task = tokio::spawn(async move { run.await.expect("SIGHUP handler") });
-        Mqtls { addr, admin, proxy, shutdown, task: Some(task) }
+        (Mqtls { addr, admin, proxy, shutdown, task: Some(task) }, reloader)
     }
 
     /// Starts the drain (as SIGTERM would) without waiting for it.

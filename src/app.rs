@@ -1,0 +1,191 @@
+//! The application: everything a configuration asks for, built once and run until shut down.
+//!
+//! [`App::bind`] loads every listener's TLS files (through its [`Reloader`]), builds one metrics
+//! registry, one [`Proxy`] per listener and binds every socket; [`App::run`] serves them with the
+//! process-wide caps, one SIGHUP handler, the reloaders' watch loops, the admin endpoints and the
+//! broker checks behind `/readyz`, until `shutdown` is cancelled and every listener's drain is over.
+//! The binary, the tests and the benchmark all start mqtls this way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use crate::config::{Config, RunArgs};
+use crate::conn::accept::{self, Caps};
+use crate::conn::handle::Proxy;
+use crate::ops::health::check_upstream;
+use crate::ops::metrics::Metrics;
+use crate::ops::{admin, service_manager};
+use crate::reload::{ConfigReload, Reloader};
+use crate::tls::TlsError;
+
+/// Why the application could not start. Each names the setting and where it was set.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{err} (settings from {origin})")]
+    Tls { err: TlsError, origin: String },
+    #[error("{setting}: cannot bind {addr} (in {origin}): {source}")]
+    Bind { setting: &'static str, addr: SocketAddr, origin: String, source: std::io::Error },
+    #[error("installing the SIGHUP handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// One listener, ready to serve.
+struct Served {
+    socket: TcpListener,
+    proxy: Arc<Proxy>,
+    reloader: Arc<Reloader>,
+}
+
+/// A configuration, built and bound.
+pub struct App {
+    config: Config,
+    /// The command line the configuration came from, for SIGHUP's re-read of the file.
+    args: Option<RunArgs>,
+    metrics: Arc<Metrics>,
+    listeners: Vec<Served>,
+    admin: Option<TcpListener>,
+}
+
+impl App {
+    /// Loads every listener's TLS files and binds every socket (`listen`, and `admin` if set).
+    /// With `args`, SIGHUP re-reads the file they name and swaps in its allow rules.
+    pub async fn bind(config: Config, args: Option<RunArgs>) -> Result<App, AppError> {
+        let metrics = Arc::new(Metrics::new());
+        let global = Arc::new(config.global.clone());
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for listener in &config.listeners {
+            let origin = config.origin_of(listener);
+            let reloader = Reloader::new(listener.tls.clone(), global.reload, metrics.clone())
+                .map_err(|err| AppError::Tls { err, origin: origin.clone() })?;
+            let socket = TcpListener::bind(listener.listen).await.map_err(|source| AppError::Bind {
+                setting: "listen",
+                addr: listener.listen,
+                origin,
+                source,
+            })?;
+            let proxy = Proxy::new(listener.clone(), global.clone(), reloader.handle(), metrics.clone());
+            listeners.push(Served { socket, proxy: Arc::new(proxy), reloader: Arc::new(reloader) });
+        }
+        let admin = match global.admin {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
+                setting: "admin",
+                addr,
+                origin: config.origin(),
+                source,
+            })?),
+            None => None,
+        };
+        Ok(App { config, args, metrics, listeners, admin })
+    }
+
+    /// The address each listener is bound to, in configuration order.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.socket.local_addr().ok()).collect()
+    }
+
+    /// The admin endpoints' address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// The process's metrics registry.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Each listener's proxy, in configuration order.
+    pub fn proxies(&self) -> Vec<Arc<Proxy>> {
+        self.listeners.iter().map(|l| l.proxy.clone()).collect()
+    }
+
+    /// Each listener's reloader, in configuration order.
+    pub fn reloaders(&self) -> Vec<Arc<Reloader>> {
+        self.listeners.iter().map(|l| l.reloader.clone()).collect()
+    }
+
+    /// Serves until `shutdown` is cancelled and every listener's drain is over; the admin endpoints
+    /// stay up until then, so probes see the drain. Fails only if the SIGHUP handler can't be installed.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
+        let App { config, args, metrics, listeners, admin } = self;
+        // Installed before the first connection is accepted (and before systemd hears READY=1), so a
+        // SIGHUP from then on reloads instead of killing the process.
+        let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
+        let side_tasks = TaskTracker::new();
+        let side_stop = CancellationToken::new();
+        let reloaders: Vec<Arc<Reloader>> = listeners.iter().map(|l| l.reloader.clone()).collect();
+        for reloader in &reloaders {
+            let task = reloader.clone().start(side_stop.clone());
+            side_tasks.spawn(async move {
+                let _ = task.await;
+            });
+        }
+        let rules = listeners.iter().map(|l| l.proxy.rules.clone()).collect();
+        let config_reload = args.map(|args| Arc::new(ConfigReload::new(args, config.clone(), rules)));
+        let stop = side_stop.clone();
+        side_tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = hup.recv() => {}
+                }
+                info!("SIGHUP: reloading the configuration file and the TLS files");
+                if let Some(config_reload) = config_reload.clone() {
+                    if let Err(err) = tokio::task::spawn_blocking(move || config_reload.reload()).await {
+                        error!(%err, "configuration reload task failed");
+                    }
+                }
+                for reloader in &reloaders {
+                    reloader.sighup();
+                }
+            }
+        });
+        if let Some(admin) = admin {
+            let view = admin::View {
+                metrics: metrics.clone(),
+                listeners: listeners
+                    .iter()
+                    .map(|l| (l.proxy.listener.label(), l.proxy.health.clone(), l.proxy.tls.clone()))
+                    .collect(),
+            };
+            side_tasks.spawn(admin::serve(admin, view, side_stop.clone()));
+            for l in &listeners {
+                let settings = &l.proxy.listener;
+                side_tasks.spawn(check_upstream(
+                    settings.upstream.clone(),
+                    config.global.upstream_check_interval,
+                    config.global.limits.upstream_connect_timeout,
+                    l.proxy.health.clone(),
+                    side_stop.clone(),
+                ));
+            }
+        }
+        // With busy_poll, each listener's task spins after that listener's traffic.
+        for bp in listeners.iter().filter_map(|l| l.proxy.busy_poll.clone()) {
+            let stop = side_stop.clone();
+            side_tasks.spawn(async move { bp.run(stop).await });
+        }
+        if let Some(every) = service_manager::watchdog_interval() {
+            side_tasks.spawn(service_manager::feed_watchdog(every, side_stop.clone()));
+        }
+        side_tasks.close();
+        let servers = TaskTracker::new();
+        // The caps belong to the process: every listener draws on the same ones.
+        let caps = Caps::new(&config.global.limits);
+        for l in listeners {
+            servers.spawn(accept::serve(l.socket, l.proxy, caps.clone(), shutdown.clone()));
+        }
+        servers.close();
+        // Listeners bound, handlers installed: a supervisor may send traffic and SIGHUP from here on.
+        service_manager::ready();
+        servers.wait().await;
+        side_stop.cancel();
+        side_tasks.wait().await;
+        Ok(())
+    }
+}

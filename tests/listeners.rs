@@ -359,3 +359,44 @@ async fn a_mismatched_sni_key_is_an_error_naming_the_files() {
     assert!(ok, "{err}");
     assert!(out.contains("alpn = [\"mqtt\"]"), "{out}");
 }
+
+/// SNI entries are part of a listener's TLS configuration, built at start: a SIGHUP that finds one
+/// changed or added says they need a restart (their `cert =`/`key =` lines once read as the top-level
+/// keys and went unreported).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_or_added_sni_entry_is_named_on_sighup_as_needing_a_restart() {
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    pki.ca.issue(false, |p| p.distinguished_name.push(rcgen::DnType::CommonName, "sni-a")).write(dir, "a");
+    pki.ca.issue(false, |p| p.distinguished_name.push(rcgen::DnType::CommonName, "sni-b")).write(dir, "b");
+    let (port, upstream) = (free_port(), free_port());
+    let config = |sni: &str| {
+        format!(
+            "cert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.crt\"\nlisten = \"127.0.0.1:{port}\"\n\
+             upstream = \"127.0.0.1:{upstream}\"\nreload_interval = \"off\"\n{sni}"
+        )
+    };
+    let a = "\n[[sni]]\nnames = [\"a.example.org\"]\ncert = \"a.crt\"\nkey = \"a.key\"\n";
+    let mut mqtls = start_binary(dir, &config(a), &[port]);
+    mqtls.wait_for_log("watching TLS files");
+    for (step, sni) in [
+        ("changed", a.replace("a.crt", "b.crt").replace("a.key", "b.key")),
+        ("added", format!("{a}\n[[sni]]\nnames = [\"b.example.org\"]\ncert = \"b.crt\"\nkey = \"b.key\"\n")),
+    ] {
+        write_file(&pki.path("mqtls.toml"), &config(&sni));
+        let before = mqtls.log().matches("need a restart").count();
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &mqtls.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success());
+        let deadline = Instant::now() + WAIT;
+        while mqtls.log().matches("need a restart").count() == before {
+            assert!(Instant::now() < deadline, "{step}: no restart warning: {}", mqtls.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let line = mqtls.log().lines().filter(|l| l.contains("need a restart")).last().unwrap_or_default().to_string();
+        assert!(line.contains(r#""settings":"sni""#), "{step}: {line}");
+    }
+    assert!(mqtls.running(), "SIGHUP stopped mqtls: {}", mqtls.log());
+}

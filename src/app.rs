@@ -134,7 +134,7 @@ impl App {
                     _ = stop.cancelled() => break,
                     _ = hup.recv() => {}
                 }
-                info!("SIGHUP: reloading the configuration file and the TLS files");
+                info!("SIGHUP: reloading TLS files");
                 if let Some(config_reload) = config_reload.clone() {
                     if let Err(err) = tokio::task::spawn_blocking(move || config_reload.reload()).await {
                         error!(%err, "configuration reload task failed");

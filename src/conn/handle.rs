@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::server::TlsStream;
-use tracing::{debug, field, info, info_span, warn, Instrument, Span};
+use tracing::{field, info, info_span, Instrument, Span};
 
 use crate::config::{ClientIdPolicy, ClientUsername, Config, PasswordPolicy};
 use crate::conn::budget::Share;
@@ -22,7 +22,7 @@ use crate::conn::splice::{splice, SpliceStats};
 use crate::conn::upstream::UpstreamStream;
 use crate::mqtt::connect::{self, Connect, Edit, ProtocolVersion, Refusal};
 use crate::ops::admin::Health;
-use crate::ops::metrics::{DirectionLabel, Metrics, ReasonLabel};
+use crate::ops::metrics::{DirectionLabel, Metrics};
 use crate::tls::{self, TlsError, TlsFiles, TlsHandle};
 use crate::x509::identity;
 use crate::x509::rules::{self as authorize, Rules};
@@ -63,28 +63,7 @@ impl Proxy {
 
     /// Counts a connection that ended before it was spliced, under every metric that describes why.
     fn count_failure(&self, err: &ConnError) {
-        let m = &self.metrics;
-        m.outcome(err.label());
-        let (family, reason) = match err {
-            ConnError::ProxyProtocol(e) => (&m.proxy_protocol_errors, e.label()),
-            ConnError::HandshakeTimeout(_) => (&m.handshake_failures, "timeout"),
-            ConnError::Handshake(e) => (&m.handshake_failures, tls::handshake_failure_label(e)),
-            ConnError::ConnectTimeout(_) => (&m.connect_refusals, "timeout"),
-            ConnError::ClosedBeforeConnect | ConnError::ConnectIo(_) => (&m.connect_refusals, "eof"),
-            ConnError::BadConnect(e) => (&m.connect_refusals, e.label()),
-            ConnError::OverBudget { .. } => (&m.connect_refusals, "memory_budget"),
-            ConnError::Identity(_) => (&m.connect_refusals, "no_identity"),
-            ConnError::UsernameMismatch { .. } => (&m.connect_refusals, "username_mismatch"),
-            ConnError::NotAllowed(e) => (&m.connect_refusals, e.label()),
-            ConnError::ClientIdRejected { .. } => (&m.connect_refusals, "client_id_rejected"),
-            ConnError::Upstream(e) => (&m.upstream_errors, e.label()),
-            ConnError::UpstreamWrite(_) => (&m.upstream_errors, "io"),
-            ConnError::NoConnack(_) => (&m.upstream_errors, "no_connack"),
-            ConnError::UpstreamClosed => (&m.upstream_errors, "closed"),
-            // The client left while its CONNACK was on the way: the outcome says it all.
-            ConnError::ClientWrite(_) => return,
-        };
-        family.get_or_create(&ReasonLabel { reason }).inc();
+        err.count(&self.metrics);
     }
 }
 
@@ -160,25 +139,7 @@ pub async fn handle(
                 %err,
                 "closed"
             ),
-            Err(err) => {
-                let detail = match &err {
-                    ConnError::Handshake(e) => tls::handshake_failure_label(e),
-                    ConnError::ProxyProtocol(e) => e.label(),
-                    ConnError::BadConnect(e) => e.label(),
-                    ConnError::OverBudget { .. } => "memory_budget",
-                    ConnError::Identity(e) => e.label(),
-                    ConnError::NotAllowed(e) => e.label(),
-                    ConnError::ClientIdRejected { .. } => "client_id_rejected",
-                    ConnError::Upstream(e) => e.label(),
-                    _ => "",
-                };
-                if detail == "eof" {
-                    // Closed before a ClientHello: a TCP health check or port probe, not worth a warning.
-                    debug!(outcome = err.label(), reason = detail, "closed before TLS");
-                } else {
-                    warn!(outcome = err.label(), reason = detail, %err, "refused");
-                }
-            }
+            Err(err) => err.log(),
         }
     }
     .instrument(span)

@@ -49,7 +49,7 @@ const MAX_RELOAD_DEBOUNCE: Duration = Duration::from_secs(60);
 const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 
 /// The largest remaining length an MQTT fixed header can announce.
-const MQTT_MAX_REMAINING_LENGTH: usize = 268_435_455;
+use crate::mqtt::connect::MAX_REMAINING_LEN as MQTT_MAX_REMAINING_LENGTH;
 
 #[derive(Debug, Parser)]
 #[command(name = "mqtls", version, about = "MQTT-over-TLS proxy that maps client certificates to MQTT usernames")]

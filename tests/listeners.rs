@@ -395,7 +395,7 @@ async fn a_changed_or_added_sni_entry_is_named_on_sighup_as_needing_a_restart() 
             assert!(Instant::now() < deadline, "{step}: no restart warning: {}", mqtls.log());
             std::thread::sleep(Duration::from_millis(20));
         }
-        let line = mqtls.log().lines().filter(|l| l.contains("need a restart")).last().unwrap_or_default().to_string();
+        let line = mqtls.log().lines().rfind(|l| l.contains("need a restart")).unwrap_or_default().to_string();
         assert!(line.contains(r#""settings":"sni""#), "{step}: {line}");
     }
     assert!(mqtls.running(), "SIGHUP stopped mqtls: {}", mqtls.log());

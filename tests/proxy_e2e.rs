@@ -215,6 +215,54 @@ async fn certificate_without_the_selected_field_is_refused_as_not_authorized() {
     assert!(s.broker.usernames().is_empty());
 }
 
+/// The `refused` log line names the reason the refusal is counted under in the metrics: a certificate
+/// without a CN (username_from = cn, the default) is `no_identity` in both, and a device that leaves
+/// after TLS without a CONNECT is `eof` in both (a warning: it is past TLS, not a port probe).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_is_logged_with_the_reason_it_is_counted_under() {
+    let pki = Pki::new();
+    let admin = free_port();
+    // Both refusals happen before the broker is contacted: nothing needs to listen upstream.
+    let upstream = format!("127.0.0.1:{}", free_port());
+    let mqtls = Binary::start(&pki, &upstream, &["--admin", &format!("127.0.0.1:{admin}")]);
+
+    let no_cn = pki.ca.issue(true, |p| {
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::OrganizationName, "Acme");
+    });
+    let mut tls = tls_connect(mqtls.port, client_tls(&pki, Some(&no_cn))).await.expect("handshake");
+    tls.write_all(&packet::connect(4, "c", None, None)).await.expect("write");
+    assert_eq!(read_to_close(&mut tls).await, [0x20, 2, 0, 5]);
+    let device = pki.ca.client("device-42");
+    let mut tls = tls_connect(mqtls.port, client_tls(&pki, Some(&device))).await.expect("handshake");
+    tls.shutdown().await.expect("close_notify");
+    assert_eq!(read_to_close(&mut tls).await, b"");
+
+    let refused = || -> Vec<serde_json::Value> {
+        let log = mqtls.log();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["message"] == "refused")
+            .collect()
+    };
+    eventually("two refused lines", || {
+        let n = refused().len();
+        async move { n == 2 }
+    })
+    .await;
+    let (_, metrics) = http_get(([127, 0, 0, 1], admin).into(), "/metrics").await;
+    let lines = refused();
+    let expected = [("not_authorized", "no_identity"), ("connect_eof", "eof")];
+    for (line, (outcome, reason)) in lines.iter().zip(expected) {
+        assert_eq!((line["outcome"].as_str(), line["reason"].as_str()), (Some(outcome), Some(reason)), "{line}");
+        assert_eq!(line["level"], "WARN", "{line}");
+        let counted = format!("mqtls_connect_refusals_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&counted), "{counted} not in\n{metrics}");
+        let outcome = format!("mqtls_connections_total{{outcome=\"{outcome}\"}} 1");
+        assert!(metrics.contains(&outcome), "{outcome} not in\n{metrics}");
+    }
+}
+
 /// A good client connects and round-trips a message: proof that a refusal hurt nobody else.
 async fn good_client_round_trips(s: &Rig) {
     let device = s.pki.ca.client("device-1");

@@ -11,23 +11,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::server::TlsStream;
-use tracing::{debug, field, info, info_span, warn, Instrument, Span};
+use tracing::{field, info, info_span, Instrument, Span};
 
 use crate::config::{Global, Listener};
 use crate::conn::budget::Share;
 use crate::conn::busy_poll::BusyPoll;
+use crate::conn::error::ConnError;
 use crate::conn::proxy_protocol::{self, ClientAddrs, InboundError, TlsFacts, UpstreamProxyProtocol};
 use crate::conn::splice::{splice, SpliceStats};
-use crate::conn::upstream::{UpstreamError, UpstreamStream};
-use crate::mqtt::connect::{self, Connect, ConnectError, Edit, ProtocolVersion, Refusal};
+use crate::conn::upstream::UpstreamStream;
+use crate::mqtt::connect::{self, Connect, Edit, ProtocolVersion, Refusal};
 use crate::ops::health::Health;
-use crate::ops::metrics::{DirectionLabel, Metrics, ReasonLabel};
-#[cfg(test)]
-use crate::tls::TlsFiles;
-use crate::tls::{self, TlsHandle};
-use crate::x509::identity::{self, IdentityError};
+use crate::ops::metrics::{DirectionLabel, Metrics};
+use crate::tls::TlsHandle;
+use crate::x509::identity;
 use crate::x509::policy::{ClientIdPolicy, ClientUsername, PasswordPolicy};
-use crate::x509::rules::{self as authorize, Refused, Rules};
+use crate::x509::rules::{self as authorize, Rules};
 
 /// How long a refusal CONNACK may take to leave: a client that doesn't read must not hold the task.
 const CONNACK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,28 +59,7 @@ impl Proxy {
 
     /// Counts a connection that ended before it was spliced, under every metric that describes why.
     fn count_failure(&self, err: &ConnError) {
-        let m = &self.metrics;
-        m.outcome(err.label());
-        let (family, reason) = match err {
-            ConnError::ProxyProtocol(e) => (&m.proxy_protocol_errors, e.label()),
-            ConnError::HandshakeTimeout(_) => (&m.handshake_failures, "timeout"),
-            ConnError::Handshake(e) => (&m.handshake_failures, tls::handshake_failure_label(e)),
-            ConnError::ConnectTimeout(_) => (&m.connect_refusals, "timeout"),
-            ConnError::ClosedBeforeConnect | ConnError::ConnectIo(_) => (&m.connect_refusals, "eof"),
-            ConnError::BadConnect(e) => (&m.connect_refusals, e.label()),
-            ConnError::OverBudget { .. } => (&m.connect_refusals, "memory_budget"),
-            ConnError::Identity(_) => (&m.connect_refusals, "no_identity"),
-            ConnError::UsernameMismatch { .. } => (&m.connect_refusals, "username_mismatch"),
-            ConnError::NotAllowed(e) => (&m.connect_refusals, e.label()),
-            ConnError::ClientIdRejected { .. } => (&m.connect_refusals, "client_id_rejected"),
-            ConnError::Upstream(e) => (&m.upstream_errors, e.label()),
-            ConnError::UpstreamWrite(_) => (&m.upstream_errors, "io"),
-            ConnError::NoConnack(_) => (&m.upstream_errors, "no_connack"),
-            ConnError::UpstreamClosed => (&m.upstream_errors, "closed"),
-            // The client left while its CONNACK was on the way: the outcome says it all.
-            ConnError::ClientWrite(_) => return,
-        };
-        family.get_or_create(&ReasonLabel { reason }).inc();
+        err.count(&self.metrics);
     }
 }
 
@@ -99,71 +77,6 @@ impl<'a> ActiveGuard<'a> {
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
         self.0.active_connections.dec();
-    }
-}
-
-/// Why a connection ended before or instead of being spliced. Variants double as bounded outcome labels.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnError {
-    #[error("PROXY protocol: {0}")]
-    ProxyProtocol(InboundError),
-    #[error("TLS handshake timed out after {0:?}")]
-    HandshakeTimeout(Duration),
-    #[error("TLS handshake failed: {0}")]
-    Handshake(std::io::Error),
-    #[error("no CONNECT within {0:?}")]
-    ConnectTimeout(Duration),
-    #[error("client closed before sending a complete CONNECT")]
-    ClosedBeforeConnect,
-    #[error("reading CONNECT: {0}")]
-    ConnectIo(std::io::Error),
-    #[error("refused CONNECT: {0}")]
-    BadConnect(#[from] ConnectError),
-    #[error("certificate identity: {0}")]
-    Identity(#[from] IdentityError),
-    #[error("CONNECT username {sent:?} differs from certificate identity {identity:?} (client_username = reject)")]
-    UsernameMismatch { sent: String, identity: String },
-    #[error("{0}")]
-    NotAllowed(#[from] Refused),
-    #[error("CONNECT client id {client_id:?} does not start with the certificate identity {identity:?} (client_id = require-prefix)")]
-    ClientIdRejected { client_id: String, identity: String },
-    #[error(
-        "CONNECT refused after {held} bytes: the CONNECTs being read hold all of connect_buffer_budget \
-         (a flood of large CONNECTs?)"
-    )]
-    OverBudget { held: usize, version: Option<ProtocolVersion> },
-    #[error("{0}")]
-    Upstream(#[from] UpstreamError),
-    #[error("forwarding CONNECT to broker: {0}")]
-    UpstreamWrite(std::io::Error),
-    #[error("broker did not answer the CONNECT within {0:?}")]
-    NoConnack(Duration),
-    #[error("broker closed the connection without answering the CONNECT")]
-    UpstreamClosed,
-    #[error("writing to the client: {0}")]
-    ClientWrite(std::io::Error),
-}
-
-impl ConnError {
-    /// Bounded label for logs and metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            ConnError::ProxyProtocol(_) => "proxy_protocol",
-            ConnError::HandshakeTimeout(_) => "tls_timeout",
-            ConnError::Handshake(_) => "tls_failed",
-            ConnError::ConnectTimeout(_) => "connect_timeout",
-            ConnError::ClosedBeforeConnect | ConnError::ConnectIo(_) => "connect_eof",
-            ConnError::BadConnect(_) | ConnError::OverBudget { .. } => "connect_refused",
-            ConnError::Identity(_)
-            | ConnError::UsernameMismatch { .. }
-            | ConnError::NotAllowed(_)
-            | ConnError::ClientIdRejected { .. } => "not_authorized",
-            ConnError::Upstream(_)
-            | ConnError::UpstreamWrite(_)
-            | ConnError::NoConnack(_)
-            | ConnError::UpstreamClosed => "upstream_failed",
-            ConnError::ClientWrite(_) => "client_gone",
-        }
     }
 }
 
@@ -222,25 +135,7 @@ pub async fn handle(
                 %err,
                 "closed"
             ),
-            Err(err) => {
-                let detail = match &err {
-                    ConnError::Handshake(e) => tls::handshake_failure_label(e),
-                    ConnError::ProxyProtocol(e) => e.label(),
-                    ConnError::BadConnect(e) => e.label(),
-                    ConnError::OverBudget { .. } => "memory_budget",
-                    ConnError::Identity(e) => e.label(),
-                    ConnError::NotAllowed(e) => e.label(),
-                    ConnError::ClientIdRejected { .. } => "client_id_rejected",
-                    ConnError::Upstream(e) => e.label(),
-                    _ => "",
-                };
-                if detail == "eof" {
-                    // Closed before a ClientHello: a TCP health check or port probe, not worth a warning.
-                    debug!(outcome = err.label(), reason = detail, "closed before TLS");
-                } else {
-                    warn!(outcome = err.label(), reason = detail, %err, "refused");
-                }
-            }
+            Err(err) => err.log(),
         }
     }
     .instrument(span)
@@ -562,6 +457,7 @@ async fn send_and_close<C: AsyncWrite + Unpin>(client: &mut C, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::{self, TlsFiles};
 
     /// Tens of thousands of idle connections each hold one of these futures for their whole life; the
     /// TLS stream and the handshake live behind boxes so it stays small.

@@ -1,4 +1,5 @@
-//! MQTT, as little as a proxy needs: the first packet (the CONNECT) read and edited byte-exactly, and
-//! the CONNACKs that refuse a client in its own protocol version.
+//! MQTT, as little as a proxy needs: [`connect`] reads the first packet (the CONNECT) and edits it
+//! byte-exactly; [`connack`] holds the CONNACKs that refuse a client in its own protocol version.
 
+pub mod connack;
 pub mod connect;

@@ -4,7 +4,8 @@
 use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::x509::identity::{name_rfc2253, sha256_hex};
+use crate::x509::identity::sha256_hex;
+use crate::x509::rfc2253::name_rfc2253;
 
 /// A certificate, described.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,6 +1,12 @@
-//! Client and server certificates: the identity a client certificate maps to ([`identity`]), the allow
-//! rules it must match ([`rules`]), and what an operator is shown of a certificate ([`cert`]).
+//! Client and server certificates:
+//! - [`identity`]: certificate → MQTT username (CN, RFC 2253 subject, SANs, fingerprint);
+//! - [`rules`]: the allow rules a client certificate must match;
+//! - [`cert`]: what an operator is shown of a certificate (`/certs`, metrics, `mqtls check`, the reload log);
+//! - `rfc2253`: X.509 names printed byte for byte as OpenSSL's `XN_FLAG_RFC2253` prints them;
+//! - `oid`: attribute type OIDs as OpenSSL names them (dotted digits, short names).
 
 pub mod cert;
 pub mod identity;
+pub(crate) mod oid;
+pub(crate) mod rfc2253;
 pub mod rules;

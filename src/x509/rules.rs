@@ -11,7 +11,7 @@
 //! | `ou` | each subject OU |
 //! | `dns` | each dNSName subjectAltName, case-insensitively (DNS names are) |
 //! | `uri` | each URI subjectAltName (e.g. a SPIFFE ID) |
-//! | `issuer` | the issuer's whole DN in RFC 2253 form, as [`identity::name_rfc2253`] prints it |
+//! | `issuer` | the issuer's whole DN in RFC 2253 form, as `x509::rfc2253` prints it |
 //!
 //! The issuer is matched on its whole DN rather than its CN: two CAs of different organisations can
 //! share a CN ("Device CA"), the DN is what names a CA, and it is the string operators already see
@@ -37,6 +37,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
 use crate::x509::identity;
+use crate::x509::rfc2253::name_rfc2253;
 
 /// The certificate field a rule is matched against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,11 +225,11 @@ pub fn admits(rules: &Rules, cert: &X509Certificate<'_>) -> Result<(), Refused> 
         }
     }
     if !rules.issuer.patterns.is_empty()
-        && identity::name_rfc2253(cert.issuer()).is_ok_and(|issuer| rules.issuer.matches(&issuer))
+        && name_rfc2253(cert.issuer()).is_ok_and(|issuer| rules.issuer.matches(&issuer))
     {
         return Ok(());
     }
-    let describe = |name| identity::name_rfc2253(name).unwrap_or_else(|_| "(unprintable)".into());
+    let describe = |name| name_rfc2253(name).unwrap_or_else(|_| "(unprintable)".into());
     Err(Refused::NotAllowed { subject: describe(cert.subject()), issuer: describe(cert.issuer()) })
 }
 

@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::config::{ClientAuth, TlsSettings};
 use crate::x509::cert::CertInfo;
+use crate::x509::identity::sha256_hex;
 use resumption::{CheckedSessions, CheckedTickets};
 
 /// Why the TLS configuration could not be built. Each names the setting and the file.
@@ -385,7 +386,7 @@ fn leaf_info(file: &TlsFile, chain: &[CertificateDer<'static>]) -> Result<LeafIn
                 serial: cert.raw_serial_as_string(),
                 not_before: rfc3339(validity.not_before),
                 not_after: rfc3339(validity.not_after),
-                sha256: hex(&Sha256::digest(der.as_ref())),
+                sha256: sha256_hex(der.as_ref()),
                 validity: if now < validity.not_before {
                     Validity::NotYetValid
                 } else if now > validity.not_after {
@@ -404,11 +405,6 @@ fn rfc3339(t: x509_parser::time::ASN1Time) -> String {
         Ok(secs) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string(),
         Err(_) => t.to_string(),
     }
-}
-
-/// Lower-case hex, no separators.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn pem_error(setting: &'static str, path: &Path, what: &'static str, e: rustls::pki_types::pem::Error) -> TlsError {

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::x509::hex::{push_hex, Case};
 use crate::x509::identity::sha256_hex;
 use crate::x509::rfc2253::name_rfc2253;
 
@@ -30,7 +31,7 @@ impl CertInfo {
         Some(CertInfo {
             subject: name(cert.subject()),
             issuer: name(cert.issuer()),
-            serial: cert.raw_serial().iter().map(|b| format!("{b:02X}")).collect(),
+            serial: openssl_serial(cert.raw_serial()),
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
             sha256: sha256_hex(der),
@@ -41,4 +42,11 @@ impl CertInfo {
     pub fn is_valid_at(&self, now: i64) -> bool {
         self.not_before <= now && now <= self.not_after
     }
+}
+
+/// Uppercase hex without separators, as `openssl x509 -serial` prints a serial number.
+fn openssl_serial(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(2 * raw.len());
+    push_hex(&mut out, raw, Case::Upper);
+    out
 }

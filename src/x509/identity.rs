@@ -19,6 +19,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
+use crate::x509::hex::{push_hex, Case};
 use crate::x509::rfc2253::name_rfc2253;
 
 /// Which certificate field becomes the MQTT username.
@@ -161,18 +162,9 @@ fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
 
 /// Lowercase hex without separators, the form `sha256sum` prints.
 pub(crate) fn sha256_hex(der: &[u8]) -> String {
-    let digest = Sha256::digest(der);
     let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push(hex_digit(b >> 4));
-        out.push(hex_digit(b & 0x0f));
-    }
+    push_hex(&mut out, &Sha256::digest(der), Case::Lower);
     out
-}
-
-/// Lowercase hex digit of the low nibble.
-pub(super) fn hex_digit(nibble: u8) -> char {
-    char::from_digit(u32::from(nibble & 0x0f), 16).unwrap_or('0')
 }
 
 /// Rules every username obeys whatever field it came from: MQTT forbids NUL

@@ -3,9 +3,11 @@
 //! - [`rules`]: the allow rules a client certificate must match;
 //! - [`cert`]: what an operator is shown of a certificate (`/certs`, metrics, `mqtls check`, the reload log);
 //! - `rfc2253`: X.509 names printed byte for byte as OpenSSL's `XN_FLAG_RFC2253` prints them;
-//! - `oid`: attribute type OIDs as OpenSSL names them (dotted digits, short names).
+//! - `oid`: attribute type OIDs as OpenSSL names them (dotted digits, short names);
+//! - `hex`: the one hex encoder.
 
 pub mod cert;
+pub(crate) mod hex;
 pub mod identity;
 pub(crate) mod oid;
 pub(crate) mod rfc2253;

@@ -11,9 +11,10 @@
 use x509_parser::asn1_rs::{Any, Class};
 use x509_parser::x509::X509Name;
 
+use crate::x509::hex::{push_hex, Case};
 use crate::x509::identity::{
-    bmp_code_points, hex_digit, universal_code_points, IdentityError, TAG_BMP, TAG_GENERALIZEDTIME, TAG_IA5,
-    TAG_NUMERIC, TAG_PRINTABLE, TAG_T61, TAG_UNIVERSAL, TAG_UTCTIME, TAG_UTF8, TAG_VISIBLE,
+    bmp_code_points, universal_code_points, IdentityError, TAG_BMP, TAG_GENERALIZEDTIME, TAG_IA5, TAG_NUMERIC,
+    TAG_PRINTABLE, TAG_T61, TAG_UNIVERSAL, TAG_UTCTIME, TAG_UTF8, TAG_VISIBLE,
 };
 use crate::x509::oid::{oid_dotted, short_name};
 
@@ -125,14 +126,11 @@ fn escape_rfc2253(out: &mut String, bytes: &[u8]) {
 
 fn push_hex_escape(out: &mut String, b: u8) {
     out.push('\\');
-    push_hex_byte(out, b);
+    push_hex(out, &[b], OPENSSL_CASE);
 }
 
-fn push_hex_byte(out: &mut String, b: u8) {
-    // OpenSSL's do_esc_char and do_hex_dump both use uppercase digits.
-    out.push(hex_digit(b >> 4).to_ascii_uppercase());
-    out.push(hex_digit(b & 0x0f).to_ascii_uppercase());
-}
+/// OpenSSL's do_esc_char and do_hex_dump both use uppercase digits.
+const OPENSSL_CASE: Case = Case::Upper;
 
 /// `do_dump` with ASN1_STRFLGS_DUMP_DER: `#` and the uppercase hex of the
 /// value's DER encoding (identifier, definite length, contents).
@@ -144,28 +142,22 @@ fn dump_der(out: &mut String, value: &Any<'_>) {
     let tag = hdr.tag().0;
     if tag < 31 {
         // tag < 31 fits the low five bits.
-        push_hex_byte(out, class_bits | constructed | (tag as u8));
+        push_hex(out, &[class_bits | constructed | (tag as u8)], OPENSSL_CASE);
     } else {
-        push_hex_byte(out, class_bits | constructed | 0x1f);
-        for b in base128(u128::from(tag)) {
-            push_hex_byte(out, b);
-        }
+        push_hex(out, &[class_bits | constructed | 0x1f], OPENSSL_CASE);
+        push_hex(out, &base128(u128::from(tag)), OPENSSL_CASE);
     }
     let len = value.data.len();
     if len < 0x80 {
-        push_hex_byte(out, len as u8);
+        push_hex(out, &[len as u8], OPENSSL_CASE);
     } else {
         let be = len.to_be_bytes();
         let skip = be.iter().take_while(|&&b| b == 0).count();
         let significant = be.get(skip..).unwrap_or(&[]);
-        push_hex_byte(out, 0x80 | significant.len() as u8);
-        for &b in significant {
-            push_hex_byte(out, b);
-        }
+        push_hex(out, &[0x80 | significant.len() as u8], OPENSSL_CASE);
+        push_hex(out, significant, OPENSSL_CASE);
     }
-    for &b in value.data {
-        push_hex_byte(out, b);
-    }
+    push_hex(out, value.data, OPENSSL_CASE);
 }
 
 /// Base-128 big-endian with continuation bits, as in tags and OID arcs.

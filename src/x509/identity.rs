@@ -17,10 +17,10 @@ use sha2::{Digest, Sha256};
 use x509_parser::asn1_rs::{Any, Class};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::FromDer;
 
 use crate::x509::hex::{push_hex, Case};
 use crate::x509::rfc2253::name_rfc2253;
+use crate::x509::ClientCert;
 
 /// Which certificate field becomes the MQTT username.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -134,30 +134,26 @@ impl IdentityError {
 /// Longest string an MQTT UTF-8 string field can carry (2-byte length prefix).
 const MQTT_STRING_MAX: usize = 65_535;
 
-/// The username for a verified leaf certificate (DER).
-///
-/// The certificate is parsed even for `sha256`, so garbage (or trailing bytes,
-/// which would make the fingerprint differ from `openssl x509 -fingerprint`)
-/// is refused the same way in every mode.
+/// The username for a verified leaf certificate (DER); [`username_of`] for one already parsed.
 pub fn username(cert_der: &[u8], from: UsernameFrom) -> Result<String, IdentityError> {
-    let cert = parse_certificate(cert_der)?;
-    let field = from.field();
-    let name = match from {
-        UsernameFrom::Cn => common_name(&cert)?,
-        UsernameFrom::Subject => subject_rfc2253(&cert)?,
-        UsernameFrom::SanDns | UsernameFrom::SanUri | UsernameFrom::SanEmail => first_san(&cert, from)?,
-        UsernameFrom::Sha256 => sha256_hex(cert_der),
-    };
-    check_mqtt_username(field, name)
+    username_of(&ClientCert::parse(cert_der), from)
 }
 
-/// Parses exactly one certificate, refusing trailing bytes.
-fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::NotACertificate(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(IdentityError::NotACertificate(format!("{} trailing bytes after the certificate", rest.len())));
-    }
-    Ok(cert)
+/// The username for a verified leaf certificate.
+///
+/// The certificate must have parsed even for `sha256`, so garbage (or trailing
+/// bytes, which would make the fingerprint differ from `openssl x509
+/// -fingerprint`) is refused the same way in every mode.
+pub(crate) fn username_of(leaf: &ClientCert<'_>, from: UsernameFrom) -> Result<String, IdentityError> {
+    let cert = leaf.parsed().map_err(|reason| IdentityError::NotACertificate(reason.to_owned()))?;
+    let field = from.field();
+    let name = match from {
+        UsernameFrom::Cn => common_name(cert)?,
+        UsernameFrom::Subject => subject_rfc2253(cert)?,
+        UsernameFrom::SanDns | UsernameFrom::SanUri | UsernameFrom::SanEmail => first_san(cert, from)?,
+        UsernameFrom::Sha256 => sha256_hex(leaf.der()),
+    };
+    check_mqtt_username(field, name)
 }
 
 /// Lowercase hex without separators, the form `sha256sum` prints.

@@ -34,10 +34,10 @@ use std::fmt;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::FromDer;
 
 use crate::x509::identity;
 use crate::x509::rfc2253::name_rfc2253;
+use crate::x509::ClientCert;
 
 /// The certificate field a rule is matched against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,10 +242,20 @@ pub fn admits_der(rules: &Rules, der: &[u8]) -> Result<(), Refused> {
     if rules.is_empty() {
         return Ok(());
     }
-    match X509Certificate::from_der(der) {
-        Ok(([], cert)) => admits(rules, &cert),
-        Ok((rest, _)) => Err(Refused::NotACertificate(format!("{} trailing bytes after the certificate", rest.len()))),
-        Err(e) => Err(Refused::NotACertificate(e.to_string())),
+    admits_cert(rules, &ClientCert::parse(der))
+}
+
+/// [`admits`] for a client's leaf certificate, parsed once for every check of the connection.
+///
+/// # Errors
+/// As [`admits`], and (when there are rules) [`Refused::NotACertificate`] if the leaf did not parse.
+pub(crate) fn admits_cert(rules: &Rules, leaf: &ClientCert<'_>) -> Result<(), Refused> {
+    if rules.is_empty() {
+        return Ok(());
+    }
+    match leaf.parsed() {
+        Ok(cert) => admits(rules, cert),
+        Err(reason) => Err(Refused::NotACertificate(reason.to_owned())),
     }
 }
 

@@ -76,7 +76,7 @@ impl CertInfo {
 
     /// Whether the certificate is within its validity period at `now` (Unix time); both ends count as
     /// inside.
-    pub fn validity_at(&self, now: i64) -> Validity {
+    pub(crate) fn validity_at(&self, now: i64) -> Validity {
         if now < self.not_before {
             Validity::NotYetValid
         } else if now > self.not_after {

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use mqtls::config::{Cli, Command, Config, RunArgs};
 use mqtls::ops::logging;
+use mqtls::x509::cert::Validity;
 use mqtls::x509::identity;
 use mqtls::{tls, App};
 use rustls::pki_types::pem::PemObject;
@@ -43,13 +44,18 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
         println!("# configuration OK ({origin})");
         println!(
             "# server certificate: {} (serial {}, not after {}, sha256 {})",
-            leaf.subject, leaf.serial, leaf.not_after, leaf.sha256
+            leaf.subject,
+            leaf.serial,
+            leaf.not_after_rfc3339(),
+            leaf.sha256
         );
-        match leaf.validity {
-            tls::Validity::Valid => {}
-            tls::Validity::Expired => println!("# WARNING: the server certificate EXPIRED at {}", leaf.not_after),
-            tls::Validity::NotYetValid => {
-                println!("# WARNING: the server certificate is NOT VALID before {}", leaf.not_before)
+        match leaf.validity() {
+            Validity::Valid => {}
+            Validity::Expired => {
+                println!("# WARNING: the server certificate EXPIRED at {}", leaf.not_after_rfc3339())
+            }
+            Validity::NotYetValid => {
+                println!("# WARNING: the server certificate is NOT VALID before {}", leaf.not_before_rfc3339())
             }
         }
     }

@@ -99,6 +99,57 @@ fn check_validates_and_prints_the_effective_settings() {
     assert!(text.contains(&format!("cert = \"{}\"", s(&pki.server_cert))), "{text}");
 }
 
+/// `mqtls check`, the start-up log line and `/certs` describe the server certificate with the same
+/// subject and serial. The subject has two attributes (CN then O, as encoded), so a rendering in
+/// encoding order ("CN=localhost, O=Acme") differs from RFC 2253's reversed one; the serial has letters
+/// and more than one byte, so a lowercase or colon-separated rendering differs from what
+/// `openssl x509 -serial` prints.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_the_startup_log_and_certs_show_the_same_subject_and_serial() {
+    let pki = Pki::new();
+    let server = pki.ca.issue(false, |p| {
+        // rcgen's default DN holds a CN already: this one takes its place, first; O comes after it.
+        p.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+        p.distinguished_name.push(rcgen::DnType::OrganizationName, "Acme");
+        p.subject_alt_names = vec![rcgen::SanType::DnsName("localhost".try_into().expect("dns"))];
+        p.serial_number = Some(rcgen::SerialNumber::from(vec![0x0a, 0xbc, 0xde]));
+    });
+    server.write(pki.dir.path(), "server");
+    let (subject, serial) = ("O=Acme,CN=localhost", "0ABCDE");
+
+    let files = ["--cert", s(&pki.server_cert), "--key", s(&pki.server_key), "--client-ca", s(&pki.ca_file)];
+    let out = mqtls(&[&["check"], &files[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let line = text.lines().find_map(|l| l.strip_prefix("# server certificate: ")).unwrap_or_else(|| panic!("{text}"));
+    let (checked_subject, rest) = line.split_once(" (serial ").unwrap_or_else(|| panic!("{line}"));
+    let checked_serial = rest.split_once(',').map(|(serial, _)| serial).unwrap_or_else(|| panic!("{line}"));
+    assert_eq!((checked_subject, checked_serial), (subject, serial), "mqtls check: {line}");
+
+    let admin = free_port();
+    let mqtls = Binary::start(&pki, &format!("127.0.0.1:{}", free_port()), &["--admin", &format!("127.0.0.1:{admin}")]);
+    eventually("the admin endpoint accepts", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", admin)).await.is_ok()
+    })
+    .await;
+    let (status, body) = http_get(([127, 0, 0, 1], admin).into(), "/certs").await;
+    assert_eq!(status, 200, "{body}");
+    let certs: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (&certs["server_chain"][0]["subject"], &certs["server_chain"][0]["serial"]),
+        (&subject.into(), &serial.into()),
+        "/certs: {body}"
+    );
+
+    let log = mqtls.log();
+    let loaded = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "TLS configuration loaded")
+        .unwrap_or_else(|| panic!("no start-up line in {log}"));
+    assert_eq!((&loaded["subject"], &loaded["serial"]), (&subject.into(), &serial.into()), "log: {loaded}");
+}
+
 #[test]
 fn identity_prints_the_username_a_certificate_maps_to() {
     let pki = Pki::new();

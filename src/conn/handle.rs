@@ -27,6 +27,7 @@ use crate::tls::TlsHandle;
 use crate::x509::identity;
 use crate::x509::policy::{ClientIdPolicy, ClientUsername, PasswordPolicy};
 use crate::x509::rules::{self as authorize, Rules};
+use crate::x509::ClientCert;
 
 /// How long a refusal CONNACK may take to leave: a client that doesn't read must not hold the task.
 const CONNACK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -198,13 +199,18 @@ async fn prepare(
     // Check the allow rules and map the identity now; refusing needs the CONNECT's version, so the
     // verdicts wait for it. A client without a certificate is subject to neither.
     let policy = proxy.listener.identity;
-    let leaf = client.get_ref().1.peer_certificates().and_then(|chain| chain.first());
-    let allowed = leaf.map(|leaf| authorize::admits_der(&proxy.rules.load(), leaf));
-    let identity = leaf.map(|leaf| identity::username(leaf, policy.username_from));
-    if let Some(Ok(id)) = &identity {
-        Span::current().record("identity", id.as_str());
-    }
-    let upstream_header = upstream_header(proxy, client.get_ref().1, addrs);
+    // The leaf is parsed once for the rules, the identity and the PROXY header, in a block: the parse
+    // is gone before the first await, so it does not stay in this future.
+    let (allowed, identity, upstream_header) = {
+        let leaf =
+            client.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|der| ClientCert::parse(der));
+        let allowed = leaf.as_ref().map(|leaf| authorize::admits_cert(&proxy.rules.load(), leaf));
+        let identity = leaf.as_ref().map(|leaf| identity::username_of(leaf, policy.username_from));
+        if let Some(Ok(id)) = &identity {
+            Span::current().record("identity", id.as_str());
+        }
+        (allowed, identity, upstream_header(proxy, client.get_ref().1, leaf.as_ref(), addrs))
+    };
 
     let (buf, connect) = match tokio::time::timeout(
         limits.connect_timeout,
@@ -330,17 +336,19 @@ fn own_addrs(proxy: &Proxy, tcp: &TcpStream, peer: SocketAddr) -> ClientAddrs {
 }
 
 /// The PROXY header for the broker (empty when `upstream_proxy_protocol` is off).
-fn upstream_header(proxy: &Proxy, tls: &rustls::ServerConnection, addrs: ClientAddrs) -> Vec<u8> {
+fn upstream_header(
+    proxy: &Proxy,
+    tls: &rustls::ServerConnection,
+    leaf: Option<&ClientCert<'_>>,
+    addrs: ClientAddrs,
+) -> Vec<u8> {
     let version = proxy.listener.proxy_protocol.upstream;
     let cn = match version {
         UpstreamProxyProtocol::Off => return Vec::new(),
         UpstreamProxyProtocol::V1 => None,
         // The header's CN is the certificate's CN whatever username_from says (HAProxy's meaning), and
         // only one that is usable as a username.
-        UpstreamProxyProtocol::V2 => tls
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|leaf| identity::username(leaf, identity::UsernameFrom::Cn).ok()),
+        UpstreamProxyProtocol::V2 => leaf.and_then(|leaf| identity::username_of(leaf, identity::UsernameFrom::Cn).ok()),
     };
     proxy_protocol::outbound_header(version, addrs, &TlsFacts::of(tls, cn))
 }

@@ -37,8 +37,8 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, RunArgs};
 use crate::ops::metrics::{Metrics, ResultLabel};
-use crate::tls::TlsSettings;
-use crate::tls::{self, LeafInfo, TlsError, TlsFiles, TlsHandle, Validity};
+use crate::tls::{self, TlsError, TlsFiles, TlsHandle, TlsSettings};
+use crate::x509::cert::{CertInfo, Validity};
 use crate::x509::rules::Rules;
 
 /// However busy a directory is, a burst of events delays the reload by at most this many debounce
@@ -108,7 +108,7 @@ pub enum ReloadOutcome {
     Reloaded {
         /// The files whose content differs from the previous good set.
         changed: Vec<PathBuf>,
-        leaf: LeafInfo,
+        leaf: CertInfo,
     },
 }
 
@@ -375,7 +375,7 @@ fn digests(files: &TlsFiles) -> Vec<(PathBuf, [u8; 32])> {
 }
 
 /// `sessions`: what happened to resumable sessions ("new" at start-up, "kept" or "ended" on reload).
-fn log_loaded(reason: ReloadReason, changed: &[PathBuf], leaf: &LeafInfo, sessions: &str) {
+fn log_loaded(reason: ReloadReason, changed: &[PathBuf], leaf: &CertInfo, sessions: &str) {
     let files: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
     let files = files.join(", ");
     let message =
@@ -386,21 +386,21 @@ fn log_loaded(reason: ReloadReason, changed: &[PathBuf], leaf: &LeafInfo, sessio
         sessions,
         subject = %leaf.subject,
         serial = %leaf.serial,
-        not_after = %leaf.not_after,
+        not_after = %leaf.not_after_rfc3339(),
         sha256 = %leaf.sha256,
         "{message}"
     );
-    match leaf.validity {
+    match leaf.validity() {
         Validity::Valid => {}
         Validity::Expired => warn!(
             subject = %leaf.subject,
-            not_after = %leaf.not_after,
+            not_after = %leaf.not_after_rfc3339(),
             "SERVER CERTIFICATE EXPIRED: clients will refuse the handshake; loaded anyway because \
              refuse_expired is false"
         ),
         Validity::NotYetValid => warn!(
             subject = %leaf.subject,
-            not_before = %leaf.not_before,
+            not_before = %leaf.not_before_rfc3339(),
             "SERVER CERTIFICATE NOT YET VALID: clients will refuse the handshake until not_before; loaded \
              anyway because refuse_expired is false"
         ),

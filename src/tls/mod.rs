@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -25,7 +24,7 @@ mod settings;
 
 use serde::Serialize;
 
-use crate::x509::cert::CertInfo;
+use crate::x509::cert::{CertInfo, Validity};
 use resumption::{CheckedSessions, CheckedTickets};
 pub use settings::{ClientAuth, SniCert, TlsSettings};
 
@@ -173,29 +172,6 @@ impl TlsFiles {
     }
 }
 
-/// Whether the leaf certificate is within its validity period now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Validity {
-    Valid,
-    Expired,
-    NotYetValid,
-}
-
-/// What an operator needs to recognise the server certificate in service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeafInfo {
-    pub subject: String,
-    /// Hex, colon-separated, as `openssl x509 -serial` shows it (modulo colons).
-    pub serial: String,
-    /// RFC 3339.
-    pub not_before: String,
-    /// RFC 3339.
-    pub not_after: String,
-    /// SHA-256 of the DER certificate, hex: the fingerprint `openssl x509 -fingerprint -sha256` prints.
-    pub sha256: String,
-    pub validity: Validity,
-}
-
 /// The certificates in force, described for `/certs` and the expiry metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct Certificates {
@@ -211,7 +187,8 @@ pub struct Certificates {
 /// A built server configuration, the leaf certificate it presents, and all its certificates described.
 pub struct Loaded {
     pub config: Arc<ServerConfig>,
-    pub leaf: LeafInfo,
+    /// The server certificate (the first of `certificates.server_chain`).
+    pub leaf: CertInfo,
     pub certificates: Arc<Certificates>,
 }
 
@@ -239,20 +216,9 @@ pub fn build_server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, 
 pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsError> {
     let provider = provider();
     let chain = parse_certs(&files.cert)?;
-    let leaf = leaf_info(&files.cert, &chain)?;
-    let server_chain = chain.iter().filter_map(|c| CertInfo::from_der(c)).collect();
+    let server_chain = describe_chain(&files.cert, &chain)?;
+    let leaf = leaf_of(&files.cert, &server_chain, settings.refuse_expired)?;
     let mut client_ca = Vec::new();
-    if settings.refuse_expired {
-        match leaf.validity {
-            Validity::Valid => {}
-            Validity::Expired => {
-                return Err(TlsError::Expired { path: files.cert.path.clone(), not_after: leaf.not_after })
-            }
-            Validity::NotYetValid => {
-                return Err(TlsError::NotYetValid { path: files.cert.path.clone(), not_before: leaf.not_before })
-            }
-        }
-    }
     let key = PrivateKeyDer::from_pem_slice(&files.key.bytes)
         .map_err(|e| pem_error("key", &files.key.path, "private key", e))?;
 
@@ -300,17 +266,9 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
     let mut resolver = SniResolver { exact: HashMap::new(), wildcard: HashMap::new(), default };
     for ((cert_file, key_file), entry) in files.sni.iter().zip(&settings.sni) {
         let chain = parse_certs(cert_file)?;
-        let sni_leaf = leaf_info(cert_file, &chain)?;
-        sni.extend(chain.iter().filter_map(|c| CertInfo::from_der(c)));
-        match (settings.refuse_expired, sni_leaf.validity) {
-            (false, _) | (_, Validity::Valid) => {}
-            (true, Validity::Expired) => {
-                return Err(TlsError::Expired { path: cert_file.path.clone(), not_after: sni_leaf.not_after })
-            }
-            (true, Validity::NotYetValid) => {
-                return Err(TlsError::NotYetValid { path: cert_file.path.clone(), not_before: sni_leaf.not_before })
-            }
-        }
+        let described = describe_chain(cert_file, &chain)?;
+        leaf_of(cert_file, &described, settings.refuse_expired)?;
+        sni.extend(described);
         let key = PrivateKeyDer::from_pem_slice(&key_file.bytes)
             .map_err(|e| pem_error(key_file.setting, &key_file.path, "private key", e))?;
         let ck = certified(cert_file, key_file, chain, key)?;
@@ -369,47 +327,34 @@ fn parse_crls(file: &TlsFile) -> Result<Vec<CertificateRevocationListDer<'static
 }
 
 /// Parses every certificate of the chain (so a truncated intermediate is caught now, not by clients)
-/// and describes the leaf.
-fn leaf_info(file: &TlsFile, chain: &[CertificateDer<'static>]) -> Result<LeafInfo, TlsError> {
-    let mut leaf = None;
+/// and describes each.
+fn describe_chain(file: &TlsFile, chain: &[CertificateDer<'static>]) -> Result<Vec<CertInfo>, TlsError> {
+    let mut described = Vec::with_capacity(chain.len());
     for (index, der) in chain.iter().enumerate() {
         let bad = |reason: String| TlsError::BadCert { setting: file.setting, path: file.path.clone(), index, reason };
         let (rest, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(e.to_string()))?;
         if !rest.is_empty() {
             return Err(bad(format!("{} bytes after the certificate", rest.len())));
         }
-        if index == 0 {
-            let validity = cert.validity();
-            let now = x509_parser::time::ASN1Time::now();
-            leaf = Some(LeafInfo {
-                subject: cert.subject().to_string(),
-                serial: cert.raw_serial_as_string(),
-                not_before: rfc3339(validity.not_before),
-                not_after: rfc3339(validity.not_after),
-                sha256: hex(&Sha256::digest(der.as_ref())),
-                validity: if now < validity.not_before {
-                    Validity::NotYetValid
-                } else if now > validity.not_after {
-                    Validity::Expired
-                } else {
-                    Validity::Valid
-                },
-            });
+        described.push(CertInfo::of(&cert, der));
+    }
+    Ok(described)
+}
+
+/// The leaf (first) certificate of a described chain; with `refuse_expired`, an error unless it is
+/// within its validity period now.
+fn leaf_of(file: &TlsFile, chain: &[CertInfo], refuse_expired: bool) -> Result<CertInfo, TlsError> {
+    let leaf =
+        chain.first().ok_or(TlsError::Empty { setting: file.setting, path: file.path.clone(), what: "CERTIFICATE" })?;
+    match (refuse_expired, leaf.validity()) {
+        (false, _) | (_, Validity::Valid) => Ok(leaf.clone()),
+        (true, Validity::Expired) => {
+            Err(TlsError::Expired { path: file.path.clone(), not_after: leaf.not_after_rfc3339() })
+        }
+        (true, Validity::NotYetValid) => {
+            Err(TlsError::NotYetValid { path: file.path.clone(), not_before: leaf.not_before_rfc3339() })
         }
     }
-    leaf.ok_or(TlsError::Empty { setting: file.setting, path: file.path.clone(), what: "CERTIFICATE" })
-}
-
-fn rfc3339(t: x509_parser::time::ASN1Time) -> String {
-    match u64::try_from(t.timestamp()) {
-        Ok(secs) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string(),
-        Err(_) => t.to_string(),
-    }
-}
-
-/// Lower-case hex, no separators.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn pem_error(setting: &'static str, path: &Path, what: &'static str, e: rustls::pki_types::pem::Error) -> TlsError {

@@ -7,17 +7,20 @@
 //! guessed name (a wrong username is a privilege problem, a refusal is not).
 //!
 //! [`subject_rfc2253`] reproduces OpenSSL's `X509_NAME_print_ex(.., 0,
-//! XN_FLAG_RFC2253)` byte for byte, because that is the username Mosquitto's
-//! `use_subject_as_username` produces and existing ACL files are keyed on it.
+//! XN_FLAG_RFC2253)` byte for byte (the printing is in `x509::rfc2253`),
+//! because that is the username Mosquitto's `use_subject_as_username`
+//! produces and existing ACL files are keyed on it.
 
 use std::fmt;
 
 use sha2::{Digest, Sha256};
-use x509_parser::asn1_rs::{Any, Class, Oid};
+use x509_parser::asn1_rs::{Any, Class};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::FromDer;
-use x509_parser::x509::X509Name;
+
+use crate::x509::hex::{push_hex, Case};
+use crate::x509::rfc2253::name_rfc2253;
+use crate::x509::ClientCert;
 
 /// Which certificate field becomes the MQTT username.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
@@ -131,46 +134,33 @@ impl IdentityError {
 /// Longest string an MQTT UTF-8 string field can carry (2-byte length prefix).
 const MQTT_STRING_MAX: usize = 65_535;
 
-/// The username for a verified leaf certificate (DER).
-///
-/// The certificate is parsed even for `sha256`, so garbage (or trailing bytes,
-/// which would make the fingerprint differ from `openssl x509 -fingerprint`)
-/// is refused the same way in every mode.
+/// The username for a verified leaf certificate (DER); [`username_of`] for one already parsed.
 pub fn username(cert_der: &[u8], from: UsernameFrom) -> Result<String, IdentityError> {
-    let cert = parse_certificate(cert_der)?;
+    username_of(&ClientCert::parse(cert_der), from)
+}
+
+/// The username for a verified leaf certificate.
+///
+/// The certificate must have parsed even for `sha256`, so garbage (or trailing
+/// bytes, which would make the fingerprint differ from `openssl x509
+/// -fingerprint`) is refused the same way in every mode.
+pub(crate) fn username_of(leaf: &ClientCert<'_>, from: UsernameFrom) -> Result<String, IdentityError> {
+    let cert = leaf.parsed().map_err(|reason| IdentityError::NotACertificate(reason.to_owned()))?;
     let field = from.field();
     let name = match from {
-        UsernameFrom::Cn => common_name(&cert)?,
-        UsernameFrom::Subject => subject_rfc2253(&cert)?,
-        UsernameFrom::SanDns | UsernameFrom::SanUri | UsernameFrom::SanEmail => first_san(&cert, from)?,
-        UsernameFrom::Sha256 => sha256_hex(cert_der),
+        UsernameFrom::Cn => common_name(cert)?,
+        UsernameFrom::Subject => subject_rfc2253(cert)?,
+        UsernameFrom::SanDns | UsernameFrom::SanUri | UsernameFrom::SanEmail => first_san(cert, from)?,
+        UsernameFrom::Sha256 => sha256_hex(leaf.der()),
     };
     check_mqtt_username(field, name)
 }
 
-/// Parses exactly one certificate, refusing trailing bytes.
-fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::NotACertificate(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(IdentityError::NotACertificate(format!("{} trailing bytes after the certificate", rest.len())));
-    }
-    Ok(cert)
-}
-
 /// Lowercase hex without separators, the form `sha256sum` prints.
 pub(crate) fn sha256_hex(der: &[u8]) -> String {
-    let digest = Sha256::digest(der);
     let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push(hex_digit(b >> 4));
-        out.push(hex_digit(b & 0x0f));
-    }
+    push_hex(&mut out, &Sha256::digest(der), Case::Lower);
     out
-}
-
-/// Lowercase hex digit of the low nibble.
-fn hex_digit(nibble: u8) -> char {
-    char::from_digit(u32::from(nibble & 0x0f), 16).unwrap_or('0')
 }
 
 /// Rules every username obeys whatever field it came from: MQTT forbids NUL
@@ -289,7 +279,7 @@ fn ascii(data: &[u8]) -> Option<String> {
 }
 
 /// UCS-2 big endian; `None` on odd length or any surrogate code unit.
-fn bmp_code_points(data: &[u8]) -> Option<Vec<char>> {
+pub(super) fn bmp_code_points(data: &[u8]) -> Option<Vec<char>> {
     if data.len() % 2 != 0 {
         return None;
     }
@@ -302,7 +292,7 @@ fn bmp_code_points(data: &[u8]) -> Option<Vec<char>> {
 }
 
 /// UCS-4 big endian; `None` on a partial unit or a non-scalar value.
-fn universal_code_points(data: &[u8]) -> Option<Vec<char>> {
+pub(super) fn universal_code_points(data: &[u8]) -> Option<Vec<char>> {
     if data.len() % 4 != 0 {
         return None;
     }
@@ -314,16 +304,16 @@ fn universal_code_points(data: &[u8]) -> Option<Vec<char>> {
         .collect()
 }
 
-const TAG_UTF8: u32 = 12;
-const TAG_NUMERIC: u32 = 18;
-const TAG_PRINTABLE: u32 = 19;
-const TAG_T61: u32 = 20;
-const TAG_IA5: u32 = 22;
-const TAG_UTCTIME: u32 = 23;
-const TAG_GENERALIZEDTIME: u32 = 24;
-const TAG_VISIBLE: u32 = 26;
-const TAG_UNIVERSAL: u32 = 28;
-const TAG_BMP: u32 = 30;
+pub(super) const TAG_UTF8: u32 = 12;
+pub(super) const TAG_NUMERIC: u32 = 18;
+pub(super) const TAG_PRINTABLE: u32 = 19;
+pub(super) const TAG_T61: u32 = 20;
+pub(super) const TAG_IA5: u32 = 22;
+pub(super) const TAG_UTCTIME: u32 = 23;
+pub(super) const TAG_GENERALIZEDTIME: u32 = 24;
+pub(super) const TAG_VISIBLE: u32 = 26;
+pub(super) const TAG_UNIVERSAL: u32 = 28;
+pub(super) const TAG_BMP: u32 = 30;
 
 // ---------------------------------------------------------------------------
 // subjectAltName
@@ -375,362 +365,6 @@ fn first_san(cert: &X509Certificate<'_>, from: UsernameFrom) -> Result<String, I
 
 /// The subject exactly as OpenSSL's `X509_NAME_print_ex(.., 0, XN_FLAG_RFC2253)`
 /// prints it (what Mosquitto's `use_subject_as_username` uses).
-///
-/// Follows OpenSSL 3.0 `crypto/asn1/a_strex.c` (`do_name_ex`, `do_print_ex`,
-/// `do_buf`, `do_esc_char`, `charmap.h`). Where OpenSSL would refuse to parse
-/// the certificate or would silently drop characters (invalid UTF8String,
-/// odd-length BMPString, surrogates, out-of-range UniversalString, malformed
-/// OIDs) this returns [`IdentityError::MalformedSubject`] instead, so two
-/// different subjects can never print the same.
 pub fn subject_rfc2253(cert: &X509Certificate<'_>) -> Result<String, IdentityError> {
     name_rfc2253(cert.subject())
-}
-
-/// Any X.509 name (subject or issuer) exactly as OpenSSL's `XN_FLAG_RFC2253` prints it.
-pub fn name_rfc2253(name: &X509Name<'_>) -> Result<String, IdentityError> {
-    // OpenSSL flattens the RDNs into one entry list, each entry remembering
-    // its RDN ("set") index; XN_FLAG_DN_REV walks that flat list backwards,
-    // so a multi-valued RDN comes out reversed too.
-    let entries: Vec<(usize, &x509_parser::x509::AttributeTypeAndValue<'_>)> =
-        name.iter().enumerate().flat_map(|(set, rdn)| rdn.iter().map(move |atv| (set, atv))).collect();
-    let mut out = String::new();
-    let mut prev_set = None;
-    for (set, atv) in entries.iter().rev() {
-        if let Some(prev) = prev_set {
-            out.push(if prev == *set { '+' } else { ',' });
-        }
-        prev_set = Some(*set);
-        let oid = oid_dotted(atv.attr_type())?;
-        match short_name(&oid) {
-            Some(sn) => {
-                out.push_str(sn);
-                out.push('=');
-                print_value(&mut out, atv.attr_value())?;
-            }
-            None => {
-                // OBJ_obj2txt into OpenSSL's char objtmp[80]: at most 79 chars.
-                out.push_str(oid.get(..79).unwrap_or(&oid));
-                out.push('=');
-                // XN_FLAG_DUMP_UNKNOWN_FIELDS: unknown types are always dumped.
-                dump_der(&mut out, atv.attr_value());
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// `do_print_ex` with ASN1_STRFLGS_RFC2253: strings are converted to UTF-8
-/// and escaped; types OpenSSL has no character width for are DER-dumped.
-fn print_value(out: &mut String, value: &Any<'_>) -> Result<(), IdentityError> {
-    let hdr = &value.header;
-    if hdr.class() != Class::Universal || hdr.is_constructed() {
-        dump_der(out, value);
-        return Ok(());
-    }
-    let data = value.data;
-    let malformed = |what: &str| IdentityError::MalformedSubject(what.to_owned());
-    // ASN1_STRFLGS_UTF8_CONVERT: UTF8String bytes are passed through as-is
-    // (OpenSSL treats them as width 1 "to avoid converting twice"); the
-    // 1-byte types are read as Latin-1 and converted to UTF-8;
-    // BMP/Universal are UCS-2/UCS-4 converted to UTF-8.
-    let utf8: Vec<u8> = match hdr.tag().0 {
-        TAG_UTF8 => {
-            if std::str::from_utf8(data).is_err() {
-                return Err(malformed("a UTF8String value is not valid UTF-8"));
-            }
-            data.to_vec()
-        }
-        TAG_NUMERIC | TAG_PRINTABLE | TAG_T61 | TAG_IA5 | TAG_UTCTIME | TAG_GENERALIZEDTIME | TAG_VISIBLE => {
-            data.iter().map(|&b| char::from(b)).collect::<String>().into_bytes()
-        }
-        TAG_BMP => bmp_code_points(data)
-            .ok_or_else(|| malformed("a BMPString value is not valid UCS-2"))?
-            .into_iter()
-            .collect::<String>()
-            .into_bytes(),
-        TAG_UNIVERSAL => universal_code_points(data)
-            .ok_or_else(|| malformed("a UniversalString value is not valid UCS-4"))?
-            .into_iter()
-            .collect::<String>()
-            .into_bytes(),
-        // tag2nbyte[] == -1 with ASN1_STRFLGS_DUMP_UNKNOWN | DUMP_DER.
-        _ => {
-            dump_der(out, value);
-            return Ok(());
-        }
-    };
-    escape_rfc2253(out, &utf8);
-    Ok(())
-}
-
-/// `do_buf` + `do_esc_char` with ESC_2253 | ESC_CTRL | ESC_MSB, no ESC_QUOTE.
-///
-/// Position flags follow `do_buf` exactly: the first byte gets the "first"
-/// flag, the last byte gets the "last" flag *instead* (it is assigned, not
-/// or-ed), so a one-character value "#" is not escaped but " " is. Those
-/// flags only matter for ASCII, so working on UTF-8 bytes is equivalent to
-/// OpenSSL's per-character loop.
-fn escape_rfc2253(out: &mut String, bytes: &[u8]) {
-    let last = bytes.len().saturating_sub(1);
-    for (i, &b) in bytes.iter().enumerate() {
-        let is_last = i == last;
-        let is_first = i == 0 && !is_last;
-        match b {
-            // char_type bit ASN1_STRFLGS_ESC_2253 (charmap.h): backslash-escaped.
-            b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\' => {
-                out.push('\\');
-                out.push(char::from(b));
-            }
-            // CHARTYPE_FIRST_ESC_2253 only.
-            b'#' if is_first => out.push_str("\\#"),
-            // CHARTYPE_FIRST_ESC_2253 | CHARTYPE_LAST_ESC_2253.
-            b' ' if is_first || is_last => out.push_str("\\ "),
-            // ASN1_STRFLGS_ESC_CTRL (0x00-0x1f, 0x7f) and ESC_MSB (> 0x7f).
-            0x00..=0x1f | 0x7f..=0xff => push_hex_escape(out, b),
-            _ => out.push(char::from(b)),
-        }
-    }
-}
-
-fn push_hex_escape(out: &mut String, b: u8) {
-    out.push('\\');
-    push_hex_byte(out, b);
-}
-
-fn push_hex_byte(out: &mut String, b: u8) {
-    // OpenSSL's do_esc_char and do_hex_dump both use uppercase digits.
-    out.push(hex_digit(b >> 4).to_ascii_uppercase());
-    out.push(hex_digit(b & 0x0f).to_ascii_uppercase());
-}
-
-/// `do_dump` with ASN1_STRFLGS_DUMP_DER: `#` and the uppercase hex of the
-/// value's DER encoding (identifier, definite length, contents).
-fn dump_der(out: &mut String, value: &Any<'_>) {
-    out.push('#');
-    let hdr = &value.header;
-    let class_bits: u8 = (hdr.class() as u8) << 6;
-    let constructed: u8 = if hdr.is_constructed() { 0x20 } else { 0 };
-    let tag = hdr.tag().0;
-    if tag < 31 {
-        // tag < 31 fits the low five bits.
-        push_hex_byte(out, class_bits | constructed | (tag as u8));
-    } else {
-        push_hex_byte(out, class_bits | constructed | 0x1f);
-        for b in base128(u128::from(tag)) {
-            push_hex_byte(out, b);
-        }
-    }
-    let len = value.data.len();
-    if len < 0x80 {
-        push_hex_byte(out, len as u8);
-    } else {
-        let be = len.to_be_bytes();
-        let skip = be.iter().take_while(|&&b| b == 0).count();
-        let significant = be.get(skip..).unwrap_or(&[]);
-        push_hex_byte(out, 0x80 | significant.len() as u8);
-        for &b in significant {
-            push_hex_byte(out, b);
-        }
-    }
-    for &b in value.data {
-        push_hex_byte(out, b);
-    }
-}
-
-/// Base-128 big-endian with continuation bits, as in tags and OID arcs.
-fn base128(mut v: u128) -> Vec<u8> {
-    let mut rev = vec![(v & 0x7f) as u8];
-    v >>= 7;
-    while v > 0 {
-        rev.push(0x80 | (v & 0x7f) as u8);
-        v >>= 7;
-    }
-    rev.reverse();
-    rev
-}
-
-/// Dotted-decimal OID text as `OBJ_obj2txt(.., no_name = 1)` writes it.
-///
-/// Non-minimal sub-identifiers are refused (OpenSSL's `c2i_ASN1_OBJECT`
-/// rejects them); arcs beyond 128 bits, which OpenSSL would print with a
-/// bignum, are refused as well since no real attribute type has them.
-fn oid_dotted(oid: &Oid<'_>) -> Result<String, IdentityError> {
-    let bytes = oid.as_bytes();
-    let malformed = || IdentityError::MalformedSubject("an attribute type OID is malformed".into());
-    if bytes.is_empty() || bytes.last().is_some_and(|b| b & 0x80 != 0) {
-        return Err(malformed());
-    }
-    let mut out = String::new();
-    let mut acc: u128 = 0;
-    let mut start = true;
-    let mut first_arc = true;
-    for &b in bytes {
-        if start && b == 0x80 {
-            return Err(malformed());
-        }
-        if acc > (u128::MAX >> 7) {
-            return Err(malformed());
-        }
-        acc = (acc << 7) | u128::from(b & 0x7f);
-        start = b & 0x80 == 0;
-        if start {
-            if first_arc {
-                let (a, rest) = match acc {
-                    0..=39 => (0, acc),
-                    40..=79 => (1, acc - 40),
-                    _ => (2, acc - 80),
-                };
-                out.push_str(&format!("{a}.{rest}"));
-                first_arc = false;
-            } else {
-                out.push_str(&format!(".{acc}"));
-            }
-            acc = 0;
-        }
-    }
-    Ok(out)
-}
-
-/// OpenSSL 3.0 short names (`OBJ_nid2sn`) for the attribute types that occur
-/// in distinguished names: every object OpenSSL's `obj_mac.h` defines directly
-/// under the X.520 attribute arc 2.5.4, the COSINE/pilot arc
-/// 0.9.2342.19200300.100.1, PKCS #9 1.2.840.113549.1.9, the EV jurisdiction
-/// arc 1.3.6.1.4.1.311.60.2.1, the PKIX personal data arc 1.3.6.1.5.5.7.9 and
-/// the Russian INN/OGRN/SNILS/OGRNIP attributes. Any other OID prints as
-/// dotted digits with a DER dump, like an OID OpenSSL does not know.
-fn short_name(oid: &str) -> Option<&'static str> {
-    Some(match oid {
-        "0.9.2342.19200300.100.1.1" => "UID",
-        "0.9.2342.19200300.100.1.2" => "textEncodedORAddress",
-        "0.9.2342.19200300.100.1.3" => "mail",
-        "0.9.2342.19200300.100.1.4" => "info",
-        "0.9.2342.19200300.100.1.5" => "favouriteDrink",
-        "0.9.2342.19200300.100.1.6" => "roomNumber",
-        "0.9.2342.19200300.100.1.7" => "photo",
-        "0.9.2342.19200300.100.1.8" => "userClass",
-        "0.9.2342.19200300.100.1.9" => "host",
-        "0.9.2342.19200300.100.1.10" => "manager",
-        "0.9.2342.19200300.100.1.11" => "documentIdentifier",
-        "0.9.2342.19200300.100.1.12" => "documentTitle",
-        "0.9.2342.19200300.100.1.13" => "documentVersion",
-        "0.9.2342.19200300.100.1.14" => "documentAuthor",
-        "0.9.2342.19200300.100.1.15" => "documentLocation",
-        "0.9.2342.19200300.100.1.20" => "homeTelephoneNumber",
-        "0.9.2342.19200300.100.1.21" => "secretary",
-        "0.9.2342.19200300.100.1.22" => "otherMailbox",
-        "0.9.2342.19200300.100.1.23" => "lastModifiedTime",
-        "0.9.2342.19200300.100.1.24" => "lastModifiedBy",
-        "0.9.2342.19200300.100.1.25" => "DC",
-        "0.9.2342.19200300.100.1.26" => "aRecord",
-        "0.9.2342.19200300.100.1.27" => "pilotAttributeType27",
-        "0.9.2342.19200300.100.1.28" => "mXRecord",
-        "0.9.2342.19200300.100.1.29" => "nSRecord",
-        "0.9.2342.19200300.100.1.30" => "sOARecord",
-        "0.9.2342.19200300.100.1.31" => "cNAMERecord",
-        "0.9.2342.19200300.100.1.37" => "associatedDomain",
-        "0.9.2342.19200300.100.1.38" => "associatedName",
-        "0.9.2342.19200300.100.1.39" => "homePostalAddress",
-        "0.9.2342.19200300.100.1.40" => "personalTitle",
-        "0.9.2342.19200300.100.1.41" => "mobileTelephoneNumber",
-        "0.9.2342.19200300.100.1.42" => "pagerTelephoneNumber",
-        "0.9.2342.19200300.100.1.43" => "friendlyCountryName",
-        "0.9.2342.19200300.100.1.44" => "uid",
-        "0.9.2342.19200300.100.1.45" => "organizationalStatus",
-        "0.9.2342.19200300.100.1.46" => "janetMailbox",
-        "0.9.2342.19200300.100.1.47" => "mailPreferenceOption",
-        "0.9.2342.19200300.100.1.48" => "buildingName",
-        "0.9.2342.19200300.100.1.49" => "dSAQuality",
-        "0.9.2342.19200300.100.1.50" => "singleLevelQuality",
-        "0.9.2342.19200300.100.1.51" => "subtreeMinimumQuality",
-        "0.9.2342.19200300.100.1.52" => "subtreeMaximumQuality",
-        "0.9.2342.19200300.100.1.53" => "personalSignature",
-        "0.9.2342.19200300.100.1.54" => "dITRedirect",
-        "0.9.2342.19200300.100.1.55" => "audio",
-        "0.9.2342.19200300.100.1.56" => "documentPublisher",
-        "1.2.643.3.131.1.1" => "INN",
-        "1.2.643.100.1" => "OGRN",
-        "1.2.643.100.3" => "SNILS",
-        "1.2.643.100.5" => "OGRNIP",
-        "1.2.840.113549.1.9.1" => "emailAddress",
-        "1.2.840.113549.1.9.2" => "unstructuredName",
-        "1.2.840.113549.1.9.3" => "contentType",
-        "1.2.840.113549.1.9.4" => "messageDigest",
-        "1.2.840.113549.1.9.5" => "signingTime",
-        "1.2.840.113549.1.9.6" => "countersignature",
-        "1.2.840.113549.1.9.7" => "challengePassword",
-        "1.2.840.113549.1.9.8" => "unstructuredAddress",
-        "1.2.840.113549.1.9.9" => "extendedCertificateAttributes",
-        "1.2.840.113549.1.9.14" => "extReq",
-        "1.2.840.113549.1.9.15" => "SMIME-CAPS",
-        "1.2.840.113549.1.9.16" => "SMIME",
-        "1.2.840.113549.1.9.20" => "friendlyName",
-        "1.2.840.113549.1.9.21" => "localKeyID",
-        "1.3.6.1.4.1.311.60.2.1.1" => "jurisdictionL",
-        "1.3.6.1.4.1.311.60.2.1.2" => "jurisdictionST",
-        "1.3.6.1.4.1.311.60.2.1.3" => "jurisdictionC",
-        "1.3.6.1.5.5.7.9.1" => "id-pda-dateOfBirth",
-        "1.3.6.1.5.5.7.9.2" => "id-pda-placeOfBirth",
-        "1.3.6.1.5.5.7.9.3" => "id-pda-gender",
-        "1.3.6.1.5.5.7.9.4" => "id-pda-countryOfCitizenship",
-        "1.3.6.1.5.5.7.9.5" => "id-pda-countryOfResidence",
-        "2.5.4.3" => "CN",
-        "2.5.4.4" => "SN",
-        "2.5.4.5" => "serialNumber",
-        "2.5.4.6" => "C",
-        "2.5.4.7" => "L",
-        "2.5.4.8" => "ST",
-        "2.5.4.9" => "street",
-        "2.5.4.10" => "O",
-        "2.5.4.11" => "OU",
-        "2.5.4.12" => "title",
-        "2.5.4.13" => "description",
-        "2.5.4.14" => "searchGuide",
-        "2.5.4.15" => "businessCategory",
-        "2.5.4.16" => "postalAddress",
-        "2.5.4.17" => "postalCode",
-        "2.5.4.18" => "postOfficeBox",
-        "2.5.4.19" => "physicalDeliveryOfficeName",
-        "2.5.4.20" => "telephoneNumber",
-        "2.5.4.21" => "telexNumber",
-        "2.5.4.22" => "teletexTerminalIdentifier",
-        "2.5.4.23" => "facsimileTelephoneNumber",
-        "2.5.4.24" => "x121Address",
-        "2.5.4.25" => "internationaliSDNNumber",
-        "2.5.4.26" => "registeredAddress",
-        "2.5.4.27" => "destinationIndicator",
-        "2.5.4.28" => "preferredDeliveryMethod",
-        "2.5.4.29" => "presentationAddress",
-        "2.5.4.30" => "supportedApplicationContext",
-        "2.5.4.31" => "member",
-        "2.5.4.32" => "owner",
-        "2.5.4.33" => "roleOccupant",
-        "2.5.4.34" => "seeAlso",
-        "2.5.4.35" => "userPassword",
-        "2.5.4.36" => "userCertificate",
-        "2.5.4.37" => "cACertificate",
-        "2.5.4.38" => "authorityRevocationList",
-        "2.5.4.39" => "certificateRevocationList",
-        "2.5.4.40" => "crossCertificatePair",
-        "2.5.4.41" => "name",
-        "2.5.4.42" => "GN",
-        "2.5.4.43" => "initials",
-        "2.5.4.44" => "generationQualifier",
-        "2.5.4.45" => "x500UniqueIdentifier",
-        "2.5.4.46" => "dnQualifier",
-        "2.5.4.47" => "enhancedSearchGuide",
-        "2.5.4.48" => "protocolInformation",
-        "2.5.4.49" => "distinguishedName",
-        "2.5.4.50" => "uniqueMember",
-        "2.5.4.51" => "houseIdentifier",
-        "2.5.4.52" => "supportedAlgorithms",
-        "2.5.4.53" => "deltaRevocationList",
-        "2.5.4.54" => "dmdName",
-        "2.5.4.65" => "pseudonym",
-        "2.5.4.72" => "role",
-        "2.5.4.97" => "organizationIdentifier",
-        "2.5.4.98" => "c3",
-        "2.5.4.99" => "n3",
-        "2.5.4.100" => "dnsName",
-        _ => return None,
-    })
 }

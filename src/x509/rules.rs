@@ -11,7 +11,7 @@
 //! | `ou` | each subject OU |
 //! | `dns` | each dNSName subjectAltName, case-insensitively (DNS names are) |
 //! | `uri` | each URI subjectAltName (e.g. a SPIFFE ID) |
-//! | `issuer` | the issuer's whole DN in RFC 2253 form, as [`identity::name_rfc2253`] prints it |
+//! | `issuer` | the issuer's whole DN in RFC 2253 form, as `x509::rfc2253` prints it |
 //!
 //! The issuer is matched on its whole DN rather than its CN: two CAs of different organisations can
 //! share a CN ("Device CA"), the DN is what names a CA, and it is the string operators already see
@@ -32,9 +32,10 @@
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::FromDer;
 
 use crate::x509::identity;
+use crate::x509::rfc2253::name_rfc2253;
+use crate::x509::ClientCert;
 
 /// The certificate field a rule is matched against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,11 +220,11 @@ pub fn admits(rules: &Rules, cert: &X509Certificate<'_>) -> Result<(), Refused> 
         }
     }
     if !rules.issuer.patterns.is_empty()
-        && identity::name_rfc2253(cert.issuer()).is_ok_and(|issuer| rules.issuer.matches(&issuer))
+        && name_rfc2253(cert.issuer()).is_ok_and(|issuer| rules.issuer.matches(&issuer))
     {
         return Ok(());
     }
-    let describe = |name| identity::name_rfc2253(name).unwrap_or_else(|_| "(unprintable)".into());
+    let describe = |name| name_rfc2253(name).unwrap_or_else(|_| "(unprintable)".into());
     Err(Refused::NotAllowed { subject: describe(cert.subject()), issuer: describe(cert.issuer()) })
 }
 
@@ -236,10 +237,20 @@ pub fn admits_der(rules: &Rules, der: &[u8]) -> Result<(), Refused> {
     if rules.is_empty() {
         return Ok(());
     }
-    match X509Certificate::from_der(der) {
-        Ok(([], cert)) => admits(rules, &cert),
-        Ok((rest, _)) => Err(Refused::NotACertificate(format!("{} trailing bytes after the certificate", rest.len()))),
-        Err(e) => Err(Refused::NotACertificate(e.to_string())),
+    admits_cert(rules, &ClientCert::parse(der))
+}
+
+/// [`admits`] for a client's leaf certificate, parsed once for every check of the connection.
+///
+/// # Errors
+/// As [`admits`], and (when there are rules) [`Refused::NotACertificate`] if the leaf did not parse.
+pub(crate) fn admits_cert(rules: &Rules, leaf: &ClientCert<'_>) -> Result<(), Refused> {
+    if rules.is_empty() {
+        return Ok(());
+    }
+    match leaf.parsed() {
+        Ok(cert) => admits(rules, cert),
+        Err(reason) => Err(Refused::NotACertificate(reason.to_owned())),
     }
 }
 

@@ -18,6 +18,7 @@
 pub mod app;
 pub mod config;
 pub mod conn;
+pub mod crl;
 pub mod duration;
 pub mod mqtt;
 pub mod ops;

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use crate::conn::proxy_protocol::UpstreamProxyProtocol;
+use crate::crl::CrlStale;
 use crate::ops::logging::LogFormat;
 use crate::tls::{ClientAuth, SniCert};
 use crate::x509::identity::UsernameFrom;
@@ -106,6 +107,26 @@ settings! {
         /// PEM file of certificate revocation lists (repeatable).
         #[arg(long = "crl")]
         crl: Option<Vec<PathBuf>>,
+        /// http:// URL of a certificate revocation list to fetch and refetch (repeatable).
+        #[arg(long = "crl-url", value_name = "URL")]
+        crl_urls: Option<Vec<String>>,
+        /// Also fetch the http:// CRL distribution points of the client CAs and of client certificates
+        /// seen at handshakes [default: false].
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        crl_from_distribution_points: Option<bool>,
+        /// How often fetched CRLs are refetched (sooner before a CRL's nextUpdate) [default: 15m].
+        #[arg(long)]
+        crl_refresh: Option<String>,
+        /// keep | refuse: past a CRL's nextUpdate, keep checking against it, or refuse that issuer's
+        /// certificates [default: keep].
+        #[arg(long, value_enum)]
+        crl_stale: Option<CrlStale>,
+        /// Time one CRL fetch may take, connect to last byte [default: 10s].
+        #[arg(long)]
+        crl_fetch_timeout: Option<String>,
+        /// Largest CRL fetched, in bytes [default: 10485760].
+        #[arg(long)]
+        crl_max_size: Option<usize>,
         /// Certificate field that becomes the MQTT username [default: cn].
         #[arg(long, value_enum)]
         username_from: Option<UsernameFrom>,

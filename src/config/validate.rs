@@ -10,6 +10,7 @@ use super::{default_threads, relative_to, Config, ConfigError, Global, Listener,
 use crate::conn::proxy_protocol::{self, ProxyProtocolSettings, UpstreamProxyProtocol};
 use crate::conn::upstream::Upstream;
 use crate::conn::Limits;
+use crate::crl::CrlSettings;
 use crate::duration;
 use crate::mqtt::connect::MAX_REMAINING_LEN as MAX_REMAINING_LENGTH;
 use crate::reload::{ReloadSettings, DEFAULT_RELOAD_DEBOUNCE, DEFAULT_RELOAD_INTERVAL};
@@ -274,6 +275,7 @@ fn tls_settings(l: &Layer, src: &Sources<'_>, global: &Global) -> Result<TlsSett
     if !crls.is_empty() && client_auth == ClientAuth::None {
         return Err(src.invalid("crl", "CRLs only apply to client certificates, but client_auth is none"));
     }
+    let crl_fetch = crl_settings(l, src, client_auth)?;
     let sni = l
         .sni
         .iter()
@@ -295,7 +297,50 @@ fn tls_settings(l: &Layer, src: &Sources<'_>, global: &Global) -> Result<TlsSett
         refuse_expired: global.refuse_expired,
         alpn: alpn_protocols(l.alpn.as_deref().unwrap_or_default(), src)?,
         sni,
+        crl_fetch,
     })
+}
+
+/// The CRL fetching settings: `http://` URLs only, without duplicates; positive durations and size.
+fn crl_settings(l: &Layer, src: &Sources<'_>, client_auth: ClientAuth) -> Result<CrlSettings, ConfigError> {
+    let defaults = CrlSettings::default();
+    let positive = |setting: &'static str, v: &Option<String>, default: Duration| match v {
+        None => Ok(default),
+        Some(s) => match duration::parse(s) {
+            Ok(d) if d.is_zero() => Err(src.invalid(setting, "must be longer than zero")),
+            Ok(d) => Ok(d),
+            Err(reason) => Err(src.invalid(setting, reason)),
+        },
+    };
+    let mut urls: Vec<String> = Vec::new();
+    for url in l.crl_urls.iter().flatten() {
+        let url = url.trim().to_string();
+        crate::crl::check_url(&url).map_err(|reason| src.invalid("crl_urls", reason))?;
+        if urls.contains(&url) {
+            return Err(src.invalid("crl_urls", format!("{url:?} is listed twice")));
+        }
+        urls.push(url);
+    }
+    if urls.len() > crate::crl::MAX_CRL_URLS {
+        return Err(src.invalid("crl_urls", format!("more than {} URLs", crate::crl::MAX_CRL_URLS)));
+    }
+    let settings = CrlSettings {
+        urls,
+        from_distribution_points: l.crl_from_distribution_points.unwrap_or(false),
+        refresh: positive("crl_refresh", &l.crl_refresh, defaults.refresh)?,
+        stale: l.crl_stale.unwrap_or_default(),
+        fetch_timeout: positive("crl_fetch_timeout", &l.crl_fetch_timeout, defaults.fetch_timeout)?,
+        max_size: match l.crl_max_size {
+            None => defaults.max_size,
+            Some(0) => return Err(src.invalid("crl_max_size", "must be at least 1 byte")),
+            Some(n) => n,
+        },
+    };
+    if settings.enabled() && client_auth == ClientAuth::None {
+        let setting = if settings.urls.is_empty() { "crl_from_distribution_points" } else { "crl_urls" };
+        return Err(src.invalid(setting, "CRLs only apply to client certificates, but client_auth is none"));
+    }
+    Ok(settings)
 }
 
 /// ALPN protocol names: non-empty, at most 255 bytes (the TLS limit), no duplicates.

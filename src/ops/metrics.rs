@@ -49,6 +49,18 @@ pub struct CertLabel {
     pub serial: String,
 }
 
+/// A CRL issuer (RFC 2253): bounded by the configured client CAs and CRL files.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabel {
+    pub issuer: String,
+}
+
+/// A CRL URL: bounded by `crl_urls` and the distribution point cap.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UrlLabel {
+    pub url: String,
+}
+
 /// All of mqtls' metrics, registered once at start-up.
 pub struct Metrics {
     registry: Registry,
@@ -64,6 +76,10 @@ pub struct Metrics {
     pub cert_not_after: Family<CertLabel, Gauge>,
     pub reloads: Family<ResultLabel, Counter>,
     pub proxy_protocol_errors: Family<ReasonLabel, Counter>,
+    pub crl_next_update: Family<IssuerLabel, Gauge>,
+    pub crl_this_update: Family<IssuerLabel, Gauge>,
+    pub crl_fetches: Family<ResultLabel, Counter>,
+    pub crl_last_success: Family<UrlLabel, Gauge>,
     /// The certificates in force, per source (a listener's `cert` path): with several listeners each
     /// reloader replaces only its own set, and the expiry gauges show them all.
     certificate_sets: Mutex<BTreeMap<String, Arc<Certificates>>>,
@@ -93,6 +109,10 @@ impl Metrics {
             cert_not_after: Family::default(),
             reloads: Family::default(),
             proxy_protocol_errors: Family::default(),
+            crl_next_update: Family::default(),
+            crl_this_update: Family::default(),
+            crl_fetches: Family::default(),
+            crl_last_success: Family::default(),
             certificate_sets: Mutex::default(),
             registry: Registry::default(),
         };
@@ -146,6 +166,26 @@ impl Metrics {
             "Connections closed over their inbound PROXY header, by reason (untrusted, missing, invalid, too_large, timeout, eof, io)",
             m.proxy_protocol_errors.clone(),
         );
+        registry.register(
+            "crl_next_update_timestamp_seconds",
+            "nextUpdate (Unix time) of each CRL in force (files and fetched), by issuer",
+            m.crl_next_update.clone(),
+        );
+        registry.register(
+            "crl_this_update_timestamp_seconds",
+            "thisUpdate (Unix time) of each CRL in force (files and fetched), by issuer",
+            m.crl_this_update.clone(),
+        );
+        registry.register(
+            "crl_fetches",
+            "CRL fetches by result (ok, not_modified, http_error, timeout, too_large, unparsable, bad_signature, unknown_issuer, older)",
+            m.crl_fetches.clone(),
+        );
+        registry.register(
+            "crl_last_success_timestamp_seconds",
+            "Last fetch (Unix time) of each CRL URL that returned a good CRL",
+            m.crl_last_success.clone(),
+        );
         registry.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         Metrics { registry, ..m }
     }
@@ -197,5 +237,28 @@ impl Metrics {
                 }
             }
         }
+        self.crl_next_update.clear();
+        self.crl_this_update.clear();
+        for crl in sets.values().flat_map(|certs| &certs.crls) {
+            let label = IssuerLabel { issuer: crl.issuer.clone() };
+            // Several CRLs of one issuer: the gauges show the freshest.
+            let this = self.crl_this_update.get_or_create(&label);
+            if crl.this_update_unix >= this.get() {
+                this.set(crl.this_update_unix);
+                if let Some(next) = crl.next_update_unix {
+                    self.crl_next_update.get_or_create(&label).set(next);
+                }
+            }
+        }
+    }
+
+    /// Counts a CRL fetch by result.
+    pub fn crl_fetch(&self, result: &'static str) {
+        self.crl_fetches.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Records a good fetch of `url` at `unix` time.
+    pub fn crl_fetched(&self, url: &str, unix: i64) {
+        self.crl_last_success.get_or_create(&UrlLabel { url: url.to_string() }).set(unix);
     }
 }

@@ -86,6 +86,8 @@ pub enum ReloadReason {
     Sighup,
     /// The periodic content-hash re-check.
     Poll,
+    /// A new CRL fetched over HTTP ([`Reloader::refresh`]).
+    Crl,
 }
 
 impl fmt::Display for ReloadReason {
@@ -95,6 +97,7 @@ impl fmt::Display for ReloadReason {
             ReloadReason::Watch => "watch",
             ReloadReason::Sighup => "sighup",
             ReloadReason::Poll => "poll",
+            ReloadReason::Crl => "crl",
         })
     }
 }
@@ -130,13 +133,27 @@ pub struct Reloader {
     state: Mutex<State>,
     /// Set by [`Reloader::sighup`]; the loop reloads when it is.
     sighup: Notify,
+    /// CRLs fetched over HTTP, part of the client trust; set by [`Reloader::refresh`].
+    crls: Option<Arc<crate::crl::CrlCache>>,
+    refresh: Notify,
 }
 
 impl Reloader {
     /// Loads the files once (with the same validation and warnings as every reload) and returns a
     /// reloader serving that configuration.
     pub fn new(tls: TlsSettings, settings: ReloadSettings, metrics: Arc<Metrics>) -> Result<Reloader, TlsError> {
-        let files = TlsFiles::read(&tls)?;
+        Reloader::with_crls(tls, settings, metrics, None)
+    }
+
+    /// As [`Reloader::new`], with the CRLs `crls` holds (now and whenever it asks for a
+    /// [`Reloader::refresh`]) as part of the client trust.
+    pub fn with_crls(
+        tls: TlsSettings,
+        settings: ReloadSettings,
+        metrics: Arc<Metrics>,
+        crls: Option<Arc<crate::crl::CrlCache>>,
+    ) -> Result<Reloader, TlsError> {
+        let files = read_files(&tls, crls.as_deref())?;
         let loaded = tls::build(&tls, &files)?;
         let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
         log_loaded(ReloadReason::Startup, &paths, &loaded.leaf, "new");
@@ -148,7 +165,14 @@ impl Reloader {
             metrics,
             state: Mutex::new(State { loaded: digests(&files), last_error: None }),
             sighup: Notify::new(),
+            crls,
+            refresh: Notify::new(),
         })
+    }
+
+    /// Asks the running loop to reload because the fetched CRLs changed.
+    pub fn refresh(&self) {
+        self.refresh.notify_one();
     }
 
     /// Asks the running loop (see [`Reloader::start`]) to reload as for SIGHUP.
@@ -166,7 +190,7 @@ impl Reloader {
     /// error is logged once (naming the file and the reason) and returned.
     pub fn reload(&self, reason: ReloadReason) -> Result<ReloadOutcome, TlsError> {
         let mut state = self.lock();
-        let result = TlsFiles::read(&self.tls).and_then(|files| {
+        let result = read_files(&self.tls, self.crls.as_deref()).and_then(|files| {
             let now = digests(&files);
             if now == state.loaded {
                 return Ok((now, None));
@@ -254,6 +278,7 @@ impl Reloader {
             let reason = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.sighup.notified() => ReloadReason::Sighup,
+                _ = self.refresh.notified() => ReloadReason::Crl,
                 Some(event) = events.recv() => {
                     if watch.as_ref().is_some_and(|w| w.is_relevant(&event)) {
                         let now = Instant::now();
@@ -368,6 +393,14 @@ impl ConfigReload {
         }
         Ok(ConfigReloadOutcome { rules_changed, needs_restart })
     }
+}
+
+fn read_files(tls: &TlsSettings, crls: Option<&crate::crl::CrlCache>) -> Result<TlsFiles, TlsError> {
+    let files = TlsFiles::read(tls)?;
+    Ok(match crls {
+        Some(cache) => files.with_fetched(cache),
+        None => files,
+    })
 }
 
 fn digests(files: &TlsFiles) -> Vec<(PathBuf, [u8; 32])> {

@@ -166,6 +166,14 @@ impl TlsFiles {
             .chain(self.sni.iter().flat_map(|(c, k)| [c, k]))
     }
 
+    /// With the CRLs `cache` holds added to the CRL files (when client certificates are asked for).
+    pub fn with_fetched(mut self, cache: &crate::crl::CrlCache) -> TlsFiles {
+        if self.client_ca.is_some() {
+            self.crls.extend(cache.files());
+        }
+        self
+    }
+
     /// The files that decide which client certificates are trusted: the CA bundle and the CRLs.
     pub fn client_trust(&self) -> impl Iterator<Item = &TlsFile> {
         self.client_ca.iter().chain(self.crls.iter())
@@ -182,6 +190,8 @@ pub struct Certificates {
     /// Every certificate of every SNI entry's chain, in configuration order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sni: Vec<CertInfo>,
+    /// Every CRL in force (files, then fetched ones).
+    pub crls: Vec<crate::crl::CrlInfo>,
 }
 
 /// A built server configuration, the leaf certificate it presents, and all its certificates described.
@@ -219,6 +229,7 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
     let server_chain = describe_chain(&files.cert, &chain)?;
     let leaf = leaf_of(&files.cert, &server_chain, settings.refuse_expired)?;
     let mut client_ca = Vec::new();
+    let mut crl_infos = Vec::new();
     let key = PrivateKeyDer::from_pem_slice(&files.key.bytes)
         .map_err(|e| pem_error("key", &files.key.path, "private key", e))?;
 
@@ -242,10 +253,16 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
             }
             let mut crls = Vec::new();
             for file in &files.crls {
-                crls.extend(parse_crls(file)?);
+                let parsed = parse_crls(file)?;
+                let source = file.path.display().to_string();
+                crl_infos.extend(parsed.iter().filter_map(|der| crate::crl::describe(der, &source)));
+                crls.extend(parsed);
             }
             let mut builder =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).with_crls(crls);
+            if settings.crl_fetch.stale == crate::crl::CrlStale::Refuse {
+                builder = builder.enforce_revocation_expiration();
+            }
             if auth == ClientAuth::Optional {
                 builder = builder.allow_unauthenticated();
             }
@@ -302,7 +319,7 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
     config.session_storage =
         CheckedSessions::wrap(rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES));
     let loaded_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let certificates = Arc::new(Certificates { loaded_at, server_chain, client_ca, sni });
+    let certificates = Arc::new(Certificates { loaded_at, server_chain, client_ca, sni, crls: crl_infos });
     Ok(Loaded { config: Arc::new(config), leaf, certificates })
 }
 
@@ -317,6 +334,10 @@ fn parse_certs(file: &TlsFile) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 fn parse_crls(file: &TlsFile) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    if file.setting == crate::crl::SETTING {
+        // Fetched: DER, checked when it was fetched.
+        return Ok(vec![CertificateRevocationListDer::from(file.bytes.clone())]);
+    }
     let crls = CertificateRevocationListDer::pem_slice_iter(&file.bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error("crl", &file.path, "X509 CRL", e))?;
@@ -469,6 +490,9 @@ pub fn handshake_failure_label(err: &std::io::Error) -> &'static str {
             "not_yet_valid"
         }
         R::InvalidCertificate(CertificateError::Revoked) => "revoked",
+        R::InvalidCertificate(
+            CertificateError::ExpiredRevocationList | CertificateError::ExpiredRevocationListContext { .. },
+        ) => "crl_expired",
         R::InvalidCertificate(_) => "bad_cert",
         R::AlertReceived(_) => "alert_received",
         R::PeerIncompatible(_) | R::NoApplicationProtocol => "incompatible",

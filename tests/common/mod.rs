@@ -163,6 +163,7 @@ impl Pki {
                 refuse_expired: false,
                 alpn: vec![],
                 sni: vec![],
+                crl_fetch: Default::default(),
             },
             identity: IdentityPolicy {
                 username_from: UsernameFrom::Cn,

@@ -18,6 +18,7 @@ use tracing::{error, info};
 use crate::config::{Config, RunArgs};
 use crate::conn::accept::{self, Caps};
 use crate::conn::handle::Proxy;
+use crate::crl::CrlCache;
 use crate::ops::health::check_upstream;
 use crate::ops::metrics::Metrics;
 use crate::ops::{admin, service_manager};
@@ -40,6 +41,8 @@ struct Served {
     socket: TcpListener,
     proxy: Arc<Proxy>,
     reloader: Arc<Reloader>,
+    /// The CRLs fetched over HTTP, when the listener fetches any.
+    crls: Option<Arc<CrlCache>>,
 }
 
 /// A configuration, built and bound.
@@ -61,7 +64,18 @@ impl App {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let origin = config.origin_of(listener);
-            let reloader = Reloader::new(listener.tls.clone(), global.reload, metrics.clone())
+            // Fetched before the first build, so the listener never serves without the CRLs it could get.
+            // A failed fetch is a warning (and retried), not a reason not to start.
+            let crls = match listener.tls.crl_fetch.enabled() {
+                true => {
+                    let cache =
+                        CrlCache::new(listener.tls.crl_fetch.clone(), listener.tls.client_ca.clone(), metrics.clone());
+                    cache.fetch_all_once().await;
+                    Some(cache)
+                }
+                false => None,
+            };
+            let reloader = Reloader::with_crls(listener.tls.clone(), global.reload, metrics.clone(), crls.clone())
                 .map_err(|err| AppError::Tls { err, origin: origin.clone() })?;
             let socket = TcpListener::bind(listener.listen).await.map_err(|source| AppError::Bind {
                 setting: "listen",
@@ -70,7 +84,7 @@ impl App {
                 source,
             })?;
             let proxy = Proxy::new(listener.clone(), global.clone(), reloader.handle(), metrics.clone());
-            listeners.push(Served { socket, proxy: Arc::new(proxy), reloader: Arc::new(reloader) });
+            listeners.push(Served { socket, proxy: Arc::new(proxy), reloader: Arc::new(reloader), crls });
         }
         let admin = match global.admin {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
@@ -124,6 +138,11 @@ impl App {
             side_tasks.spawn(async move {
                 let _ = task.await;
             });
+        }
+        for l in &listeners {
+            if let Some(crls) = l.crls.clone() {
+                side_tasks.spawn(crls.run(l.reloader.clone(), side_stop.clone()));
+            }
         }
         let rules = listeners.iter().map(|l| l.proxy.rules.clone()).collect();
         let config_reload = args.map(|args| Arc::new(ConfigReload::new(args, config.clone(), rules)));

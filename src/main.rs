@@ -39,8 +39,15 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
     for listener in &config.listeners {
         let origin = config.origin_of(listener);
         let in_origin = |e: tls::TlsError| anyhow::anyhow!("{e} (settings from {origin})");
-        let files = tls::TlsFiles::read(&listener.tls).map_err(in_origin)?;
-        let leaf = tls::build(&listener.tls, &files).map_err(in_origin)?.leaf;
+        let (files, crl_failures) = match listener.tls.crl_fetch.enabled() {
+            true => {
+                let (cache, failed) = mqtls::crl::fetch_once_blocking(&listener.tls)?;
+                (tls::TlsFiles::read(&listener.tls).map_err(in_origin)?.with_fetched(&cache), failed)
+            }
+            false => (tls::TlsFiles::read(&listener.tls).map_err(in_origin)?, Vec::new()),
+        };
+        let loaded = tls::build(&listener.tls, &files).map_err(in_origin)?;
+        let leaf = loaded.leaf;
         println!("# configuration OK ({origin})");
         println!(
             "# server certificate: {} (serial {}, not after {}, sha256 {})",
@@ -57,6 +64,19 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
             Validity::NotYetValid => {
                 println!("# WARNING: the server certificate is NOT VALID before {}", leaf.not_before_rfc3339())
             }
+        }
+        for crl in &loaded.certificates.crls {
+            println!(
+                "# crl: {} issuer={} this_update={} next_update={} entries={}",
+                crl.source,
+                crl.issuer,
+                crl.this_update,
+                crl.next_update.as_deref().unwrap_or("none"),
+                crl.entries
+            );
+        }
+        for (url, err) in crl_failures {
+            println!("# crl: {url} FAILED: {err}");
         }
     }
     println!("{config}");

@@ -110,8 +110,7 @@ settings! {
         /// http:// URL of a certificate revocation list to fetch and refetch (repeatable).
         #[arg(long = "crl-url", value_name = "URL")]
         crl_urls: Option<Vec<String>>,
-        /// Also fetch the http:// CRL distribution points of the client CAs and of client certificates
-        /// seen at handshakes [default: false].
+        /// Also fetch the http:// CRL distribution points of the client CA certificates [default: false].
         #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         crl_from_distribution_points: Option<bool>,
         /// How often fetched CRLs are refetched (sooner before a CRL's nextUpdate) [default: 15m].

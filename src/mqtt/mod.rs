@@ -3,3 +3,4 @@
 
 pub mod connack;
 pub mod connect;
+mod edit;

@@ -83,7 +83,8 @@ impl App {
                 origin,
                 source,
             })?;
-            let proxy = Proxy::new(listener.clone(), global.clone(), reloader.handle(), metrics.clone());
+            let mut proxy = Proxy::new(listener.clone(), global.clone(), reloader.handle(), metrics.clone());
+            proxy.crls = crls.clone();
             listeners.push(Served { socket, proxy: Arc::new(proxy), reloader: Arc::new(reloader), crls });
         }
         let admin = match global.admin {
@@ -106,11 +107,6 @@ impl App {
     /// The admin endpoints' address, when configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|a| a.local_addr().ok())
-    }
-
-    /// The process's metrics registry.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
     }
 
     /// Each listener's proxy, in configuration order.

@@ -420,3 +420,25 @@ async fn check_fetches_each_crl_and_prints_it_or_why_it_failed() {
     let failed = format!("# crl: {} FAILED: the server answered HTTP 404", missing.url);
     assert!(stdout.lines().any(|l| l == failed), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificates_distribution_point_is_fetched_once_seen_and_then_revokes_it() {
+    let pki = Pki::new();
+    let server = CrlServer::start(Answer::Body(crl(&pki.ca, 1, HOUR, YEAR, &[STOLEN]))).await;
+    let s = setup_with_pki(pki, &server, |c| {
+        c.urls.clear();
+        c.from_distribution_points = true;
+    })
+    .await;
+    assert_eq!(server.requests(), 0, "nothing to fetch before a certificate names its distribution point");
+    let named = s.pki.ca.issue(true, |p| {
+        p.distinguished_name.push(DnType::CommonName, "stolen-device");
+        p.serial_number = Some(SerialNumber::from(STOLEN));
+        p.crl_distribution_points = vec![rcgen::CrlDistributionPoint { uris: vec![server.url.clone()] }];
+    });
+    let named = client_tls(&s.pki, Some(&named));
+    assert!(mqtt_accepted(s.proxy.port(), named.clone()).await, "admitted before its CRL is held");
+    wait_accepted(s.proxy.port(), &named, false, Duration::from_secs(5)).await;
+    assert!(server.requests() >= 1);
+    assert!(s.good_accepted_in_a_full_handshake().await, "other devices still connect");
+}

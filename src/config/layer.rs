@@ -60,7 +60,7 @@ macro_rules! settings {
 
         impl Layer {
             /// `self` laid over `lower`: every setting `self` leaves out comes from `lower`.
-            pub fn over(self, lower: Layer) -> Layer {
+            pub(crate) fn over(self, lower: Layer) -> Layer {
                 Layer {
                     $( $lname: self.$lname.or(lower.$lname), )*
                     $( $gname: self.$gname.or(lower.$gname), )*
@@ -69,12 +69,12 @@ macro_rules! settings {
             }
 
             /// A block's settings as a layer (no global ones).
-            pub fn from_block(block: Block) -> Layer {
+            pub(crate) fn from_block(block: Block) -> Layer {
                 Layer { $( $lname: block.$lname, )* ..Layer::default() }
             }
 
             /// The names of the settings this layer sets.
-            pub fn set(&self) -> Vec<&'static str> {
+            pub(crate) fn set(&self) -> Vec<&'static str> {
                 let mut names = Vec::new();
                 $( if self.$lname.is_some() { names.push(stringify!($lname)); } )*
                 $( if self.$gname.is_some() { names.push(stringify!($gname)); } )*
@@ -110,7 +110,8 @@ settings! {
         /// http:// URL of a certificate revocation list to fetch and refetch (repeatable).
         #[arg(long = "crl-url", value_name = "URL")]
         crl_urls: Option<Vec<String>>,
-        /// Also fetch the http:// CRL distribution points of the client CA certificates [default: false].
+        /// Also fetch the http:// CRL distribution points of the client CA certificates and of client
+        /// certificates seen [default: false].
         #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         crl_from_distribution_points: Option<bool>,
         /// How often fetched CRLs are refetched (sooner before a CRL's nextUpdate) [default: 15m].
@@ -238,7 +239,7 @@ settings! {
 
 /// Reads and parses a configuration file. Unknown keys are errors: a typo must not silently fall back
 /// to a default.
-pub fn read_file(path: &std::path::Path) -> Result<Layer, super::ConfigError> {
+pub(crate) fn read_file(path: &std::path::Path) -> Result<Layer, super::ConfigError> {
     use super::ConfigError;
     let text =
         std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile { path: path.to_path_buf(), source })?;

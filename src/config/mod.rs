@@ -15,21 +15,21 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 mod error;
-pub mod layer;
+pub(crate) mod layer;
 mod validate;
 
 pub use error::{ConfigError, Origin};
 pub use layer::{Block, Layer};
 
-pub use crate::conn::proxy_protocol::ProxyProtocolSettings;
-pub use crate::conn::upstream::Upstream;
+pub(crate) use crate::conn::proxy_protocol::ProxyProtocolSettings;
+pub(crate) use crate::conn::upstream::Upstream;
 pub use crate::conn::Limits;
 pub use crate::ops::logging::LogFormat;
 pub use crate::reload::ReloadSettings;
 pub use crate::tls::{ClientAuth, SniCert, TlsSettings};
-pub use crate::x509::identity::UsernameFrom;
+pub(crate) use crate::x509::identity::UsernameFrom;
 pub use crate::x509::policy::{ClientIdPolicy, ClientUsername, IdentityPolicy, PasswordPolicy};
-pub use crate::x509::rules::Rules;
+pub(crate) use crate::x509::rules::Rules;
 
 #[derive(Debug, Parser)]
 #[command(name = "mqtls", version, about = "MQTT-over-TLS proxy that maps client certificates to MQTT usernames")]
@@ -112,7 +112,7 @@ pub struct Listener {
 
 impl Listener {
     /// For log lines and messages: the name, or the address when unnamed.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         self.name.clone().unwrap_or_else(|| self.listen.to_string())
     }
 }
@@ -137,13 +137,14 @@ impl Config {
         validate::config(&args.settings, file)
     }
 
+    #[cfg(test)]
     /// Validates layers given directly (the file as already parsed text), for tests and tools.
-    pub fn from_layers(flags: &Layer, file: Option<(PathBuf, Layer)>) -> Result<Config, ConfigError> {
+    pub(crate) fn from_layers(flags: &Layer, file: Option<(PathBuf, Layer)>) -> Result<Config, ConfigError> {
         validate::config(flags, file)
     }
 
     /// Where the settings came from, for messages: the file, or the command line.
-    pub fn origin(&self) -> String {
+    pub(crate) fn origin(&self) -> String {
         match &self.file {
             Some(p) => p.display().to_string(),
             None => "command line".to_string(),
@@ -160,7 +161,7 @@ impl Config {
 
     /// The effective settings as a TOML table, under the file's keys: without `[[listener]]` blocks one
     /// flat table, with them the global keys and a `listener` array.
-    pub fn to_table(&self) -> toml::Table {
+    pub(crate) fn to_table(&self) -> toml::Table {
         let mut table = to_table(&self.global);
         match self.listeners.as_slice() {
             [only] if only.name.is_none() => table.extend(to_table(only)),
@@ -175,7 +176,7 @@ impl Config {
     /// The settings that differ between `self` (in service) and `new`, by name, except the ones a
     /// reload applies (the allow rules): what a SIGHUP can't change without a restart. A listener's
     /// settings are prefixed with its name when there are several.
-    pub fn needs_restart(&self, new: &Config) -> Vec<String> {
+    pub(crate) fn needs_restart(&self, new: &Config) -> Vec<String> {
         let mut changed = differing(&to_table(&self.global), &to_table(&new.global), "");
         if self.listeners.len() != new.listeners.len() {
             changed.push("listener".into());
@@ -218,7 +219,7 @@ fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(value: &T, s: S
 }
 
 /// The default worker count: one per CPU the process may run on (as tokio itself would choose).
-pub fn default_threads() -> usize {
+pub(crate) fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 

@@ -19,14 +19,14 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// (`max_connections`, `max_handshakes`, `connect_buffer_budget`): several listeners share one, since
 /// what they protect (file descriptors, memory) belongs to the process.
 #[derive(Clone)]
-pub struct Caps {
+pub(crate) struct Caps {
     connections: Arc<Semaphore>,
     handshakes: Arc<Semaphore>,
     connect_bytes: ConnectBudget,
 }
 
 impl Caps {
-    pub fn new(limits: &super::Limits) -> Caps {
+    pub(crate) fn new(limits: &super::Limits) -> Caps {
         Caps {
             connections: Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS))),
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes.min(Semaphore::MAX_PERMITS))),
@@ -38,7 +38,7 @@ impl Caps {
 /// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets established
 /// connections finish for up to the drain timeout before closing the rest. `caps` are shared with the
 /// process's other listeners.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let force_close = CancellationToken::new();
     let Caps { connections, handshakes, connect_bytes } = caps;

@@ -19,29 +19,29 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// CONNECT bytes every connection may buffer without drawing on the budget.
-pub const FREE_CONNECT_BYTES: usize = 4096;
+pub(crate) const FREE_CONNECT_BYTES: usize = 4096;
 
 /// One budget shared by every listener of the process; the permits are bytes.
 #[derive(Debug, Clone)]
-pub struct ConnectBudget {
+pub(crate) struct ConnectBudget {
     bytes: Arc<Semaphore>,
 }
 
 impl ConnectBudget {
-    pub fn new(bytes: usize) -> ConnectBudget {
+    pub(crate) fn new(bytes: usize) -> ConnectBudget {
         ConnectBudget { bytes: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))) }
     }
 
     /// A connection's share, empty until its CONNECT buffer outgrows the free allowance; given back
     /// when dropped.
-    pub fn share(&self) -> Share {
+    pub(crate) fn share(&self) -> Share {
         Share { bytes: self.bytes.clone(), held: None }
     }
 }
 
 /// The bytes one connection holds of the budget.
 #[derive(Debug)]
-pub struct Share {
+pub(crate) struct Share {
     bytes: Arc<Semaphore>,
     held: Option<OwnedSemaphorePermit>,
 }
@@ -49,7 +49,7 @@ pub struct Share {
 impl Share {
     /// Makes this share cover a buffer of `capacity` bytes. `false` (and nothing taken) when the
     /// budget has too little left.
-    pub fn cover(&mut self, capacity: usize) -> bool {
+    pub(crate) fn cover(&mut self, capacity: usize) -> bool {
         let want = capacity.saturating_sub(FREE_CONNECT_BYTES);
         let held = self.held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
         let Some(more) = want.checked_sub(held).filter(|n| *n > 0) else {
@@ -71,8 +71,9 @@ impl Share {
         }
     }
 
+    #[cfg(test)]
     /// Bytes of the budget this share holds.
-    pub fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 /// One per listener: shared between its splices, which report traffic, and the task that spins.
 #[derive(Debug)]
-pub struct BusyPoll {
+pub(crate) struct BusyPoll {
     window: Duration,
     epoch: Instant,
     /// Nanoseconds since `epoch` of the latest traffic.
@@ -27,7 +27,7 @@ pub struct BusyPoll {
 }
 
 impl BusyPoll {
-    pub fn new(window: Duration) -> BusyPoll {
+    pub(crate) fn new(window: Duration) -> BusyPoll {
         BusyPoll {
             window,
             epoch: Instant::now(),
@@ -43,15 +43,16 @@ impl BusyPoll {
     }
 
     /// Traffic moved: spin for the next window. A clock read and a store; a wake-up only when asleep.
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.last.store(self.now(), Ordering::Relaxed);
         if self.sleeping.load(Ordering::SeqCst) {
             self.wake.notify_one();
         }
     }
 
+    #[cfg(test)]
     /// True while the spinning task is inside a window.
-    pub fn is_spinning(&self) -> bool {
+    pub(crate) fn is_spinning(&self) -> bool {
         !self.sleeping.load(Ordering::SeqCst)
     }
 
@@ -64,7 +65,7 @@ impl BusyPoll {
     /// The spinning task: until `stop`, spins through each window and sleeps between them. Each spin
     /// is a `yield_now`, after which tokio polls the I/O driver without blocking before it runs the
     /// task again, so other tasks and new events go first.
-    pub async fn run(&self, stop: CancellationToken) {
+    pub(crate) async fn run(&self, stop: CancellationToken) {
         loop {
             if self.within_window() {
                 self.sleeping.store(false, Ordering::SeqCst);

@@ -16,7 +16,7 @@ use crate::x509::rules::Refused;
 /// Why a connection ended before or instead of being spliced; [`ConnError::reason`] names it in the
 /// metrics and the log.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnError {
+pub(crate) enum ConnError {
     #[error("PROXY protocol: {0}")]
     ProxyProtocol(InboundError),
     #[error("TLS handshake timed out after {0:?}")]
@@ -59,7 +59,7 @@ pub enum ConnError {
 /// Where a failure is counted besides `mqtls_connections_total{outcome}`: one counter family, under
 /// its `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
+pub(crate) enum Family {
     /// `mqtls_proxy_protocol_errors_total{reason}`.
     ProxyProtocolErrors,
     /// `mqtls_tls_handshake_failures_total{reason}`.
@@ -75,19 +75,19 @@ pub enum Family {
 /// How a failed connection is counted and logged: the metric labels and the `refused` log line's
 /// fields are these values, so the two always agree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reason {
+pub(crate) struct Reason {
     /// `mqtls_connections_total{outcome}`, and the log line's `outcome`.
-    pub outcome: &'static str,
+    pub(crate) outcome: &'static str,
     /// The counter it is also counted under.
-    pub family: Family,
+    pub(crate) family: Family,
     /// The family's `reason` label, and the log line's `reason`.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 impl Reason {
     /// Closed before a PROXY header or a ClientHello arrived: a TCP health check or port probe,
     /// logged at debug level rather than as a warning.
-    pub fn closed_before_tls(&self) -> bool {
+    pub(crate) fn closed_before_tls(&self) -> bool {
         self.reason == "eof" && matches!(self.family, Family::ProxyProtocolErrors | Family::HandshakeFailures)
     }
 }
@@ -98,7 +98,7 @@ const LOG_TARGET: &str = "mqtls::conn::handle";
 impl ConnError {
     /// The outcome, the counter family and the reason label this failure is counted and logged under
     /// (the label values are documented in docs/operations.md).
-    pub fn reason(&self) -> Reason {
+    pub(crate) fn reason(&self) -> Reason {
         let (outcome, family, reason) = match self {
             ConnError::ProxyProtocol(e) => ("proxy_protocol", Family::ProxyProtocolErrors, e.label()),
             ConnError::HandshakeTimeout(_) => ("tls_timeout", Family::HandshakeFailures, "timeout"),
@@ -124,7 +124,7 @@ impl ConnError {
 
     /// Counts a connection that ended before it was spliced: under its outcome, and under its
     /// family's reason.
-    pub fn count(&self, m: &Metrics) {
+    pub(crate) fn count(&self, m: &Metrics) {
         let Reason { outcome, family, reason } = self.reason();
         m.outcome(outcome);
         let family = match family {
@@ -139,7 +139,7 @@ impl ConnError {
 
     /// Logs the connection's end: one `refused` warning with the outcome, the reason and the error,
     /// or, closed before TLS, one debug line.
-    pub fn log(&self) {
+    pub(crate) fn log(&self) {
         let why = self.reason();
         let Reason { outcome, reason, .. } = why;
         if why.closed_before_tls() {

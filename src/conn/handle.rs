@@ -20,6 +20,7 @@ use crate::conn::error::ConnError;
 use crate::conn::proxy_protocol::{self, ClientAddrs, InboundError, TlsFacts, UpstreamProxyProtocol};
 use crate::conn::splice::{splice, SpliceStats};
 use crate::conn::upstream::UpstreamStream;
+use crate::crl::CrlCache;
 use crate::mqtt::connect::{self, Connect, Edit, ProtocolVersion, Refusal};
 use crate::ops::health::Health;
 use crate::ops::metrics::{DirectionLabel, Metrics};
@@ -35,18 +36,20 @@ const CONNACK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What every connection of one listener shares: its settings and the process-wide ones, the current
 /// TLS configuration, and the operator-facing state (metrics, health). Built by [`crate::app::App`].
 pub struct Proxy {
-    pub listener: Arc<Listener>,
-    pub global: Arc<Global>,
+    pub(crate) listener: Arc<Listener>,
+    pub(crate) global: Arc<Global>,
     /// Shared with the [`crate::reload::Reloader`], which publishes rotated configurations into it.
-    pub tls: Arc<TlsHandle>,
+    pub(crate) tls: Arc<TlsHandle>,
     /// One registry for the process, shared with the reloaders.
     pub metrics: Arc<Metrics>,
     /// This listener's part of readiness, read by the admin server.
-    pub health: Arc<Health>,
+    pub(crate) health: Arc<Health>,
     /// The allow rules every new connection is checked against; SIGHUP swaps in the file's new ones.
-    pub rules: Arc<ArcSwap<Rules>>,
+    pub(crate) rules: Arc<ArcSwap<Rules>>,
     /// With `busy_poll`, told of this listener's established traffic.
-    pub busy_poll: Option<Arc<BusyPoll>>,
+    pub(crate) busy_poll: Option<Arc<BusyPoll>>,
+    /// With `crl_from_distribution_points`, told of each client certificate's distribution points.
+    pub(crate) crls: Option<Arc<CrlCache>>,
 }
 
 impl Proxy {
@@ -55,7 +58,7 @@ impl Proxy {
         let rules = Arc::new(ArcSwap::from_pointee(listener.authz.clone()));
         let busy_poll = global.busy_poll.map(|window| Arc::new(BusyPoll::new(window)));
         let health = Arc::new(Health::default());
-        Proxy { listener: Arc::new(listener), global, tls, metrics, health, rules, busy_poll }
+        Proxy { listener: Arc::new(listener), global, tls, metrics, health, rules, busy_poll, crls: None }
     }
 
     /// Counts a connection that ended before it was spliced, under every metric that describes why.
@@ -84,7 +87,7 @@ impl Drop for ActiveGuard<'_> {
 /// Runs one client connection to its end, logging its outcome once.
 /// `handshake` is this connection's place among the handshakes in flight, given back once TLS is done.
 /// `connect_bytes` is its share of the CONNECT budget, drawn on only while the CONNECT is read.
-pub async fn handle(
+pub(crate) async fn handle(
     proxy: Arc<Proxy>,
     tcp: TcpStream,
     peer: SocketAddr,
@@ -204,6 +207,9 @@ async fn prepare(
     let (allowed, identity, upstream_header) = {
         let leaf =
             client.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|der| ClientCert::parse(der));
+        if let (Some(crls), Some(Ok(parsed))) = (&proxy.crls, leaf.as_ref().map(ClientCert::parsed)) {
+            crls.saw_client_cert(parsed);
+        }
         let allowed = leaf.as_ref().map(|leaf| authorize::admits_cert(&proxy.rules.load(), leaf));
         let identity = leaf.as_ref().map(|leaf| identity::username_of(leaf, policy.username_from));
         if let Some(Ok(id)) = &identity {

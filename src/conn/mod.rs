@@ -9,32 +9,32 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub mod accept;
-pub mod budget;
-pub mod busy_poll;
-pub mod error;
-pub mod handle;
+pub(crate) mod accept;
+pub(crate) mod budget;
+pub(crate) mod busy_poll;
+pub(crate) mod error;
+pub(crate) mod handle;
 pub mod proxy_protocol;
-pub mod splice;
+pub(crate) mod splice;
 pub mod upstream;
 
 /// Largest CONNECT mqtls buffers by default: ample for long MQTT 5 property lists and will messages;
 /// the total over all connections is bounded by [`DEFAULT_CONNECT_BUFFER_BUDGET`].
-pub const DEFAULT_MAX_CONNECT_SIZE: usize = crate::mqtt::connect::DEFAULT_MAX_CONNECT_LEN;
+pub(crate) const DEFAULT_MAX_CONNECT_SIZE: usize = crate::mqtt::connect::DEFAULT_MAX_CONNECT_LEN;
 
 /// CONNECT bytes held at once beyond each connection's free 4 KiB (see [`budget`]): 128 CONNECTs at
 /// the 256 KiB cap in flight together, far more than real devices ever send at once, and with
 /// `max_handshakes`' worst case (~52 MiB) well inside the Kubernetes example's 256 MiB limit.
-pub const DEFAULT_CONNECT_BUFFER_BUDGET: usize = 32 * 1024 * 1024;
+pub(crate) const DEFAULT_CONNECT_BUFFER_BUDGET: usize = 32 * 1024 * 1024;
 
 /// Enough for a large fleet per replica, while keeping a file-descriptor exhaustion from taking the
 /// process down with it (each connection holds two descriptors).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 
 /// Handshakes in flight at once. Each holds a rustls connection (a few KiB) for up to the handshake
 /// deadline; the cap bounds what a flood of silent or slow ClientHellos can pin, while staying far above
 /// what a reconnect storm of real devices has in flight on one replica.
-pub const DEFAULT_MAX_HANDSHAKES: usize = 4096;
+pub(crate) const DEFAULT_MAX_HANDSHAKES: usize = 4096;
 
 /// Deadlines and caps applied to each connection, and the process-wide caps; under the file's keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,16 +45,16 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub max_connect_size: usize,
     /// CONNECT bytes held by all connections together beyond each one's free allowance.
-    pub connect_buffer_budget: usize,
+    pub(crate) connect_buffer_budget: usize,
     #[serde(serialize_with = "crate::duration::serialize")]
-    pub upstream_connect_timeout: Duration,
+    pub(crate) upstream_connect_timeout: Duration,
     /// Time the broker has to send its first bytes (the CONNACK) after the forwarded CONNECT.
     #[serde(serialize_with = "crate::duration::serialize")]
     pub connack_timeout: Duration,
     /// Client connections open at once; past it new ones are closed at accept.
     pub max_connections: usize,
     /// TLS handshakes in progress at once; past it new connections are closed at accept.
-    pub max_handshakes: usize,
+    pub(crate) max_handshakes: usize,
 }
 
 impl Default for Limits {

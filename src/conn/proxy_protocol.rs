@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 /// Largest inbound header read. A v1 line is at most 107 bytes; v2 headers from cloud load balancers
 /// carry a few TLVs (endpoint or link ids) and stay far below this. The cap bounds what a trusted but
 /// broken sender can make a connection buffer (the v2 length field would allow 64 KiB).
-pub const MAX_INBOUND_HEADER_LEN: usize = 4096;
+pub(crate) const MAX_INBOUND_HEADER_LEN: usize = 4096;
 
 /// The v2 signature, which is also the start of every v2 header.
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
@@ -47,7 +47,7 @@ pub enum UpstreamProxyProtocol {
 }
 
 impl UpstreamProxyProtocol {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             UpstreamProxyProtocol::Off => "off",
             UpstreamProxyProtocol::V1 => "v1",
@@ -91,14 +91,14 @@ impl Default for ProxyProtocolSettings {
 
 impl ProxyProtocolSettings {
     /// Whether a connection from `peer` must begin with a PROXY header.
-    pub fn trusts(&self, peer: IpAddr) -> bool {
+    pub(crate) fn trusts(&self, peer: IpAddr) -> bool {
         // A listener on [::] sees IPv4 clients as ::ffff:a.b.c.d; ranges are written as a.b.c.d/n.
         let peer = peer.to_canonical();
         self.accept_from.iter().any(|net| net.contains(&peer))
     }
 
     /// Whether PROXY headers are accepted at all.
-    pub fn accepts(&self) -> bool {
+    pub(crate) fn accepts(&self) -> bool {
         !self.accept_from.is_empty()
     }
 }
@@ -113,16 +113,16 @@ pub fn parse_source_range(s: &str) -> Result<IpNet, String> {
 
 /// The two ends of the client's connection as the client made it: before any load balancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddrs {
+pub(crate) struct ClientAddrs {
     /// The client.
-    pub source: SocketAddr,
+    pub(crate) source: SocketAddr,
     /// The address the client connected to (mqtls' listener, or the load balancer's front end).
-    pub destination: SocketAddr,
+    pub(crate) destination: SocketAddr,
 }
 
 /// Why an inbound PROXY header was refused. Variants double as bounded metric labels.
 #[derive(Debug, thiserror::Error)]
-pub enum InboundError {
+pub(crate) enum InboundError {
     #[error("connection starts with a PROXY header, but its source may not send one (it is not in proxy_protocol_from, or the listener has no accept_proxy_protocol)")]
     Untrusted,
     #[error("connection from a proxy_protocol_from source does not start with a PROXY header")]
@@ -141,7 +141,7 @@ pub enum InboundError {
 
 impl InboundError {
     /// Bounded label for metrics and logs.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             InboundError::Untrusted => "untrusted",
             InboundError::Missing => "missing",
@@ -163,7 +163,7 @@ fn starts_like_header(first: u8) -> bool {
 /// For a connection from a source that may not send a header: refuses it if it starts with one (a
 /// load balancer pointed at the wrong listener, or a client forging its address). Waits for the first
 /// byte without consuming it.
-pub async fn refuse_untrusted_header(tcp: &TcpStream) -> Result<(), InboundError> {
+pub(crate) async fn refuse_untrusted_header(tcp: &TcpStream) -> Result<(), InboundError> {
     let mut first = [0u8; 1];
     match tcp.peek(&mut first).await? {
         // EOF: nothing to judge; the TLS handshake reports the closed connection as usual.
@@ -176,7 +176,7 @@ pub async fn refuse_untrusted_header(tcp: &TcpStream) -> Result<(), InboundError
 /// Reads the PROXY header a trusted load balancer put before the ClientHello, consuming exactly the
 /// header's bytes. Returns the addresses it carries, or `None` for a LOCAL (v2) or UNKNOWN (v1) header
 /// (the balancer's own health checks), where the connection's own addresses apply.
-pub async fn read_inbound(tcp: &mut TcpStream) -> Result<Option<ClientAddrs>, InboundError> {
+pub(crate) async fn read_inbound(tcp: &mut TcpStream) -> Result<Option<ClientAddrs>, InboundError> {
     let config = ParseConfig { include_tlvs: false, allow_v1: true, allow_v2: true };
     let mut buf = vec![0u8; MAX_INBOUND_HEADER_LEN];
     // Bytes at the front of `buf` already taken off the socket: all of them belong to the header.
@@ -228,22 +228,22 @@ fn announced_v2_len(buf: &[u8]) -> Option<usize> {
 
 /// What the TLS handshake established, for the v2 SSL TLV.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsFacts {
+pub(crate) struct TlsFacts {
     /// "TLSv1.3" or "TLSv1.2", as OpenSSL (and so HAProxy) names them.
-    pub version: Option<&'static str>,
+    pub(crate) version: Option<&'static str>,
     /// IANA name of the cipher suite, e.g. "TLS_AES_256_GCM_SHA384".
-    pub cipher: Option<&'static str>,
+    pub(crate) cipher: Option<&'static str>,
     /// A verified client certificate is part of this TLS session.
-    pub client_cert: bool,
+    pub(crate) client_cert: bool,
     /// It was presented in this connection's handshake (not carried over by session resumption).
-    pub client_cert_this_connection: bool,
+    pub(crate) client_cert_this_connection: bool,
     /// The certificate's subject CN, when it has a usable one.
-    pub cn: Option<String>,
+    pub(crate) cn: Option<String>,
 }
 
 impl TlsFacts {
     /// Reads the facts off a finished rustls server connection.
-    pub fn of(conn: &rustls::ServerConnection, cn: Option<String>) -> TlsFacts {
+    pub(crate) fn of(conn: &rustls::ServerConnection, cn: Option<String>) -> TlsFacts {
         let version = match conn.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
             Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
@@ -272,7 +272,7 @@ fn iana_tls13_name(rustls_name: &'static str) -> &'static str {
 }
 
 /// The header to write to the broker before the CONNECT; empty when `version` is off.
-pub fn outbound_header(version: UpstreamProxyProtocol, addrs: ClientAddrs, tls: &TlsFacts) -> Vec<u8> {
+pub(crate) fn outbound_header(version: UpstreamProxyProtocol, addrs: ClientAddrs, tls: &TlsFacts) -> Vec<u8> {
     let (source, destination) = same_family(addrs.source, addrs.destination);
     let address = ProxiedAddress::stream(source, destination);
     let mut out = Vec::new();

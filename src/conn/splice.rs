@@ -20,22 +20,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::conn::busy_poll::BusyPoll;
 
 /// How long the broker may keep answering after the client half-closed, before both sides are closed.
-pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(10);
+pub(crate) const HALF_CLOSE_LINGER: Duration = Duration::from_secs(10);
 
 /// Bytes read per call: one full TLS record's plaintext, so a bulk publish moves a record per read.
 const CHUNK: usize = 16 * 1024;
 
 /// Bytes moved in each direction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SpliceStats {
-    pub client_to_upstream: u64,
-    pub upstream_to_client: u64,
+pub(crate) struct SpliceStats {
+    pub(crate) client_to_upstream: u64,
+    pub(crate) upstream_to_client: u64,
 }
 
 /// Copies `client` ⇄ `upstream` until both directions reach end of stream, or either fails.
 /// The counts are returned in both cases, so the close log line can report them. Every read that
 /// brings bytes is reported to `busy_poll`, when set.
-pub async fn splice<C, U>(
+pub(crate) async fn splice<C, U>(
     client: &mut C,
     upstream: &mut U,
     busy_poll: Option<&BusyPoll>,

@@ -70,7 +70,7 @@ impl fmt::Display for Upstream {
 
 /// Why the broker could not be reached. The client is answered with CONNACK "server unavailable".
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("connecting to broker {addr} timed out after {after:?}")]
     Timeout { addr: String, after: Duration },
     #[error("connecting to broker {addr}: {source}")]
@@ -79,7 +79,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Bounded label for metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             UpstreamError::Timeout { .. } => "timeout",
             UpstreamError::Connect { source, .. } => match source.kind() {
@@ -92,7 +92,7 @@ impl UpstreamError {
 }
 
 /// An open connection to the broker.
-pub enum UpstreamStream {
+pub(crate) enum UpstreamStream {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
@@ -100,7 +100,7 @@ pub enum UpstreamStream {
 impl Upstream {
     /// Connects within `deadline`. TCP_NODELAY is set: MQTT is request/response and small packets
     /// must not wait for Nagle.
-    pub async fn connect(&self, deadline: Duration) -> Result<UpstreamStream, UpstreamError> {
+    pub(crate) async fn connect(&self, deadline: Duration) -> Result<UpstreamStream, UpstreamError> {
         let addr = self.to_string();
         let attempt = async {
             match self {

@@ -95,7 +95,7 @@ async fn fetch_one(cache: &CrlCache, url: &str) -> Result<Accepted, CrlError> {
 
 impl CrlCache {
     /// Fetches every URL due now, all at once; whether a new CRL is held for any of them.
-    pub async fn fetch_due(self: &Arc<Self>) -> bool {
+    pub(crate) async fn fetch_due(self: &Arc<Self>) -> bool {
         let (due, _) = self.due();
         let mut fetches = JoinSet::new();
         for url in due {
@@ -114,7 +114,7 @@ impl CrlCache {
     }
 
     /// Fetches every URL once, as at start-up: the URLs whose fetch failed, with the reason.
-    pub async fn fetch_all_once(self: &Arc<Self>) -> Failures {
+    pub(crate) async fn fetch_all_once(self: &Arc<Self>) -> Failures {
         let mut fetches = JoinSet::new();
         for url in self.urls() {
             let cache = self.clone();
@@ -136,7 +136,7 @@ impl CrlCache {
 
     /// Refetches each URL when due (and new distribution points at once) until `stop`; asks
     /// `reloader` to rebuild the TLS configuration whenever a new CRL is held.
-    pub async fn run(self: Arc<Self>, reloader: Arc<Reloader>, stop: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, reloader: Arc<Reloader>, stop: CancellationToken) {
         loop {
             let (_, next) = self.due();
             let sleep = async {
@@ -164,7 +164,7 @@ impl CrlCache {
 }
 
 /// The URLs whose fetch failed, with the reason.
-pub type Failures = Vec<(String, CrlError)>;
+pub(crate) type Failures = Vec<(String, CrlError)>;
 
 /// `mqtls check`: fetches every URL of `tls` once (on a runtime of its own) and returns the cache
 /// holding what was fetched, and the URLs that failed with the reason.

@@ -31,7 +31,7 @@ use crate::ops::metrics::Metrics;
 use crate::tls::TlsFile;
 use crate::x509::rfc2253::name_rfc2253;
 
-pub mod fetch;
+pub(crate) mod fetch;
 mod verify;
 
 pub use fetch::fetch_once_blocking;
@@ -40,14 +40,14 @@ pub use fetch::fetch_once_blocking;
 pub(crate) const SETTING: &str = "crl_urls";
 
 /// Default refetch period.
-pub const DEFAULT_CRL_REFRESH: Duration = Duration::from_secs(15 * 60);
+pub(crate) const DEFAULT_CRL_REFRESH: Duration = Duration::from_secs(15 * 60);
 /// Default time one fetch (connect, request, whole body) may take.
-pub const DEFAULT_CRL_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_CRL_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default largest CRL accepted, in bytes (10 MiB: a CRL of ~300 000 entries).
-pub const DEFAULT_CRL_MAX_SIZE: usize = 10 * 1024 * 1024;
+pub(crate) const DEFAULT_CRL_MAX_SIZE: usize = 10 * 1024 * 1024;
 /// Most distinct URLs one listener fetches (configured ones plus distribution points); more
 /// distribution points are ignored (logged once).
-pub const MAX_CRL_URLS: usize = 64;
+pub(crate) const MAX_CRL_URLS: usize = 64;
 /// First retry delay after a failed fetch; it doubles up to `crl_refresh`.
 pub(crate) const FIRST_RETRY: Duration = Duration::from_secs(10);
 /// A CRL with a nextUpdate is refetched this long before it (when that is sooner than `crl_refresh`).
@@ -65,14 +65,7 @@ pub enum CrlStale {
     Refuse,
 }
 
-impl CrlStale {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CrlStale::Keep => "keep",
-            CrlStale::Refuse => "refuse",
-        }
-    }
-}
+impl CrlStale {}
 
 /// The CRL fetching settings of one listener, under the file's keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -155,7 +148,7 @@ pub enum CrlError {
 
 impl CrlError {
     /// Bounded label for logs and metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             CrlError::Status(_) | CrlError::Connect(_) => "http_error",
             CrlError::Timeout(_) => "timeout",
@@ -183,13 +176,13 @@ pub struct CrlInfo {
     /// Number of revoked certificates listed.
     pub entries: usize,
     #[serde(skip)]
-    pub this_update_unix: i64,
+    pub(crate) this_update_unix: i64,
     #[serde(skip)]
-    pub next_update_unix: Option<i64>,
+    pub(crate) next_update_unix: Option<i64>,
 }
 
 /// Describes a DER CRL; `None` if x509-parser can't read it.
-pub fn describe(der: &[u8], source: &str) -> Option<CrlInfo> {
+pub(crate) fn describe(der: &[u8], source: &str) -> Option<CrlInfo> {
     let (_, crl) = CertificateRevocationList::from_der(der).ok()?;
     Some(describe_parsed(&crl, source))
 }
@@ -315,7 +308,7 @@ pub struct CrlCache {
 impl CrlCache {
     /// A cache for the configured URLs (and, with `crl_from_distribution_points`, those of the client
     /// CA certificates); nothing fetched yet.
-    pub fn new(settings: CrlSettings, client_ca: Option<PathBuf>, metrics: Arc<Metrics>) -> Arc<CrlCache> {
+    pub(crate) fn new(settings: CrlSettings, client_ca: Option<PathBuf>, metrics: Arc<Metrics>) -> Arc<CrlCache> {
         let cache = Arc::new(CrlCache { settings, client_ca, metrics, state: Mutex::default(), wake: Notify::new() });
         for url in cache.settings.urls.clone() {
             cache.add_url(&url);
@@ -332,18 +325,18 @@ impl CrlCache {
         cache
     }
 
-    pub fn settings(&self) -> &CrlSettings {
+    pub(crate) fn settings(&self) -> &CrlSettings {
         &self.settings
     }
 
     /// Every URL fetched, in order.
-    pub fn urls(&self) -> Vec<String> {
+    pub(crate) fn urls(&self) -> Vec<String> {
         self.lock().entries.keys().cloned().collect()
     }
 
     /// Adds the distribution points of a client certificate seen at a handshake (with
     /// `crl_from_distribution_points`), to be fetched at once. Cheap when they are known already.
-    pub fn saw_client_cert(&self, leaf: &X509Certificate<'_>) {
+    pub(crate) fn saw_client_cert(&self, leaf: &X509Certificate<'_>) {
         if !self.settings.from_distribution_points {
             return;
         }
@@ -378,7 +371,7 @@ impl CrlCache {
     }
 
     /// The CRLs held, as files of the client trust (setting `crl_urls`, path = URL, DER bytes).
-    pub fn files(&self) -> Vec<TlsFile> {
+    pub(crate) fn files(&self) -> Vec<TlsFile> {
         self.lock()
             .entries
             .iter()

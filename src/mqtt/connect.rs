@@ -521,7 +521,7 @@ pub fn announced_len(buf: &[u8]) -> Option<usize> {
 
 /// The protocol version of a CONNECT still arriving, once its name and level are in `buf`: what a
 /// refusal before the whole packet is read answers in.
-pub fn partial_version(buf: &[u8]) -> Option<ProtocolVersion> {
+pub(crate) fn partial_version(buf: &[u8]) -> Option<ProtocolVersion> {
     let (_, body_start) = decode_varint(buf, 1, usize::MAX).ok()?;
     peek_version(buf, body_start)
 }

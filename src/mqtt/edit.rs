@@ -1,7 +1,9 @@
 //! The CONNECT editor: rewrites the username, drops the password, replaces the client id, and copies
 //! every other byte of the packet the reader found ([`super::connect::read_connect`]) verbatim.
 
-use super::connect::{encode_varint, varint_len, Connect, ConnectError, FLAG_PASSWORD, FLAG_USERNAME, MAX_REMAINING_LEN};
+use super::connect::{
+    encode_varint, varint_len, Connect, ConnectError, FLAG_PASSWORD, FLAG_USERNAME, MAX_REMAINING_LEN,
+};
 
 /// How to rewrite a CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -25,14 +25,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the admin endpoints read: the metrics, each listener's readiness and certificates. Read-only
 /// views, so the admin server depends on nothing of the connection path.
-pub struct View {
-    pub metrics: Arc<Metrics>,
+pub(crate) struct View {
+    pub(crate) metrics: Arc<Metrics>,
     /// Per listener: its name (or address) for `/certs`, its readiness, its TLS configuration.
-    pub listeners: Vec<(String, Arc<Health>, Arc<TlsHandle>)>,
+    pub(crate) listeners: Vec<(String, Arc<Health>, Arc<TlsHandle>)>,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, view: View, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, view: View, shutdown: CancellationToken) {
     let view = Arc::new(view);
     if let Ok(addr) = listener.local_addr() {
         info!(admin = %addr, "admin endpoints: /metrics /healthz /readyz /certs");

@@ -11,28 +11,28 @@ use crate::conn::upstream::Upstream;
 
 /// What readiness is made of. Each flag is set by the part of mqtls that knows it.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     listening: AtomicBool,
     draining: AtomicBool,
     upstream_ok: AtomicBool,
 }
 
 impl Health {
-    pub fn set_listening(&self, v: bool) {
+    pub(crate) fn set_listening(&self, v: bool) {
         self.listening.store(v, Ordering::Relaxed);
     }
-    pub fn set_draining(&self) {
+    pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
-    pub fn set_upstream_ok(&self, v: bool) {
+    pub(crate) fn set_upstream_ok(&self, v: bool) {
         self.upstream_ok.store(v, Ordering::Relaxed);
     }
-    pub fn upstream_ok(&self) -> bool {
+    pub(crate) fn upstream_ok(&self) -> bool {
         self.upstream_ok.load(Ordering::Relaxed)
     }
     /// Ready: listener bound (certificates are loaded before it is), broker reachable at the last
     /// check, and not draining.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.listening.load(Ordering::Relaxed)
             && self.upstream_ok.load(Ordering::Relaxed)
             && !self.draining.load(Ordering::Relaxed)
@@ -40,7 +40,7 @@ impl Health {
 }
 
 /// Checks every `interval` that the broker accepts a TCP connection (within `timeout`), for `/readyz`.
-pub async fn check_upstream(
+pub(crate) async fn check_upstream(
     upstream: Upstream,
     interval: Duration,
     timeout: Duration,

@@ -15,71 +15,71 @@ use std::sync::{Arc, Mutex};
 use crate::tls::Certificates;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
-    pub outcome: &'static str,
+pub(crate) struct OutcomeLabel {
+    pub(crate) outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabel {
-    pub direction: &'static str,
+pub(crate) struct DirectionLabel {
+    pub(crate) direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    pub result: &'static str,
+pub(crate) struct ResultLabel {
+    pub(crate) result: &'static str,
 }
 
 /// A completed TLS handshake: `full` or `resumed`, and the protocol version (`1.2`, `1.3`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HandshakeLabel {
-    pub kind: &'static str,
-    pub version: &'static str,
+pub(crate) struct HandshakeLabel {
+    pub(crate) kind: &'static str,
+    pub(crate) version: &'static str,
 }
 
 /// A loaded certificate: its role and position (bounded by what the operator configured) and serial.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CertLabel {
-    pub role: &'static str,
-    pub index: u32,
-    pub serial: String,
+pub(crate) struct CertLabel {
+    pub(crate) role: &'static str,
+    pub(crate) index: u32,
+    pub(crate) serial: String,
 }
 
 /// A CRL issuer (RFC 2253): bounded by the configured client CAs and CRL files.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IssuerLabel {
-    pub issuer: String,
+pub(crate) struct IssuerLabel {
+    pub(crate) issuer: String,
 }
 
 /// A CRL URL: bounded by `crl_urls` and the distribution point cap.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UrlLabel {
-    pub url: String,
+pub(crate) struct UrlLabel {
+    pub(crate) url: String,
 }
 
 /// All of mqtls' metrics, registered once at start-up.
 pub struct Metrics {
     registry: Registry,
-    pub active_connections: Gauge,
-    pub connections: Family<OutcomeLabel, Counter>,
-    pub handshake_failures: Family<ReasonLabel, Counter>,
-    pub handshakes: Family<HandshakeLabel, Counter>,
-    pub connect_refusals: Family<ReasonLabel, Counter>,
-    pub upstream_errors: Family<ReasonLabel, Counter>,
-    pub handshake_duration: Histogram,
-    pub connection_duration: Histogram,
-    pub bytes: Family<DirectionLabel, Counter>,
-    pub cert_not_after: Family<CertLabel, Gauge>,
-    pub reloads: Family<ResultLabel, Counter>,
-    pub proxy_protocol_errors: Family<ReasonLabel, Counter>,
-    pub crl_next_update: Family<IssuerLabel, Gauge>,
-    pub crl_this_update: Family<IssuerLabel, Gauge>,
-    pub crl_fetches: Family<ResultLabel, Counter>,
-    pub crl_last_success: Family<UrlLabel, Gauge>,
+    pub(crate) active_connections: Gauge,
+    pub(crate) connections: Family<OutcomeLabel, Counter>,
+    pub(crate) handshake_failures: Family<ReasonLabel, Counter>,
+    pub(crate) handshakes: Family<HandshakeLabel, Counter>,
+    pub(crate) connect_refusals: Family<ReasonLabel, Counter>,
+    pub(crate) upstream_errors: Family<ReasonLabel, Counter>,
+    pub(crate) handshake_duration: Histogram,
+    pub(crate) connection_duration: Histogram,
+    pub(crate) bytes: Family<DirectionLabel, Counter>,
+    pub(crate) cert_not_after: Family<CertLabel, Gauge>,
+    pub(crate) reloads: Family<ResultLabel, Counter>,
+    pub(crate) proxy_protocol_errors: Family<ReasonLabel, Counter>,
+    pub(crate) crl_next_update: Family<IssuerLabel, Gauge>,
+    pub(crate) crl_this_update: Family<IssuerLabel, Gauge>,
+    pub(crate) crl_fetches: Family<ResultLabel, Counter>,
+    pub(crate) crl_last_success: Family<UrlLabel, Gauge>,
     /// The certificates in force, per source (a listener's `cert` path): with several listeners each
     /// reloader replaces only its own set, and the expiry gauges show them all.
     certificate_sets: Mutex<BTreeMap<String, Arc<Certificates>>>,
@@ -199,7 +199,7 @@ impl Metrics {
     }
 
     /// Counts a completed handshake.
-    pub fn handshake(&self, conn: &rustls::ServerConnection) {
+    pub(crate) fn handshake(&self, conn: &rustls::ServerConnection) {
         let kind = match conn.handshake_kind() {
             Some(rustls::HandshakeKind::Resumed) => "resumed",
             _ => "full",
@@ -213,18 +213,13 @@ impl Metrics {
     }
 
     /// Counts a connection's end.
-    pub fn outcome(&self, outcome: &'static str) {
+    pub(crate) fn outcome(&self, outcome: &'static str) {
         self.connections.get_or_create(&OutcomeLabel { outcome }).inc();
-    }
-
-    /// Replaces the certificate expiry gauges with those of the certificates now loaded (one listener).
-    pub fn set_certificates(&self, certs: &Arc<Certificates>) {
-        self.set_certificates_for("", certs);
     }
 
     /// Replaces the certificates of `source` (one listener's) and re-derives the expiry gauges from
     /// every source's. A certificate several listeners share is one series.
-    pub fn set_certificates_for(&self, source: &str, certs: &Arc<Certificates>) {
+    pub(crate) fn set_certificates_for(&self, source: &str, certs: &Arc<Certificates>) {
         let mut sets = self.certificate_sets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         sets.insert(source.to_string(), certs.clone());
         self.cert_not_after.clear();
@@ -253,12 +248,12 @@ impl Metrics {
     }
 
     /// Counts a CRL fetch by result.
-    pub fn crl_fetch(&self, result: &'static str) {
+    pub(crate) fn crl_fetch(&self, result: &'static str) {
         self.crl_fetches.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Records a good fetch of `url` at `unix` time.
-    pub fn crl_fetched(&self, url: &str, unix: i64) {
+    pub(crate) fn crl_fetched(&self, url: &str, unix: i64) {
         self.crl_last_success.get_or_create(&UrlLabel { url: url.to_string() }).set(unix);
     }
 }

@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// Every listener is bound and accepting, and SIGHUP reloads instead of ending the process.
-pub fn ready() {
+pub(crate) fn ready() {
     send(&[NotifyState::Ready, NotifyState::Status("accepting connections")], "READY");
 }
 
 /// The drain has begun: no new connections, established sessions run on until the drain timeout.
-pub fn stopping() {
+pub(crate) fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("draining connections")], "STOPPING");
 }
 
@@ -32,14 +32,14 @@ fn send(state: &[NotifyState], what: &str) {
 
 /// How often to tell systemd we are alive: half its `WatchdogSec`, or `None` when no watchdog is set
 /// for this process.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let mut usec = 0;
     (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0).then(|| Duration::from_micros(usec) / 2)
 }
 
 /// Feeds systemd's watchdog every `every` from a runtime task (so a runtime that stops scheduling
 /// stops feeding it) until `stop`.
-pub async fn feed_watchdog(every: Duration, stop: CancellationToken) {
+pub(crate) async fn feed_watchdog(every: Duration, stop: CancellationToken) {
     info!(every = ?every, "feeding the systemd watchdog");
     loop {
         tokio::select! {

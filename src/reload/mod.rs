@@ -50,11 +50,11 @@ const MAX_SYMLINK_HOPS: usize = 40;
 
 /// Re-check period: short enough that a rotation on NFS is live within a minute, long enough that
 /// hashing a few PEM files is noise.
-pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Quiet period after file events: tools that write a certificate then its key finish well within
 /// it, and it still leaves most of the 2 s budget from write to new handshakes.
-pub const DEFAULT_RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+pub(crate) const DEFAULT_RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// When the TLS files are re-read; under the file's keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -147,7 +147,7 @@ impl Reloader {
 
     /// As [`Reloader::new`], with the CRLs `crls` holds (now and whenever it asks for a
     /// [`Reloader::refresh`]) as part of the client trust.
-    pub fn with_crls(
+    pub(crate) fn with_crls(
         tls: TlsSettings,
         settings: ReloadSettings,
         metrics: Arc<Metrics>,
@@ -171,17 +171,17 @@ impl Reloader {
     }
 
     /// Asks the running loop to reload because the fetched CRLs changed.
-    pub fn refresh(&self) {
+    pub(crate) fn refresh(&self) {
         self.refresh.notify_one();
     }
 
     /// Asks the running loop (see [`Reloader::start`]) to reload as for SIGHUP.
-    pub fn sighup(&self) {
+    pub(crate) fn sighup(&self) {
         self.sighup.notify_one();
     }
 
     /// The handle to give the proxy: it always holds the newest good configuration.
-    pub fn handle(&self) -> Arc<TlsHandle> {
+    pub(crate) fn handle(&self) -> Arc<TlsHandle> {
         self.handle.clone()
     }
 
@@ -238,7 +238,7 @@ impl Reloader {
     ///
     /// Takes `Arc<Self>` rather than `self` so callers (tests, an admin endpoint) can still trigger
     /// [`Reloader::reload`] while the loop runs.
-    pub fn start(self: Arc<Self>, shutdown: CancellationToken) -> JoinHandle<()> {
+    pub(crate) fn start(self: Arc<Self>, shutdown: CancellationToken) -> JoinHandle<()> {
         let (tx, events) = mpsc::unbounded_channel();
         let watch = self.settings.watch.then(|| {
             let mut w = DirWatch::new(tx);
@@ -320,15 +320,15 @@ impl Reloader {
 /// The result of a successful [`ConfigReload::reload`].
 /// What a re-read of the configuration file did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigReloadOutcome {
+pub(crate) struct ConfigReloadOutcome {
     /// The listeners whose allow rules changed (and were swapped in).
-    pub rules_changed: Vec<String>,
+    pub(crate) rules_changed: Vec<String>,
     /// The settings that changed in the file but need a restart (see [`Config::needs_restart`]).
-    pub needs_restart: Vec<String>,
+    pub(crate) needs_restart: Vec<String>,
 }
 
 /// SIGHUP's re-read of the configuration file: the same command line over the file as it is now.
-pub struct ConfigReload {
+pub(crate) struct ConfigReload {
     args: RunArgs,
     in_service: Config,
     /// Each listener's allow rules, in the order of `in_service.listeners`.
@@ -336,13 +336,13 @@ pub struct ConfigReload {
 }
 
 impl ConfigReload {
-    pub fn new(args: RunArgs, in_service: Config, rules: Vec<Arc<ArcSwap<Rules>>>) -> ConfigReload {
+    pub(crate) fn new(args: RunArgs, in_service: Config, rules: Vec<Arc<ArcSwap<Rules>>>) -> ConfigReload {
         ConfigReload { args, in_service, rules }
     }
 
     /// Re-reads the file and swaps in every listener's new allow rules; logs what needs a restart.
     /// On any error the rules in service stay.
-    pub fn reload(&self) -> Result<ConfigReloadOutcome, ConfigError> {
+    pub(crate) fn reload(&self) -> Result<ConfigReloadOutcome, ConfigError> {
         let Some(file) = &self.in_service.file else {
             debug!("no configuration file to re-read; allow rules unchanged");
             return Ok(ConfigReloadOutcome { rules_changed: Vec::new(), needs_restart: Vec::new() });

@@ -19,7 +19,7 @@ use rustls::{RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
-pub mod resumption;
+pub(crate) mod resumption;
 mod settings;
 
 use serde::Serialize;
@@ -53,7 +53,7 @@ pub enum TlsError {
 
 impl TlsError {
     /// Bounded label for logs and metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             TlsError::Read { .. } => "read",
             TlsError::Pem { .. } => "pem",
@@ -91,10 +91,10 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// One configured file's bytes and the setting that names it.
 #[derive(Debug, Clone)]
-pub struct TlsFile {
-    pub setting: &'static str,
-    pub path: PathBuf,
-    pub bytes: Vec<u8>,
+pub(crate) struct TlsFile {
+    pub(crate) setting: &'static str,
+    pub(crate) path: PathBuf,
+    pub(crate) bytes: Vec<u8>,
 }
 
 impl TlsFile {
@@ -109,7 +109,7 @@ impl TlsFile {
         Ok(TlsFile { setting, path: path.to_path_buf(), bytes })
     }
 
-    pub fn sha256(&self) -> [u8; 32] {
+    pub(crate) fn sha256(&self) -> [u8; 32] {
         Sha256::digest(&self.bytes).into()
     }
 }
@@ -118,13 +118,13 @@ impl TlsFile {
 /// exactly what it builds.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
-    pub cert: TlsFile,
-    pub key: TlsFile,
+    pub(crate) cert: TlsFile,
+    pub(crate) key: TlsFile,
     /// Read only when client certificates are asked for.
-    pub client_ca: Option<TlsFile>,
-    pub crls: Vec<TlsFile>,
+    pub(crate) client_ca: Option<TlsFile>,
+    pub(crate) crls: Vec<TlsFile>,
     /// (cert, key) of each SNI entry, in configuration order.
-    pub sni: Vec<(TlsFile, TlsFile)>,
+    pub(crate) sni: Vec<(TlsFile, TlsFile)>,
 }
 
 impl TlsFiles {
@@ -158,7 +158,7 @@ impl TlsFiles {
     }
 
     /// Every file, in a fixed order (cert, key, client CA, CRLs, SNI certs and keys).
-    pub fn iter(&self) -> impl Iterator<Item = &TlsFile> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &TlsFile> {
         [&self.cert, &self.key]
             .into_iter()
             .chain(self.client_ca.as_ref())
@@ -175,7 +175,7 @@ impl TlsFiles {
     }
 
     /// The files that decide which client certificates are trusted: the CA bundle and the CRLs.
-    pub fn client_trust(&self) -> impl Iterator<Item = &TlsFile> {
+    pub(crate) fn client_trust(&self) -> impl Iterator<Item = &TlsFile> {
         self.client_ca.iter().chain(self.crls.iter())
     }
 }
@@ -184,19 +184,19 @@ impl TlsFiles {
 #[derive(Debug, Clone, Serialize)]
 pub struct Certificates {
     /// RFC 3339, UTC.
-    pub loaded_at: String,
-    pub server_chain: Vec<CertInfo>,
-    pub client_ca: Vec<CertInfo>,
+    pub(crate) loaded_at: String,
+    pub(crate) server_chain: Vec<CertInfo>,
+    pub(crate) client_ca: Vec<CertInfo>,
     /// Every certificate of every SNI entry's chain, in configuration order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub sni: Vec<CertInfo>,
+    pub(crate) sni: Vec<CertInfo>,
     /// Every CRL in force (files, then fetched ones).
     pub crls: Vec<crate::crl::CrlInfo>,
 }
 
 /// A built server configuration, the leaf certificate it presents, and all its certificates described.
 pub struct Loaded {
-    pub config: Arc<ServerConfig>,
+    pub(crate) config: Arc<ServerConfig>,
     /// The server certificate (the first of `certificates.server_chain`).
     pub leaf: CertInfo,
     pub certificates: Arc<Certificates>,
@@ -206,18 +206,13 @@ impl Loaded {
     /// Carries `previous`'s ticket keys and TLS 1.2 session cache into this configuration, so devices
     /// keep resuming across a reload. Only for a reload that left client trust (CA bundle, CRLs) as it
     /// was: a resumed session skips chain verification.
-    pub fn keep_sessions_of(mut self, previous: &ServerConfig) -> Loaded {
+    pub(crate) fn keep_sessions_of(mut self, previous: &ServerConfig) -> Loaded {
         // Just built and not yet shared: make_mut does not clone.
         let config = Arc::make_mut(&mut self.config);
         config.ticketer = previous.ticketer.clone();
         config.session_storage = previous.session_storage.clone();
         self
     }
-}
-
-/// Reads every file named by `settings` and builds a complete server configuration (TLS 1.2 and 1.3).
-pub fn build_server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
-    Ok(build(settings, &TlsFiles::read(settings)?)?.config)
 }
 
 /// Validates `files` and builds a complete server configuration from them: every PEM parses, every
@@ -410,13 +405,13 @@ pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
 }
 
 /// The current server configuration. Each handshake takes the newest; a reload replaces it whole.
-pub struct TlsHandle {
+pub(crate) struct TlsHandle {
     current: ArcSwap<ServerConfig>,
     certificates: ArcSwap<Certificates>,
 }
 
 impl TlsHandle {
-    pub fn new(loaded: &Loaded) -> Self {
+    pub(crate) fn new(loaded: &Loaded) -> Self {
         TlsHandle {
             current: ArcSwap::new(loaded.config.clone()),
             certificates: ArcSwap::new(loaded.certificates.clone()),
@@ -424,22 +419,22 @@ impl TlsHandle {
     }
 
     /// The certificates of the configuration in force.
-    pub fn certificates(&self) -> Arc<Certificates> {
+    pub(crate) fn certificates(&self) -> Arc<Certificates> {
         self.certificates.load_full()
     }
 
     /// The configuration in force now.
-    pub fn current(&self) -> Arc<ServerConfig> {
+    pub(crate) fn current(&self) -> Arc<ServerConfig> {
         self.current.load_full()
     }
 
     /// An acceptor bound to the configuration in force now.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.current.load_full())
     }
 
     /// Publishes a new configuration for every later handshake; established connections keep theirs.
-    pub fn store(&self, loaded: &Loaded) {
+    pub(crate) fn store(&self, loaded: &Loaded) {
         self.current.store(loaded.config.clone());
         self.certificates.store(loaded.certificates.clone());
     }
@@ -474,7 +469,7 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// Bounded label for a failed handshake, for logs and metrics.
-pub fn handshake_failure_label(err: &std::io::Error) -> &'static str {
+pub(crate) fn handshake_failure_label(err: &std::io::Error) -> &'static str {
     use rustls::{CertificateError, Error as R};
     let Some(inner) = err.get_ref().and_then(|e| e.downcast_ref::<R>()) else {
         return match err.kind() {

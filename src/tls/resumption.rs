@@ -26,12 +26,12 @@ use x509_parser::time::ASN1Time;
 /// Wraps a ticketer: tickets are made as before, and refused on the way back once the client
 /// certificate inside is out of its validity period.
 #[derive(Debug)]
-pub struct CheckedTickets {
+pub(crate) struct CheckedTickets {
     inner: Arc<dyn ProducesTickets>,
 }
 
 impl CheckedTickets {
-    pub fn wrap(inner: Arc<dyn ProducesTickets>) -> Arc<dyn ProducesTickets> {
+    pub(crate) fn wrap(inner: Arc<dyn ProducesTickets>) -> Arc<dyn ProducesTickets> {
         Arc::new(CheckedTickets { inner })
     }
 }
@@ -57,12 +57,12 @@ impl ProducesTickets for CheckedTickets {
 /// Wraps the TLS 1.2 session-ID cache the same way: a cached session whose client certificate has
 /// expired is not found (and is dropped from the cache).
 #[derive(Debug)]
-pub struct CheckedSessions {
+pub(crate) struct CheckedSessions {
     inner: Arc<dyn StoresServerSessions>,
 }
 
 impl CheckedSessions {
-    pub fn wrap(inner: Arc<dyn StoresServerSessions>) -> Arc<dyn StoresServerSessions> {
+    pub(crate) fn wrap(inner: Arc<dyn StoresServerSessions>) -> Arc<dyn StoresServerSessions> {
         Arc::new(CheckedSessions { inner })
     }
 }

@@ -18,7 +18,7 @@ pub enum ClientAuth {
 }
 
 impl ClientAuth {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ClientAuth::Required => "required",
             ClientAuth::Optional => "optional",
@@ -56,7 +56,7 @@ pub struct TlsSettings {
 #[serde(deny_unknown_fields)]
 pub struct SniCert {
     /// Lower-case DNS names; `*.example.org` matches exactly one label in front of `example.org`.
-    pub names: Vec<String>,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub(crate) names: Vec<String>,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }

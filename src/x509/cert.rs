@@ -17,13 +17,13 @@ pub struct CertInfo {
     /// RFC 2253, as OpenSSL prints it (`openssl x509 -noout -subject -nameopt RFC2253`).
     pub subject: String,
     /// RFC 2253, as for `subject`.
-    pub issuer: String,
+    pub(crate) issuer: String,
     /// Uppercase hex without separators, as `openssl x509 -noout -serial` prints it.
     pub serial: String,
     /// Unix time.
-    pub not_before: i64,
+    pub(crate) not_before: i64,
     /// Unix time.
-    pub not_after: i64,
+    pub(crate) not_after: i64,
     /// Lowercase hex SHA-256 of the DER: the fingerprint `openssl x509 -noout -fingerprint -sha256`
     /// prints, without colons.
     pub sha256: String,
@@ -39,7 +39,7 @@ pub enum Validity {
 
 impl CertInfo {
     /// Describes a DER certificate; `None` if it does not parse (callers have already validated it).
-    pub fn from_der(der: &[u8]) -> Option<CertInfo> {
+    pub(crate) fn from_der(der: &[u8]) -> Option<CertInfo> {
         let (_, cert) = X509Certificate::from_der(der).ok()?;
         Some(CertInfo::of(&cert, der))
     }

@@ -14,7 +14,7 @@ pub(crate) mod client_cert;
 pub(crate) mod hex;
 pub mod identity;
 pub(crate) mod oid;
-pub mod policy;
+pub(crate) mod policy;
 pub(crate) mod rfc2253;
 pub mod rules;
 

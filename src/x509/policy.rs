@@ -39,15 +39,7 @@ pub enum ClientIdPolicy {
     RequirePrefix,
 }
 
-impl ClientIdPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientIdPolicy::Keep => "keep",
-            ClientIdPolicy::FromIdentity => "from-identity",
-            ClientIdPolicy::RequirePrefix => "require-prefix",
-        }
-    }
-}
+impl ClientIdPolicy {}
 
 /// How a certificate identity reaches the broker, under the file's key names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

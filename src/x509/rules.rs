@@ -49,10 +49,10 @@ pub enum RuleKind {
 
 impl RuleKind {
     /// Every kind, in the order they are printed and checked.
-    pub const ALL: [RuleKind; 5] = [RuleKind::Cn, RuleKind::Ou, RuleKind::Dns, RuleKind::Uri, RuleKind::Issuer];
+    pub(crate) const ALL: [RuleKind; 5] = [RuleKind::Cn, RuleKind::Ou, RuleKind::Dns, RuleKind::Uri, RuleKind::Issuer];
 
     /// The config key (the flag is the same with `-` for `_`).
-    pub fn setting(self) -> &'static str {
+    pub(crate) fn setting(self) -> &'static str {
         match self {
             RuleKind::Cn => "allow_cn",
             RuleKind::Ou => "allow_ou",
@@ -67,13 +67,13 @@ impl RuleKind {
 #[derive(Debug, thiserror::Error)]
 #[error("{pattern:?} is not a valid glob: {reason}")]
 pub struct RuleError {
-    pub pattern: String,
-    pub reason: String,
+    pub(crate) pattern: String,
+    pub(crate) reason: String,
 }
 
 /// Why a certificate is refused. Variants double as bounded metric labels ([`Refused::label`]).
 #[derive(Debug, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// No pattern of any kind matched.
     #[error("certificate {subject:?} (issuer {issuer:?}) matches no allow rule")]
     NotAllowed { subject: String, issuer: String },
@@ -85,7 +85,7 @@ pub enum Refused {
 
 impl Refused {
     /// Bounded label for metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         "not_allowed"
     }
 }
@@ -150,12 +150,12 @@ impl Rules {
     }
 
     /// The patterns of `kind` as written.
-    pub fn patterns(&self, kind: RuleKind) -> &[String] {
+    pub(crate) fn patterns(&self, kind: RuleKind) -> &[String] {
         &self.get(kind).patterns
     }
 
     /// No rules: every verified certificate is admitted.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         RuleKind::ALL.iter().all(|&k| self.get(k).patterns.is_empty())
     }
 
@@ -196,7 +196,7 @@ impl serde::Serialize for Rules {
 ///
 /// # Errors
 /// [`Refused::NotAllowed`] when there are rules and none matches.
-pub fn admits(rules: &Rules, cert: &X509Certificate<'_>) -> Result<(), Refused> {
+pub(crate) fn admits(rules: &Rules, cert: &X509Certificate<'_>) -> Result<(), Refused> {
     if rules.is_empty() {
         return Ok(());
     }
@@ -228,12 +228,13 @@ pub fn admits(rules: &Rules, cert: &X509Certificate<'_>) -> Result<(), Refused> 
     Err(Refused::NotAllowed { subject: describe(cert.subject()), issuer: describe(cert.issuer()) })
 }
 
+#[cfg(test)]
 /// [`admits`] for a DER certificate, as the TLS layer hands it over. With no rules the certificate
 /// is not even parsed.
 ///
 /// # Errors
 /// As [`admits`], and [`Refused::NotACertificate`] if `der` is not one certificate.
-pub fn admits_der(rules: &Rules, der: &[u8]) -> Result<(), Refused> {
+pub(crate) fn admits_der(rules: &Rules, der: &[u8]) -> Result<(), Refused> {
     if rules.is_empty() {
         return Ok(());
     }

@@ -109,20 +109,27 @@ async fn start_pod() -> Pod {
         &[("tls.crt", &pki.server.cert_pem), ("tls.key", &pki.server.key_pem), ("ca.crt", &pki.ca.pem)],
     );
     let broker = Mosquitto::start();
-    let (port, admin) = (free_port(), free_port());
-    let args: Vec<String> = [
-        "--config".into(),
-        config.display().to_string(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--admin".into(),
-        format!("127.0.0.1:{admin}"),
-        "--upstream".into(),
-        format!("127.0.0.1:{}", broker.port),
-    ]
-    .into();
-    let mqtls = Binary::spawn(&args, root.dir.path(), port);
-    Pod { root, pki, volume, broker, mqtls, port, admin }
+    // A port taken between probing and binding (tests run in parallel) is retried with others.
+    for _ in 0..5 {
+        let (port, admin) = (free_port(), free_port());
+        let args: Vec<String> = [
+            "--config".into(),
+            config.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--admin".into(),
+            format!("127.0.0.1:{admin}"),
+            "--upstream".into(),
+            format!("127.0.0.1:{}", broker.port),
+        ]
+        .into();
+        match Binary::try_spawn(&args, root.dir.path(), port) {
+            Ok(mqtls) => return Pod { root, pki, volume, broker, mqtls, port, admin },
+            Err(log) if log.contains("cannot bind") => continue,
+            Err(log) => panic!("mqtls did not start: {log}"),
+        }
+    }
+    panic!("mqtls found no free ports in 5 tries");
 }
 
 /// The certificate mqtls presents to a new connection.

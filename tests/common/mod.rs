@@ -488,7 +488,7 @@ impl Binary {
     }
 
     /// Like [`Binary::spawn`], but a process that exits before accepting is an `Err` with its log.
-    fn try_spawn(args: &[String], dir: &Path, port: u16) -> Result<Binary, String> {
+    pub fn try_spawn(args: &[String], dir: &Path, port: u16) -> Result<Binary, String> {
         let log = dir.join(format!("mqtls-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_mqtls"))
             .args(args)

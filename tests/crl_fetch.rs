@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use mqtls::crl::{CrlSettings, CrlStale};
-use rcgen::{CertificateRevocationListParams, DnType, KeyIdMethod, RevokedCertParams, SerialNumber};
+use rcgen::{DnType, SerialNumber};
 use rustls::HandshakeKind;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -102,23 +102,7 @@ impl Drop for CrlServer {
 /// A DER CRL of `ca` revoking `revoked`, issued `age` ago, with nextUpdate `valid` after now.
 fn crl(ca: &Ca, number: u64, age: Duration, valid: Duration, revoked: &[u64]) -> Vec<u8> {
     let now = OffsetDateTime::now_utc();
-    let params = CertificateRevocationListParams {
-        this_update: now - age,
-        next_update: now + valid,
-        crl_number: SerialNumber::from(number),
-        issuing_distribution_point: None,
-        revoked_certs: revoked
-            .iter()
-            .map(|s| RevokedCertParams {
-                serial_number: SerialNumber::from(*s),
-                revocation_time: rcgen::date_time_ymd(2024, 1, 1),
-                reason_code: None,
-                invalidity_date: None,
-            })
-            .collect(),
-        key_identifier_method: KeyIdMethod::Sha256,
-    };
-    params.signed_by(&ca.issuer).expect("crl").der().to_vec()
+    ca.crl_der(number, now - age, now + valid, revoked)
 }
 
 const HOUR: Duration = Duration::from_secs(3600);

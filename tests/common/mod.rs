@@ -78,12 +78,34 @@ impl Ca {
         self.issue(true, |p| p.distinguished_name.push(DnType::CommonName, cn))
     }
 
-    /// A CRL revoking the given serial numbers.
+    /// A CRL revoking the given serial numbers, valid from 2024 to 2099.
     pub fn crl(&self, revoked: &[u64]) -> String {
+        let (from, to) = (rcgen::date_time_ymd(2024, 1, 1), rcgen::date_time_ymd(2099, 1, 1));
+        self.signed_crl(1, from, to, revoked).pem().expect("crl pem")
+    }
+
+    /// A DER CRL numbered `number`, revoking `revoked`, with the given thisUpdate and nextUpdate.
+    pub fn crl_der(
+        &self,
+        number: u64,
+        this_update: time::OffsetDateTime,
+        next_update: time::OffsetDateTime,
+        revoked: &[u64],
+    ) -> Vec<u8> {
+        self.signed_crl(number, this_update, next_update, revoked).der().to_vec()
+    }
+
+    fn signed_crl(
+        &self,
+        number: u64,
+        this_update: time::OffsetDateTime,
+        next_update: time::OffsetDateTime,
+        revoked: &[u64],
+    ) -> rcgen::CertificateRevocationList {
         let params = CertificateRevocationListParams {
-            this_update: rcgen::date_time_ymd(2024, 1, 1),
-            next_update: rcgen::date_time_ymd(2099, 1, 1),
-            crl_number: SerialNumber::from(1u64),
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: revoked
                 .iter()
@@ -96,7 +118,7 @@ impl Ca {
                 .collect(),
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        params.signed_by(&self.issuer).expect("crl").pem().expect("crl pem")
+        params.signed_by(&self.issuer).expect("crl")
     }
 }
 

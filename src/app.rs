@@ -41,8 +41,6 @@ struct Served {
     socket: TcpListener,
     proxy: Arc<Proxy>,
     reloader: Arc<Reloader>,
-    /// The CRLs fetched over HTTP, when the listener fetches any.
-    crls: Option<Arc<CrlCache>>,
 }
 
 /// A configuration, built and bound.
@@ -84,8 +82,8 @@ impl App {
                 source,
             })?;
             let mut proxy = Proxy::new(listener.clone(), global.clone(), reloader.handle(), metrics.clone());
-            proxy.crls = crls.clone();
-            listeners.push(Served { socket, proxy: Arc::new(proxy), reloader: Arc::new(reloader), crls });
+            proxy.crls = crls;
+            listeners.push(Served { socket, proxy: Arc::new(proxy), reloader: Arc::new(reloader) });
         }
         let admin = match global.admin {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
@@ -136,7 +134,7 @@ impl App {
             });
         }
         for l in &listeners {
-            if let Some(crls) = l.crls.clone() {
+            if let Some(crls) = l.proxy.crls.clone() {
                 side_tasks.spawn(crls.run(l.reloader.clone(), side_stop.clone()));
             }
         }

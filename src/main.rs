@@ -39,13 +39,13 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
     for listener in &config.listeners {
         let origin = config.origin_of(listener);
         let in_origin = |e: tls::TlsError| anyhow::anyhow!("{e} (settings from {origin})");
-        let (files, crl_failures) = match listener.tls.crl_fetch.enabled() {
-            true => {
-                let (cache, failed) = mqtls::crl::fetch_once_blocking(&listener.tls)?;
-                (tls::TlsFiles::read(&listener.tls).map_err(in_origin)?.with_fetched(&cache), failed)
-            }
-            false => (tls::TlsFiles::read(&listener.tls).map_err(in_origin)?, Vec::new()),
-        };
+        let mut files = tls::TlsFiles::read(&listener.tls).map_err(in_origin)?;
+        let mut crl_failures = Vec::new();
+        if listener.tls.crl_fetch.enabled() {
+            let (cache, failed) = mqtls::crl::fetch_once_blocking(&listener.tls)?;
+            files = files.with_fetched(&cache);
+            crl_failures = failed;
+        }
         let loaded = tls::build(&listener.tls, &files).map_err(in_origin)?;
         let leaf = loaded.leaf;
         println!("# configuration OK ({origin})");

@@ -48,7 +48,8 @@ pub struct Proxy {
     pub(crate) rules: Arc<ArcSwap<Rules>>,
     /// With `busy_poll`, told of this listener's established traffic.
     pub(crate) busy_poll: Option<Arc<BusyPoll>>,
-    /// With `crl_from_distribution_points`, told of each client certificate's distribution points.
+    /// The CRLs this listener fetches over HTTP (the loop runs in [`crate::app`]); with
+    /// `crl_from_distribution_points`, told of each client certificate's distribution points.
     pub(crate) crls: Option<Arc<CrlCache>>,
 }
 

@@ -138,7 +138,7 @@ impl App {
                 side_tasks.spawn(crls.run(l.reloader.clone(), side_stop.clone()));
             }
         }
-        let rules = listeners.iter().map(|l| l.proxy.rules.clone()).collect();
+        let rules = listeners.iter().map(|l| (l.proxy.rules.clone(), l.proxy.tls.clone())).collect();
         let config_reload = args.map(|args| Arc::new(ConfigReload::new(args, config.clone(), rules)));
         let stop = side_stop.clone();
         side_tasks.spawn(async move {

@@ -10,6 +10,8 @@
 //! - [`mqtt`]: the CONNECT reader/editor (where the username is rewritten) and the CONNACKs;
 //! - [`x509`]: certificate → username, allow rules, certificate descriptions;
 //! - [`reload`]: rotated TLS files and SIGHUP;
+//! - [`crl`]: CRLs fetched over HTTP and refreshed;
+//! - [`recheck`]: established connections held to trust changes, certificate expiry and a lifetime;
 //! - [`ops`]: admin endpoints, metrics, logging, signals, systemd.
 #![forbid(unsafe_code)]
 // Nothing reachable from the network may panic: no unwrap/expect/indexing/panic outside tests.
@@ -22,6 +24,7 @@ pub mod crl;
 pub mod duration;
 pub mod mqtt;
 pub mod ops;
+pub mod recheck;
 pub mod reload;
 pub mod tls;
 pub mod x509;

@@ -127,6 +127,17 @@ settings! {
         /// Largest CRL fetched, in bytes [default: 10485760].
         #[arg(long)]
         crl_max_size: Option<usize>,
+        /// When client trust changes (CA bundle, CRL, allow rules), established connections whose certificate
+        /// would now be refused close at random times within this window; "0" closes them at once [default: 1m].
+        #[arg(long)]
+        recheck_spread: Option<String>,
+        /// Close a connection when its client certificate expires [default: true].
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        close_at_cert_expiry: Option<bool>,
+        /// Close every connection after about this long (less up to a tenth, at random), so devices
+        /// re-prove themselves; "off" disables [default: off].
+        #[arg(long)]
+        max_conn_lifetime: Option<String>,
         /// Certificate field that becomes the MQTT username [default: cn].
         #[arg(long, value_enum)]
         username_from: Option<UsernameFrom>,

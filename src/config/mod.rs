@@ -25,6 +25,7 @@ pub(crate) use crate::conn::proxy_protocol::ProxyProtocolSettings;
 pub(crate) use crate::conn::upstream::Upstream;
 pub use crate::conn::Limits;
 pub use crate::ops::logging::LogFormat;
+pub use crate::recheck::RecheckSettings;
 pub use crate::reload::ReloadSettings;
 pub use crate::tls::{ClientAuth, SniCert, TlsSettings};
 pub(crate) use crate::x509::identity::UsernameFrom;
@@ -108,6 +109,9 @@ pub struct Listener {
     /// Allow rules on the client certificate; reloaded from the file on SIGHUP.
     #[serde(flatten)]
     pub authz: Rules,
+    /// What established connections are held to after their handshake.
+    #[serde(flatten)]
+    pub recheck: RecheckSettings,
 }
 
 impl Listener {

@@ -13,6 +13,7 @@ use crate::conn::Limits;
 use crate::crl::CrlSettings;
 use crate::duration;
 use crate::mqtt::connect::MAX_REMAINING_LEN as MAX_REMAINING_LENGTH;
+use crate::recheck::RecheckSettings;
 use crate::reload::{ReloadSettings, DEFAULT_RELOAD_DEBOUNCE, DEFAULT_RELOAD_INTERVAL};
 use crate::tls::{ClientAuth, SniCert, TlsSettings};
 use crate::x509::identity::UsernameFrom;
@@ -245,6 +246,33 @@ fn listener(l: &Layer, src: &Sources<'_>, global: &Global) -> Result<Listener, C
         tls: tls_settings(l, src, global)?,
         identity,
         authz,
+        recheck: recheck_settings(l, src)?,
+    })
+}
+
+/// What established connections are held to: the spread of re-check closes, expiry, lifetime.
+fn recheck_settings(l: &Layer, src: &Sources<'_>) -> Result<RecheckSettings, ConfigError> {
+    let defaults = RecheckSettings::default();
+    let spread = match &l.recheck_spread {
+        None => defaults.spread,
+        Some(s) if duration::is_off(s) => Duration::ZERO,
+        Some(s) => duration::parse(s).map_err(|reason| src.invalid("recheck_spread", reason))?,
+    };
+    let max_lifetime = match &l.max_conn_lifetime {
+        None => None,
+        Some(s) if duration::is_off(s) => None,
+        Some(s) => match duration::parse(s) {
+            Ok(d) if d < Duration::from_secs(1) => {
+                return Err(src.invalid("max_conn_lifetime", "must be at least 1s (or \"off\")"))
+            }
+            Ok(d) => Some(d),
+            Err(reason) => return Err(src.invalid("max_conn_lifetime", reason)),
+        },
+    };
+    Ok(RecheckSettings {
+        spread,
+        close_at_cert_expiry: l.close_at_cert_expiry.unwrap_or(defaults.close_at_cert_expiry),
+        max_lifetime,
     })
 }
 

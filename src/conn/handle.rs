@@ -3,6 +3,7 @@
 //! The allow rules and the client-id policy are applied before the broker is contacted.
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,19 +12,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::server::TlsStream;
-use tracing::{field, info, info_span, Instrument, Span};
+use tracing::{field, info, info_span, warn, Instrument, Span};
 
 use crate::config::{Global, Listener};
 use crate::conn::budget::Share;
 use crate::conn::busy_poll::BusyPoll;
 use crate::conn::error::ConnError;
 use crate::conn::proxy_protocol::{self, ClientAddrs, InboundError, TlsFacts, UpstreamProxyProtocol};
-use crate::conn::splice::{splice, SpliceStats};
+use crate::conn::splice::{Splice, SpliceStats, Spliced};
 use crate::conn::upstream::UpstreamStream;
 use crate::crl::CrlCache;
 use crate::mqtt::connect::{self, Connect, Edit, ProtocolVersion, Refusal};
 use crate::ops::health::Health;
 use crate::ops::metrics::{DirectionLabel, Metrics};
+use crate::recheck::{self, Event, PeerChain, Standing};
 use crate::tls::TlsHandle;
 use crate::x509::identity;
 use crate::x509::policy::{ClientIdPolicy, ClientUsername, PasswordPolicy};
@@ -153,6 +155,8 @@ struct Ready {
     /// PROXY header (if any), the edited CONNECT, and the packets pipelined behind it.
     first: Vec<u8>,
     version: ProtocolVersion,
+    /// What the connection is held to once spliced.
+    standing: Standing,
 }
 
 async fn serve_connection(
@@ -185,6 +189,8 @@ async fn prepare(
     // Every listener looks at the first byte: a PROXY header from a source that may not send one (on a
     // listener without accept_proxy_protocol, from any source) is refused as such, not as a TLS error.
     let addrs = Box::pin(client_addrs(proxy, &mut tcp, peer, deadline)).await?;
+    // Subscribed before the configuration is taken, so a trust change published after it is seen.
+    let trust_changes = proxy.tls.trust_changes();
     let acceptor = proxy.tls.acceptor();
     let handshake_started = Instant::now();
     // The handshake future and the TLS stream (each over 1 KiB) live on the heap, so this task's own
@@ -205,18 +211,21 @@ async fn prepare(
     let policy = proxy.listener.identity;
     // The leaf is parsed once for the rules, the identity and the PROXY header, in a block: the parse
     // is gone before the first await, so it does not stay in this future.
-    let (allowed, identity, upstream_header) = {
+    let (allowed, identity, upstream_header, standing) = {
         let leaf =
             client.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|der| ClientCert::parse(der));
-        if let (Some(crls), Some(Ok(parsed))) = (&proxy.crls, leaf.as_ref().map(ClientCert::parsed)) {
+        let parsed = leaf.as_ref().and_then(|leaf| leaf.parsed().ok());
+        if let (Some(crls), Some(parsed)) = (&proxy.crls, parsed) {
             crls.saw_client_cert(parsed);
         }
+        let not_after = parsed.map(|cert| cert.validity().not_after.timestamp());
+        let standing = Standing::new(&proxy.listener.recheck, leaf.is_some().then_some(trust_changes), not_after);
         let allowed = leaf.as_ref().map(|leaf| authorize::admits_cert(&proxy.rules.load(), leaf));
         let identity = leaf.as_ref().map(|leaf| identity::username_of(leaf, policy.username_from));
         if let Some(Ok(id)) = &identity {
             Span::current().record("identity", id.as_str());
         }
-        (allowed, identity, upstream_header(proxy, client.get_ref().1, leaf.as_ref(), addrs))
+        (allowed, identity, upstream_header(proxy, client.get_ref().1, leaf.as_ref(), addrs), standing)
     };
 
     let (buf, connect) = match tokio::time::timeout(
@@ -288,7 +297,7 @@ async fn prepare(
     // packets the client pipelined behind it, in order.
     let pipelined = buf.get(connect.packet_len()..).unwrap_or_default();
     let first = [upstream_header.as_slice(), &edited, pipelined].concat();
-    Ok(Ready { client, first, version })
+    Ok(Ready { client, first, version, standing })
 }
 
 /// The client's addresses: the TCP connection's, or, from a trusted load balancer (with
@@ -362,15 +371,15 @@ fn upstream_header(
 
 /// Connects the broker, sends it the prepared bytes, then splices.
 async fn forward(proxy: &Proxy, ready: Ready) -> Result<(SpliceStats, std::io::Result<()>), ConnError> {
-    let Ready { mut client, first, version } = ready;
+    let Ready { mut client, first, version, standing } = ready;
     let limits = proxy.global.limits;
     let upstream = match proxy.listener.upstream.connect(limits.upstream_connect_timeout).await {
         Ok(u) => u,
         Err(e) => return Err(refuse(&mut client, version, Refusal::ServerUnavailable, e.into()).await),
     };
     match upstream {
-        UpstreamStream::Tcp(mut s) => start_splice(proxy, &mut client, &mut s, first, version).await,
-        UpstreamStream::Unix(mut s) => start_splice(proxy, &mut client, &mut s, first, version).await,
+        UpstreamStream::Tcp(mut s) => start_splice(proxy, &mut client, &mut s, first, version, standing).await,
+        UpstreamStream::Unix(mut s) => start_splice(proxy, &mut client, &mut s, first, version, standing).await,
     }
 }
 
@@ -380,9 +389,10 @@ async fn start_splice<C, U>(
     upstream: &mut U,
     first: Vec<u8>,
     version: ProtocolVersion,
+    standing: Standing,
 ) -> Result<(SpliceStats, std::io::Result<()>), ConnError>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + PeerChain,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let connack_timeout = proxy.global.limits.connack_timeout;
@@ -409,10 +419,55 @@ where
     // Nothing from the CONNECT stage stays allocated while the connection idles.
     drop(reply);
     info!("open");
-    let (mut stats, result) = splice(client, upstream, proxy.busy_poll.as_deref()).await;
+    let (mut stats, result) = splice_while_trusted(proxy, client, upstream, standing).await;
     stats.client_to_upstream += first_len;
     stats.upstream_to_client += n as u64;
     Ok((stats, result))
+}
+
+/// Splices until the session ends or the connection must close: its certificate refused by a
+/// re-check after a trust change, expired, or its lifetime over. A closed connection's client gets
+/// close_notify; dropping the broker's side then ends the session there without a DISCONNECT, so the
+/// broker delivers the client's will.
+async fn splice_while_trusted<C, U>(
+    proxy: &Proxy,
+    client: &mut C,
+    upstream: &mut U,
+    mut standing: Standing,
+) -> (SpliceStats, std::io::Result<()>)
+where
+    C: AsyncRead + AsyncWrite + Unpin + PeerChain,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut splice = Splice::default();
+    let result = loop {
+        let event = match splice.run(client, upstream, proxy.busy_poll.as_deref(), pin!(standing.next())).await {
+            Spliced::Done(result) => break result,
+            Spliced::Interrupted(event) => event,
+        };
+        match event {
+            Event::Recheck => {
+                let verdict = match client.peer_chain() {
+                    Some(chain) => recheck::verdict(&*proxy.tls.verifier().0, &proxy.rules.load(), chain),
+                    None => Ok(()),
+                };
+                if let Err(refused) = &verdict {
+                    let (reason, detail) = (refused.reason.as_str(), &refused.detail);
+                    let close_in = standing.rechecked(Some(refused.reason)).unwrap_or_default();
+                    info!(reason, %detail, close_in_ms = close_in.as_millis() as u64, "re-check: the certificate is no longer accepted");
+                } else {
+                    standing.rechecked(None);
+                }
+            }
+            Event::Close(reason) => {
+                proxy.metrics.closed(reason.as_str());
+                warn!(reason = reason.as_str(), why = reason.describe(), "closing the connection");
+                let _ = tokio::time::timeout(CONNACK_WRITE_TIMEOUT, client.shutdown()).await;
+                break Ok(());
+            }
+        }
+    };
+    (splice.stats(), result)
 }
 
 /// Reads until the buffer starts with a complete CONNECT; returns the buffer (CONNECT plus whatever
@@ -475,7 +530,8 @@ mod tests {
     use crate::tls::{self, TlsFiles};
 
     /// Tens of thousands of idle connections each hold one of these futures for their whole life; the
-    /// TLS stream and the handshake live behind boxes so it stays small.
+    /// TLS stream and the handshake live behind boxes so it stays small. (About 500 bytes of it are the
+    /// re-check's: the trust-change subscription's wait and the expiry timer.)
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -502,6 +558,6 @@ mod tests {
         let (tcp, peer) = listener.accept().await.expect("accept");
         let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
         let task = handle(proxy, tcp, peer, permit, crate::conn::budget::ConnectBudget::new(0).share());
-        assert!(std::mem::size_of_val(&task) <= 1536, "connection future is {} bytes", std::mem::size_of_val(&task));
+        assert!(std::mem::size_of_val(&task) <= 2048, "connection future is {} bytes", std::mem::size_of_val(&task));
     }
 }

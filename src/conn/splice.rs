@@ -9,7 +9,7 @@
 //! MQTT brokers close whole connections, so the client gets close_notify and both sides are closed
 //! without waiting for a client that may never close. An error on either side ends both directions.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -35,6 +35,7 @@ pub(crate) struct SpliceStats {
 /// Copies `client` ⇄ `upstream` until both directions reach end of stream, or either fails.
 /// The counts are returned in both cases, so the close log line can report them. Every read that
 /// brings bytes is reported to `busy_poll`, when set.
+#[cfg(test)]
 pub(crate) async fn splice<C, U>(
     client: &mut C,
     upstream: &mut U,
@@ -44,26 +45,99 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut up = Direction::default();
-    let mut down = Direction::default();
-    let both = poll_fn(|cx| {
-        let a = up.poll_copy(cx, busy_poll, Pin::new(&mut *client), Pin::new(&mut *upstream))?;
-        let b = down.poll_copy(cx, busy_poll, Pin::new(&mut *upstream), Pin::new(&mut *client))?;
-        // Done when the broker's side has ended; the client's alone only starts the linger.
-        if b.is_ready() || a.is_ready() {
-            Poll::Ready(Ok(b.is_ready()))
-        } else {
-            Poll::Pending
-        }
-    });
-    let result = match both.await {
-        Ok(false) => {
-            let rest = poll_fn(|cx| down.poll_copy(cx, busy_poll, Pin::new(&mut *upstream), Pin::new(&mut *client)));
-            tokio::time::timeout(HALF_CLOSE_LINGER, rest).await.unwrap_or(Ok(()))
-        }
-        other => other.map(|_| ()),
+    let mut splice = Splice::default();
+    let result = match splice.run(client, upstream, busy_poll, std::pin::pin!(std::future::pending::<()>())).await {
+        Spliced::Done(result) => result,
+        Spliced::Interrupted(()) => Ok(()),
     };
-    (SpliceStats { client_to_upstream: up.bytes, upstream_to_client: down.bytes }, result)
+    (splice.stats(), result)
+}
+
+/// How [`Splice::run`] returned.
+pub(crate) enum Spliced<T> {
+    /// Both directions are over (or one failed): the session is done.
+    Done(io::Result<()>),
+    /// The interrupt came first; the splice may be resumed with another `run`.
+    Interrupted(T),
+}
+
+/// A splice in progress. Its state lives outside the future that drives it, so the connection can
+/// stop copying to look at its own TLS state (a trust re-check needs the client's certificates) and
+/// then resume without losing a byte.
+#[derive(Default)]
+pub(crate) struct Splice {
+    up: Direction,
+    down: Direction,
+    /// Set when the client half-closed: the broker may answer until then.
+    linger_until: Option<tokio::time::Instant>,
+}
+
+impl Splice {
+    /// Copies both ways until the session is over or `interrupt` completes, whichever is first.
+    /// `interrupt` is borrowed (pinned by the caller) so the future is not held twice.
+    pub(crate) async fn run<C, U, F>(
+        &mut self,
+        client: &mut C,
+        upstream: &mut U,
+        busy_poll: Option<&BusyPoll>,
+        mut interrupt: Pin<&mut F>,
+    ) -> Spliced<F::Output>
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        F: Future,
+    {
+        // Only a half-closed session has a timer, and only for the linger.
+        let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        poll_fn(|cx| {
+            if let Poll::Ready(result) = self.poll_session(cx, busy_poll, &mut *client, &mut *upstream, &mut linger) {
+                return Poll::Ready(Spliced::Done(result));
+            }
+            interrupt.as_mut().poll(cx).map(Spliced::Interrupted)
+        })
+        .await
+    }
+
+    /// Bytes moved so far.
+    pub(crate) fn stats(&self) -> SpliceStats {
+        SpliceStats { client_to_upstream: self.up.bytes, upstream_to_client: self.down.bytes }
+    }
+
+    /// Ready when the broker's side has ended, or the client's has and the linger is over.
+    fn poll_session<C, U>(
+        &mut self,
+        cx: &mut Context<'_>,
+        busy_poll: Option<&BusyPoll>,
+        client: &mut C,
+        upstream: &mut U,
+        linger: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    ) -> Poll<io::Result<()>>
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let until = match self.linger_until {
+            Some(until) => until,
+            None => {
+                let a = self.up.poll_copy(cx, busy_poll, Pin::new(&mut *client), Pin::new(&mut *upstream))?;
+                let b = self.down.poll_copy(cx, busy_poll, Pin::new(&mut *upstream), Pin::new(&mut *client))?;
+                // Done when the broker's side has ended; the client's alone only starts the linger.
+                if b.is_ready() {
+                    return Poll::Ready(Ok(()));
+                }
+                ready!(a);
+                let until = tokio::time::Instant::now() + HALF_CLOSE_LINGER;
+                self.linger_until = Some(until);
+                until
+            }
+        };
+        if self.down.poll_copy(cx, busy_poll, Pin::new(&mut *upstream), Pin::new(&mut *client))?.is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        let sleep = linger.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        // The linger is over: the broker had its time; the session ends cleanly.
+        sleep.as_mut().poll(cx).map(Ok)
+    }
 }
 
 /// One direction's state. `buf` is `Some` only while bytes are in flight.

@@ -80,6 +80,7 @@ pub struct Metrics {
     pub(crate) crl_this_update: Family<IssuerLabel, Gauge>,
     pub(crate) crl_fetches: Family<ResultLabel, Counter>,
     pub(crate) crl_last_success: Family<UrlLabel, Gauge>,
+    pub(crate) connections_closed: Family<ReasonLabel, Counter>,
     /// The certificates in force, per source (a listener's `cert` path): with several listeners each
     /// reloader replaces only its own set, and the expiry gauges show them all.
     certificate_sets: Mutex<BTreeMap<String, Arc<Certificates>>>,
@@ -113,6 +114,7 @@ impl Metrics {
             crl_this_update: Family::default(),
             crl_fetches: Family::default(),
             crl_last_success: Family::default(),
+            connections_closed: Family::default(),
             certificate_sets: Mutex::default(),
             registry: Registry::default(),
         };
@@ -186,6 +188,11 @@ impl Metrics {
             "Last fetch (Unix time) of each CRL URL that returned a good CRL",
             m.crl_last_success.clone(),
         );
+        registry.register(
+            "connections_closed",
+            "Established connections mqtls closed, by reason (revoked, untrusted, not_allowed, expired, lifetime)",
+            m.connections_closed.clone(),
+        );
         registry.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         Metrics { registry, ..m }
     }
@@ -248,6 +255,11 @@ impl Metrics {
     }
 
     /// Counts a CRL fetch by result.
+    /// Counts an established connection closed by mqtls (see [`crate::recheck`]).
+    pub(crate) fn closed(&self, reason: &'static str) {
+        self.connections_closed.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
     pub(crate) fn crl_fetch(&self, result: &'static str) {
         self.crl_fetches.get_or_create(&ResultLabel { result }).inc();
     }

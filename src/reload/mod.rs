@@ -211,7 +211,7 @@ impl Reloader {
             Ok((now, Some((loaded, sessions_kept)))) => {
                 let changed: Vec<PathBuf> =
                     now.iter().filter(|entry| !state.loaded.contains(entry)).map(|(path, _)| path.clone()).collect();
-                self.handle.store(&loaded);
+                self.handle.store(&loaded, !sessions_kept);
                 self.metrics.set_certificates_for(&cert_source(&self.tls), &loaded.certificates);
                 self.metrics.reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
                 state.loaded = now;
@@ -331,12 +331,17 @@ pub(crate) struct ConfigReloadOutcome {
 pub(crate) struct ConfigReload {
     args: RunArgs,
     in_service: Config,
-    /// Each listener's allow rules, in the order of `in_service.listeners`.
-    rules: Vec<Arc<ArcSwap<Rules>>>,
+    /// Each listener's allow rules and its TLS handle (whose connections re-check when the rules
+    /// change), in the order of `in_service.listeners`.
+    rules: Vec<(Arc<ArcSwap<Rules>>, Arc<TlsHandle>)>,
 }
 
 impl ConfigReload {
-    pub(crate) fn new(args: RunArgs, in_service: Config, rules: Vec<Arc<ArcSwap<Rules>>>) -> ConfigReload {
+    pub(crate) fn new(
+        args: RunArgs,
+        in_service: Config,
+        rules: Vec<(Arc<ArcSwap<Rules>>, Arc<TlsHandle>)>,
+    ) -> ConfigReload {
         ConfigReload { args, in_service, rules }
     }
 
@@ -368,7 +373,8 @@ impl ConfigReload {
             }
         };
         let mut rules_changed = Vec::new();
-        for ((listener, rules), old) in new.listeners.iter().zip(&self.rules).zip(&self.in_service.listeners) {
+        for ((listener, (rules, handle)), old) in new.listeners.iter().zip(&self.rules).zip(&self.in_service.listeners)
+        {
             if **rules.load() == listener.authz {
                 continue;
             }
@@ -377,6 +383,7 @@ impl ConfigReload {
                 .map(|&k| format!("{}={}", k.setting(), listener.authz.patterns(k).len()))
                 .collect();
             rules.store(Arc::new(listener.authz.clone()));
+            handle.announce_trust_change();
             info!(file = %file.display(), listener = old.name.as_deref(), rules = counts.join(" "), "allow rules reloaded");
             rules_changed.push(old.label());
         }

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -200,6 +201,9 @@ pub struct Loaded {
     /// The server certificate (the first of `certificates.server_chain`).
     pub leaf: CertInfo,
     pub certificates: Arc<Certificates>,
+    /// The client verifier inside `config` (rustls keeps its own private), for re-checking the
+    /// established connections' chains when trust changes.
+    pub(crate) verifier: Arc<dyn ClientCertVerifier>,
 }
 
 impl Loaded {
@@ -294,7 +298,7 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
     let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Verifier { setting: "tls", reason: e.to_string() })?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_cert_resolver(Arc::new(resolver));
     // Empty: no ALPN extension in the answer (a client offering some still connects). Otherwise a
     // client offering only other protocols is refused by rustls with a no_application_protocol alert.
@@ -315,7 +319,7 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
         CheckedSessions::wrap(rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES));
     let loaded_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let certificates = Arc::new(Certificates { loaded_at, server_chain, client_ca, sni, crls: crl_infos });
-    Ok(Loaded { config: Arc::new(config), leaf, certificates })
+    Ok(Loaded { config: Arc::new(config), leaf, certificates, verifier })
 }
 
 fn parse_certs(file: &TlsFile) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -405,16 +409,24 @@ pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
 }
 
 /// The current server configuration. Each handshake takes the newest; a reload replaces it whole.
+/// Established connections subscribe to its trust changes ([`crate::recheck`]).
 pub(crate) struct TlsHandle {
     current: ArcSwap<ServerConfig>,
     certificates: ArcSwap<Certificates>,
+    verifier: ArcSwap<ClientVerifier>,
+    trust_changes: tokio::sync::watch::Sender<()>,
 }
+
+/// The client verifier in force (a newtype: `ArcSwap` holds sized values).
+pub(crate) struct ClientVerifier(pub(crate) Arc<dyn ClientCertVerifier>);
 
 impl TlsHandle {
     pub(crate) fn new(loaded: &Loaded) -> Self {
         TlsHandle {
             current: ArcSwap::new(loaded.config.clone()),
             certificates: ArcSwap::new(loaded.certificates.clone()),
+            verifier: ArcSwap::from_pointee(ClientVerifier(loaded.verifier.clone())),
+            trust_changes: tokio::sync::watch::Sender::new(()),
         }
     }
 
@@ -428,15 +440,35 @@ impl TlsHandle {
         self.current.load_full()
     }
 
+    /// The client verifier in force now.
+    pub(crate) fn verifier(&self) -> Arc<ClientVerifier> {
+        self.verifier.load_full()
+    }
+
     /// An acceptor bound to the configuration in force now.
     pub(crate) fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.current.load_full())
     }
 
-    /// Publishes a new configuration for every later handshake; established connections keep theirs.
-    pub(crate) fn store(&self, loaded: &Loaded) {
+    /// Publishes a new configuration for every later handshake. When client trust changed, every
+    /// established connection is told to re-check itself against it.
+    pub(crate) fn store(&self, loaded: &Loaded, trust_changed: bool) {
         self.current.store(loaded.config.clone());
         self.certificates.store(loaded.certificates.clone());
+        self.verifier.store(Arc::new(ClientVerifier(loaded.verifier.clone())));
+        if trust_changed {
+            self.announce_trust_change();
+        }
+    }
+
+    /// Tells every established connection to re-check its certificate (also for new allow rules).
+    pub(crate) fn announce_trust_change(&self) {
+        self.trust_changes.send_replace(());
+    }
+
+    /// A subscription to trust changes, seen from now on.
+    pub(crate) fn trust_changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.trust_changes.subscribe()
     }
 }
 

@@ -194,6 +194,7 @@ impl Pki {
                 client_id: ClientIdPolicy::Keep,
             },
             authz: Default::default(),
+            recheck: Default::default(),
         };
         let global = Global {
             log_level: "info".into(),
@@ -769,6 +770,100 @@ pub async fn run_tool(program: &str, args: &[String]) -> (bool, String, String) 
         .unwrap_or_else(|_| panic!("{program} {args:?} did not finish within {WAIT:?}"))
         .expect("wait");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// A device that stays connected: `mosquitto_sub` through mqtls with `leaf`'s certificate, subscribed
+/// to `devices/CN/in` and leaving the will `devices/CN/will` = "gone". Killed when dropped.
+pub struct Device {
+    pub cn: String,
+    child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Device {
+    /// Connects and waits for the SUBACK.
+    pub async fn connect(pki: &Pki, port: u16, cn: &str, leaf: &Leaf) -> Device {
+        let program = require_tool("mosquitto_sub", "mosquitto-clients");
+        let (cert, key) = leaf.write(pki.dir.path(), cn);
+        let mut args = mosquitto_tls_args(pki, port, Some((&cert, &key)));
+        let topic = format!("devices/{cn}/in");
+        let will = format!("devices/{cn}/will");
+        args.extend(
+            ["-d", "-i", cn, "-k", "60", "-t", &topic, "--will-topic", &will, "--will-payload", "gone"]
+                .map(String::from),
+        );
+        // Line-buffered: into a pipe, mosquitto_sub's stdio would hold its lines back.
+        let mut child = tokio::process::Command::new("stdbuf")
+            .arg("-oL")
+            .arg(program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn mosquitto_sub");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        for out in [
+            child.stdout.take().map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child.stderr.take().map(|e| Box::new(e) as _),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut reader = tokio::io::BufReader::new(out).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut device = Device { cn: cn.to_string(), child, lines };
+        device.expect_line("SUBACK").await;
+        device
+    }
+
+    /// Waits (at most WAIT) for an output line containing `needle`; returns it.
+    pub async fn expect_line(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) if line.contains(needle) => return line,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("{}: mosquitto_sub ended before printing {needle:?}", self.cn),
+                Err(_) => panic!("{}: mosquitto_sub did not print {needle:?} within {WAIT:?}", self.cn),
+            }
+        }
+    }
+
+    /// A message published on the broker (as `monitor`) to `devices/CN/in` reaches the device.
+    pub async fn round_trip(&mut self, broker: &Mosquitto, payload: &str) {
+        let (ok, _, err) = run_tool(
+            "mosquitto_pub",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &broker.port.to_string(),
+                "-u",
+                "monitor",
+                "-q",
+                "1",
+                "-t",
+                &format!("devices/{}/in", self.cn),
+                "-m",
+                payload,
+            ]
+            .map(String::from),
+        )
+        .await;
+        assert!(ok, "mosquitto_pub to the broker: {err}");
+        self.expect_line(payload).await;
+    }
 }
 
 /// A subscriber connected straight to the broker as `monitor` (who may read everything), so tests see

@@ -1,0 +1,262 @@
+//! Trust over a connection's whole life, not just at its handshake.
+//!
+//! A device is checked when it connects, then may stay connected for weeks. This module keeps that
+//! check true afterwards: when client trust changes (a new CA bundle, a new CRL, narrower allow
+//! rules) every established connection re-checks its own certificate chain against the new trust and,
+//! if it would now be refused, closes after a random share of `recheck_spread` (so one change does
+//! not make the whole refused part of a fleet reconnect in the same second). A connection also closes
+//! when its client certificate expires (`close_at_cert_expiry`) and, when `max_conn_lifetime` is set,
+//! after that long (less up to a tenth, so connections opened together do not all return together).
+//!
+//! Nothing is copied for this: a connection's chain is already held by its TLS session, and what each
+//! connection adds is a subscription to its listener's trust changes and at most one timer
+//! ([`Standing`]). The verifier and the rules are the listener's current ones, read at re-check time.
+
+use std::hash::BuildHasher;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{CertificateError, Error as TlsError};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::x509::rules::{self, Rules};
+use crate::x509::ClientCert;
+
+/// Default `recheck_spread`: long enough that a revoked batch reconnects over a minute, short enough
+/// that a revoked device is gone within one.
+pub(crate) const DEFAULT_SPREAD: Duration = Duration::from_secs(60);
+
+/// What established connections of a listener are held to after their handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RecheckSettings {
+    /// Closes caused by one trust change happen at random times within this window; zero = at once.
+    #[serde(rename = "recheck_spread", serialize_with = "crate::duration::serialize")]
+    pub spread: Duration,
+    /// Close a connection when its client certificate's notAfter passes.
+    pub close_at_cert_expiry: bool,
+    /// Close every connection after about this long (less up to a tenth); `None` = never.
+    #[serde(rename = "max_conn_lifetime", serialize_with = "crate::duration::serialize_or_off")]
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for RecheckSettings {
+    fn default() -> Self {
+        RecheckSettings { spread: DEFAULT_SPREAD, close_at_cert_expiry: true, max_lifetime: None }
+    }
+}
+
+/// Why mqtls closed an established connection (the `reason` label of
+/// `mqtls_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// A CRL now lists the certificate.
+    Revoked,
+    /// The certificate no longer chains to a trusted CA (or fails verification otherwise).
+    Untrusted,
+    /// The allow rules no longer admit the certificate.
+    NotAllowed,
+    /// The certificate's notAfter has passed.
+    Expired,
+    /// `max_conn_lifetime` is over.
+    Lifetime,
+}
+
+impl CloseReason {
+    /// For the close log line.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            CloseReason::Revoked => "a CRL lists the client certificate",
+            CloseReason::Untrusted => "the client certificate no longer chains to a trusted CA",
+            CloseReason::NotAllowed => "the allow rules no longer admit the client certificate",
+            CloseReason::Expired => "the client certificate has expired",
+            CloseReason::Lifetime => "max_conn_lifetime is over",
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Revoked => "revoked",
+            CloseReason::Untrusted => "untrusted",
+            CloseReason::NotAllowed => "not_allowed",
+            CloseReason::Expired => "expired",
+            CloseReason::Lifetime => "lifetime",
+        }
+    }
+}
+
+/// A certificate that would be refused now, and why in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub(crate) reason: CloseReason,
+    pub(crate) detail: String,
+}
+
+/// A stream that knows the certificate chain its peer presented (leaf first).
+pub(crate) trait PeerChain {
+    fn peer_chain(&self) -> Option<&[CertificateDer<'static>]>;
+}
+
+impl<IO> PeerChain for tokio_rustls::server::TlsStream<IO> {
+    fn peer_chain(&self) -> Option<&[CertificateDer<'static>]> {
+        self.get_ref().1.peer_certificates()
+    }
+}
+
+impl<T: PeerChain + ?Sized> PeerChain for Box<T> {
+    fn peer_chain(&self) -> Option<&[CertificateDer<'static>]> {
+        (**self).peer_chain()
+    }
+}
+
+/// Would `chain` be accepted by a handshake now, under `verifier` and `rules`? The same checks as the
+/// handshake and the CONNECT stage make, in the same order. A stale CRL (`crl_stale = "refuse"`) refuses
+/// new handshakes but does not end established connections: a CRL server outage must not disconnect a
+/// fleet.
+pub(crate) fn verdict(
+    verifier: &dyn ClientCertVerifier,
+    rules: &Rules,
+    chain: &[CertificateDer<'static>],
+) -> Result<(), Refused> {
+    let Some((leaf, intermediates)) = chain.split_first() else { return Ok(()) };
+    // A listener without client authentication has nothing to re-check (and rustls's verifier for it
+    // must not be asked).
+    if !verifier.offer_client_auth() {
+        return Ok(());
+    }
+    match verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+        Ok(_) => {}
+        Err(TlsError::InvalidCertificate(
+            CertificateError::ExpiredRevocationList | CertificateError::ExpiredRevocationListContext { .. },
+        )) => {}
+        Err(TlsError::InvalidCertificate(CertificateError::Revoked)) => {
+            return Err(Refused { reason: CloseReason::Revoked, detail: "a CRL lists the certificate".into() })
+        }
+        Err(TlsError::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. })) => {
+            return Err(Refused { reason: CloseReason::Expired, detail: "the certificate has expired".into() })
+        }
+        Err(e) => return Err(Refused { reason: CloseReason::Untrusted, detail: e.to_string() }),
+    }
+    rules::admits_cert(rules, &ClientCert::parse(leaf))
+        .map_err(|e| Refused { reason: CloseReason::NotAllowed, detail: e.to_string() })
+}
+
+/// What a connection's [`Standing`] wants next.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// Client trust changed: check the chain again ([`Standing::rechecked`]).
+    Recheck,
+    /// Close the connection now.
+    Close(CloseReason),
+}
+
+/// One connection's standing: its subscription to trust changes and the one moment it must close
+/// by (expiry, lifetime, or a refused re-check's share of the spread).
+pub(crate) struct Standing {
+    changes: Option<watch::Receiver<()>>,
+    /// Expiry or lifetime, whichever is first.
+    limit: Option<(Instant, CloseReason)>,
+    /// Set by a refused re-check: when, and why.
+    refused: Option<(Instant, CloseReason)>,
+    spread: Duration,
+}
+
+impl Standing {
+    /// `changes` is the listener's trust-change subscription, taken before the handshake began (so no
+    /// change after it is missed); `None` for a connection without a client certificate.
+    /// `not_after` is the client certificate's, in Unix seconds.
+    pub(crate) fn new(
+        settings: &RecheckSettings,
+        changes: Option<watch::Receiver<()>>,
+        not_after: Option<i64>,
+    ) -> Standing {
+        let now = Instant::now();
+        let expiry = not_after
+            .filter(|_| settings.close_at_cert_expiry)
+            .and_then(|t| now.checked_add(until_unix(t)))
+            .map(|at| (at, CloseReason::Expired));
+        let lifetime = settings
+            .max_lifetime
+            .and_then(|life| now.checked_add(life.saturating_sub(share_of(life / 10))))
+            .map(|at| (at, CloseReason::Lifetime));
+        let limit = match (expiry, lifetime) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        Standing { changes, limit, refused: None, spread: settings.spread }
+    }
+
+    /// Waits for the next thing to do: a trust change to re-check, or the moment to close.
+    pub(crate) async fn next(&mut self) -> Event {
+        let deadline = self.deadline();
+        let changed = async {
+            let Some(rx) = self.changes.as_mut() else { return std::future::pending().await };
+            if rx.changed().await.is_err() {
+                // The listener is gone (shutdown): nothing will change any more.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = changed => Event::Recheck,
+            reason = sleep_until(deadline) => Event::Close(reason),
+        }
+    }
+
+    /// Takes a re-check's verdict (`Some` reason to refuse): a refused chain closes after a random
+    /// share of the spread (the earlier time wins if one was already set); an accepted one cancels a
+    /// pending close (trust went back before the close came). Returns how soon a refused connection
+    /// closes, for the log line.
+    pub(crate) fn rechecked(&mut self, refused: Option<CloseReason>) -> Option<Duration> {
+        let Some(reason) = refused else {
+            self.refused = None;
+            return None;
+        };
+        let at = Instant::now() + share_of(self.spread);
+        match self.refused {
+            Some((earlier, _)) if earlier <= at => {}
+            _ => self.refused = Some((at, reason)),
+        }
+        self.refused.map(|(at, _)| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// The earliest moment the connection must close, and why.
+    fn deadline(&self) -> Option<(Instant, CloseReason)> {
+        match (self.limit, self.refused) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<(Instant, CloseReason)>) -> CloseReason {
+    match deadline {
+        Some((at, reason)) => {
+            tokio::time::sleep_until(at).await;
+            reason
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Time from now until `unix` seconds (a second past it, since a certificate is valid through its
+/// notAfter second); zero if already past.
+fn until_unix(unix: i64) -> Duration {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    Duration::from_secs(u64::try_from(unix).unwrap_or(0).saturating_add(1).saturating_sub(now))
+}
+
+/// A uniformly random part of `window` (std's randomly keyed hasher as the source: jitter needs no
+/// more than that).
+fn share_of(window: Duration) -> Duration {
+    if window.is_zero() {
+        return Duration::ZERO;
+    }
+    let r = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+    window.mul_f64(r as f64 / u64::MAX as f64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -83,7 +83,12 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
                 ocsp.this_update,
                 ocsp.next_update.as_deref().unwrap_or("none")
             );
-            if !ocsp.served_now() {
+            if !ocsp.matches_certificate {
+                println!(
+                    "# WARNING: the OCSP response is about serial {}, not the server certificate's: it is NOT STAPLED",
+                    ocsp.serial
+                );
+            } else if !ocsp.served_now() {
                 println!(
                     "# WARNING: the OCSP response is outside its validity period: it is NOT STAPLED until replaced"
                 );

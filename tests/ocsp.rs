@@ -171,6 +171,7 @@ async fn the_response_is_stapled_and_shown_in_certs() {
 
     let ocsp = certs_ocsp(&rig).await;
     assert_eq!(ocsp["status"], "good", "{ocsp}");
+    assert_eq!(ocsp["matches_certificate"], true, "{ocsp}");
     assert_eq!(ocsp["path"], s(&rig.staple), "{ocsp}");
     let this_update = rfc3339_to_unix(ocsp["this_update"].as_str().expect("this_update"));
     let next_update = rfc3339_to_unix(ocsp["next_update"].as_str().expect("next_update"));
@@ -295,13 +296,25 @@ fn a_file_that_is_no_ocsp_response_stops_check_and_start_up_with_one_line() {
     assert!(err.contains("revoked"), "{err}");
 }
 
-#[test]
-fn a_response_for_another_certificate_is_refused() {
+/// A renewed certificate must not wait for its OCSP response: the old response loads with it but is
+/// not stapled, even one saying the old certificate is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_for_another_certificate_loads_but_is_not_stapled() {
+    init_logs();
     let pki = Pki::new();
     let other = Pki::new();
     let staple = other.path("other.ocsp.der");
-    ocsp_response(&other, Status::Good, 1, &staple);
-    let err = one_error_line(&mqtls(&[&["check"][..], &tls_flags(&pki, &staple)].concat()));
-    assert!(err.starts_with(&format!("mqtls: error: ocsp_staple: {}: ", staple.display())), "{err}");
-    assert!(err.contains("serial"), "{err}");
+    ocsp_response(&other, Status::Revoked, 1, &staple);
+    let out = mqtls(&[&["check"][..], &tls_flags(&pki, &staple)].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("# WARNING: the OCSP response is about serial"), "{stdout}");
+
+    let mut config = pki.config(no_upstream());
+    config.listeners[0].tls.ocsp_staple = Some(staple);
+    let proxy = Mqtls::start_with_admin(config).await;
+    let out = s_client_status(&pki, proxy.port()).await;
+    assert!(out.contains("OCSP response: no response sent"), "{out}");
+    let (_, body) = http_get(proxy.admin.expect("admin"), "/certs").await;
+    assert!(body.contains("\"matches_certificate\": false"), "{body}");
 }

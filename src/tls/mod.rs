@@ -213,17 +213,23 @@ pub struct OcspInfo {
     /// RFC 3339, UTC; absent when the response has none (then it is stapled for as long as it is loaded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_update: Option<String>,
-    /// good or unknown (a revoked response is not loaded).
+    /// good or unknown (a revoked response for this certificate is not loaded).
     pub status: &'static str,
+    /// The serial number the response is about (hex, as for the certificates).
+    pub serial: String,
+    /// Whether that is the server certificate's; a response for another certificate is never stapled.
+    pub matches_certificate: bool,
     pub path: PathBuf,
+    /// When to staple; none when the response is about another certificate.
     #[serde(skip)]
-    pub(crate) window: ocsp::StapleWindow,
+    pub(crate) window: Option<ocsp::StapleWindow>,
 }
 
 impl OcspInfo {
-    /// Whether the response is stapled at this moment (between thisUpdate and nextUpdate).
+    /// Whether the response is stapled at this moment (for this certificate, between thisUpdate and
+    /// nextUpdate).
     pub fn served_now(&self) -> bool {
-        self.window.serves_at(unix_now())
+        self.window.is_some_and(|w| w.serves_at(unix_now()))
     }
 }
 
@@ -311,10 +317,13 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
     let (stapled, ocsp_info) = match &files.ocsp_staple {
         None => (None, None),
         Some(file) => {
-            let (window, info) = check_staple(file, leaf_der.as_deref().unwrap_or_default())?;
-            let mut with_staple = CertifiedKey::clone(&default);
-            with_staple.ocsp = Some(file.bytes.clone());
-            (Some(Stapled { key: Arc::new(with_staple), window }), Some(info))
+            let info = check_staple(file, leaf_der.as_deref().unwrap_or_default())?;
+            let stapled = info.window.map(|window| {
+                let mut with_staple = CertifiedKey::clone(&default);
+                with_staple.ocsp = Some(file.bytes.clone());
+                Stapled { key: Arc::new(with_staple), window }
+            });
+            (stapled, Some(info))
         }
     };
     let mut sni = Vec::new();
@@ -363,20 +372,16 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
 }
 
 /// Checks the OCSP response in `file` against the server certificate `leaf` (DER): it must parse, be
-/// successful, be about this certificate's serial number and not say "revoked". One that is already
-/// past its nextUpdate loads (a fresh one may follow any moment) but is not stapled until replaced.
-fn check_staple(file: &TlsFile, leaf: &[u8]) -> Result<(ocsp::StapleWindow, OcspInfo), TlsError> {
+/// successful, and not say this certificate is revoked. One about another certificate (the certificate
+/// was renewed, the response not yet) loads but is never stapled: refusing it would hold back the new
+/// certificate. One already past its nextUpdate loads too (a fresh one may follow any moment) but is
+/// not stapled until replaced.
+fn check_staple(file: &TlsFile, leaf: &[u8]) -> Result<OcspInfo, TlsError> {
     let bad = |reason: String| TlsError::Ocsp { path: file.path.clone(), reason };
     let response = ocsp::parse(&file.bytes).map_err(|e| bad(e.to_string()))?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| bad(format!("the certificate: {e}")))?;
-    if cert.raw_serial() != response.serial.as_slice() {
-        return Err(bad(format!(
-            "the response is about serial {}, not the certificate's ({})",
-            hex(&response.serial),
-            hex(cert.raw_serial()),
-        )));
-    }
-    if response.status == ocsp::CertStatus::Revoked {
+    let matches_certificate = cert.raw_serial() == response.serial.as_slice();
+    if matches_certificate && response.status == ocsp::CertStatus::Revoked {
         return Err(bad("the response says the server certificate is revoked".into()));
     }
     let window = response.window();
@@ -384,9 +389,20 @@ fn check_staple(file: &TlsFile, leaf: &[u8]) -> Result<(ocsp::StapleWindow, Ocsp
         this_update: crate::x509::cert::rfc3339(response.this_update),
         next_update: response.next_update.map(crate::x509::cert::rfc3339),
         status: response.status.as_str(),
+        serial: hex(&response.serial),
+        matches_certificate,
         path: file.path.clone(),
-        window,
+        window: matches_certificate.then_some(window),
     };
+    if !matches_certificate {
+        tracing::warn!(
+            path = %file.path.display(),
+            serial = %info.serial,
+            certificate_serial = %hex(cert.raw_serial()),
+            "ocsp_staple: the OCSP response is about another certificate and is not stapled until it is replaced"
+        );
+        return Ok(info);
+    }
     if !window.serves_at(unix_now()) {
         tracing::warn!(
             path = %file.path.display(),
@@ -398,7 +414,7 @@ fn check_staple(file: &TlsFile, leaf: &[u8]) -> Result<(ocsp::StapleWindow, Ocsp
     if response.status == ocsp::CertStatus::Unknown {
         tracing::warn!(path = %file.path.display(), "ocsp_staple: the OCSP responder does not know the server certificate");
     }
-    Ok((window, info))
+    Ok(info)
 }
 
 fn hex(bytes: &[u8]) -> String {

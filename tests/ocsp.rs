@@ -84,6 +84,10 @@ fn ocsp_response(pki: &Pki, status: Status, ndays: u32, out: &Path) {
 
 /// What `openssl s_client -status` prints about the OCSP response the server staples.
 async fn s_client_status(pki: &Pki, port: u16) -> String {
+    s_client_status_with(pki, port, &[]).await
+}
+
+async fn s_client_status_with(pki: &Pki, port: u16, extra: &[&str]) -> String {
     let openssl = require_tool("openssl", "openssl");
     let (client_cert, client_key) = pki.ca.client("device-1").write(pki.dir.path(), "device-1");
     let args: Vec<String> = [
@@ -101,7 +105,9 @@ async fn s_client_status(pki: &Pki, port: u16) -> String {
         s(&client_key),
     ]
     .map(String::from)
-    .to_vec();
+    .into_iter()
+    .chain(extra.iter().map(|s| s.to_string()))
+    .collect();
     let (_, stdout, stderr) = run_tool(s(&openssl), &args).await;
     assert!(stdout.contains("OCSP response"), "s_client printed nothing about OCSP: {stdout}{stderr}");
     stdout
@@ -167,6 +173,10 @@ async fn the_response_is_stapled_and_shown_in_certs() {
     let rig = start(no_reload()).await;
     let out = s_client_status(&rig.pki, rig.proxy.port()).await;
     assert!(out.contains("OCSP Response Status: successful"), "{out}");
+    assert!(out.contains("Cert Status: good"), "{out}");
+    // TLS 1.2 sends it in a CertificateStatus message of its own.
+    let out = s_client_status_with(&rig.pki, rig.proxy.port(), &["-tls1_2"]).await;
+    assert!(out.contains("TLSv1.2"), "{out}");
     assert!(out.contains("Cert Status: good"), "{out}");
 
     let ocsp = certs_ocsp(&rig).await;

@@ -2,9 +2,9 @@
 //! server certificate (as `openssl s_client -status` sees it), reloaded when the file changes, shown
 //! in `/certs` and `mqtls check`, and a file that is not a usable response stops start-up with one line.
 //!
-//! That a response past its nextUpdate is no longer stapled is tested in `src/tls` with an injected
-//! clock: `openssl ocsp` can't make a response that is already out of date, and waiting for one to
-//! expire takes a minute at least.
+//! `openssl ocsp` can't make a response that is already out of date (and waiting for one to expire
+//! takes a minute at least), so the expired one here is a real response with its times rewritten: mqtls
+//! does not check the signature. The picking by the clock is tested in `src/tls` with an injected clock.
 
 mod common;
 
@@ -187,6 +187,52 @@ async fn the_response_is_stapled_and_shown_in_certs() {
     let next_update = rfc3339_to_unix(ocsp["next_update"].as_str().expect("next_update"));
     assert!((this_update - now_unix()).abs() < 300, "{ocsp}");
     assert_eq!(next_update - this_update, 86_400, "-ndays 1: {ocsp}");
+}
+
+/// Every GeneralizedTime (tag 0x18, 15 bytes, `YYYYMMDDHHMMSSZ`) in `der` set to 2020-01-01: thisUpdate
+/// and nextUpdate, and so the response expired long ago.
+fn backdated(der: &[u8]) -> Vec<u8> {
+    let mut out = der.to_vec();
+    let mut i = 0;
+    while i + 17 <= out.len() {
+        let body = &out[i + 2..i + 17];
+        if out[i] == 0x18 && out[i + 1] == 15 && body[14] == b'Z' && body[..14].iter().all(u8::is_ascii_digit) {
+            out[i + 2..i + 17].copy_from_slice(b"20200101000000Z");
+            i += 17;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_response_loads_with_a_warning_but_is_not_stapled() {
+    init_logs();
+    let pki = Pki::new();
+    let fresh = pki.path("fresh.ocsp.der");
+    ocsp_response(&pki, Status::Good, 1, &fresh);
+    let staple = pki.path("expired.ocsp.der");
+    std::fs::write(&staple, backdated(&std::fs::read(&fresh).expect("read"))).expect("write");
+
+    let out = mqtls(&[&["check"][..], &tls_flags(&pki, &staple)].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("next_update=2020-01-01T00:00:00Z"), "{stdout}");
+    assert!(stdout.contains("# WARNING: the OCSP response is outside its validity period"), "{stdout}");
+
+    let binary = Binary::start(&pki, "127.0.0.1:1", &["--ocsp-staple", s(&staple)]);
+    let warning = "the OCSP response is outside its validity period";
+    binary.wait_for_log(warning);
+    let out = s_client_status(&pki, binary.port).await;
+    assert!(out.contains("OCSP response: no response sent"), "{out}");
+    assert_eq!(binary.log().matches(warning).count(), 1, "once, at load: {}", binary.log());
+
+    let mut config = pki.config(no_upstream());
+    config.listeners[0].tls.ocsp_staple = Some(staple);
+    let proxy = Mqtls::start_with_admin(config).await;
+    let (_, body) = http_get(proxy.admin.expect("admin"), "/certs").await;
+    assert!(body.contains("\"next_update\": \"2020-01-01T00:00:00Z\""), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

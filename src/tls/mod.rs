@@ -19,7 +19,7 @@ use rustls::{RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
-pub mod ocsp;
+pub(crate) mod ocsp;
 pub(crate) mod resumption;
 mod settings;
 
@@ -408,7 +408,7 @@ fn check_staple(file: &TlsFile, leaf: &[u8]) -> Result<OcspInfo, TlsError> {
             path = %file.path.display(),
             this_update = %info.this_update,
             next_update = info.next_update.as_deref().unwrap_or("none"),
-            "ocsp_staple: the OCSP response is outside its validity period and is not stapled until it is replaced"
+            "ocsp_staple: the OCSP response is outside its validity period (thisUpdate to nextUpdate) and is not stapled"
         );
     }
     if response.status == ocsp::CertStatus::Unknown {

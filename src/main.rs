@@ -75,6 +75,25 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
                 crl.entries
             );
         }
+        if let Some(ocsp) = &loaded.certificates.ocsp {
+            println!(
+                "# ocsp_staple: {} status={} this_update={} next_update={}",
+                ocsp.path.display(),
+                ocsp.status,
+                ocsp.this_update,
+                ocsp.next_update.as_deref().unwrap_or("none")
+            );
+            if !ocsp.matches_certificate {
+                println!(
+                    "# WARNING: the OCSP response is about serial {}, not the server certificate's: it is NOT STAPLED",
+                    ocsp.serial
+                );
+            } else if !ocsp.served_now() {
+                println!(
+                    "# WARNING: the OCSP response is outside its validity period: it is NOT STAPLED until replaced"
+                );
+            }
+        }
         for (url, err) in crl_failures {
             println!("# crl: {url} FAILED: {err}");
         }

@@ -98,6 +98,10 @@ settings! {
         /// PEM file with the server private key (PKCS#8, PKCS#1 or SEC1).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// DER OCSP response for the server certificate (cert, not the SNI ones), stapled until its
+        /// nextUpdate and reloaded with the certificate.
+        #[arg(long)]
+        ocsp_staple: Option<PathBuf>,
         /// PEM bundle of CAs that sign client certificates.
         #[arg(long)]
         client_ca: Option<PathBuf>,

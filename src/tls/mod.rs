@@ -20,6 +20,7 @@ use rustls::{RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
+pub(crate) mod ocsp;
 pub(crate) mod resumption;
 mod settings;
 
@@ -50,6 +51,8 @@ pub enum TlsError {
     NotYetValid { path: PathBuf, not_before: String },
     #[error("{setting}: {reason}")]
     Verifier { setting: &'static str, reason: String },
+    #[error("ocsp_staple: {path}: {reason}")]
+    Ocsp { path: PathBuf, reason: String },
 }
 
 impl TlsError {
@@ -65,6 +68,7 @@ impl TlsError {
             TlsError::Expired { .. } => "expired",
             TlsError::NotYetValid { .. } => "not_yet_valid",
             TlsError::Verifier { .. } => "verifier",
+            TlsError::Ocsp { .. } => "ocsp",
         }
     }
 }
@@ -126,6 +130,8 @@ pub struct TlsFiles {
     pub(crate) crls: Vec<TlsFile>,
     /// (cert, key) of each SNI entry, in configuration order.
     pub(crate) sni: Vec<(TlsFile, TlsFile)>,
+    /// The DER OCSP response stapled with `cert`; read with it so that a reload picks up a new one.
+    pub(crate) ocsp_staple: Option<TlsFile>,
 }
 
 impl TlsFiles {
@@ -155,16 +161,18 @@ impl TlsFiles {
             client_ca,
             crls,
             sni,
+            ocsp_staple: settings.ocsp_staple.as_ref().map(|p| TlsFile::read("ocsp_staple", p)).transpose()?,
         })
     }
 
-    /// Every file, in a fixed order (cert, key, client CA, CRLs, SNI certs and keys).
+    /// Every file, in a fixed order (cert, key, client CA, CRLs, SNI certs and keys, OCSP staple).
     pub(crate) fn iter(&self) -> impl Iterator<Item = &TlsFile> {
         [&self.cert, &self.key]
             .into_iter()
             .chain(self.client_ca.as_ref())
             .chain(self.crls.iter())
             .chain(self.sni.iter().flat_map(|(c, k)| [c, k]))
+            .chain(self.ocsp_staple.as_ref())
     }
 
     /// With the CRLs `cache` holds added to the CRL files (when client certificates are asked for).
@@ -193,6 +201,37 @@ pub struct Certificates {
     pub(crate) sni: Vec<CertInfo>,
     /// Every CRL in force (files, then fetched ones).
     pub crls: Vec<crate::crl::CrlInfo>,
+    /// The OCSP response stapled with the server certificate, when `ocsp_staple` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocsp: Option<OcspInfo>,
+}
+
+/// The stapled OCSP response, described.
+#[derive(Debug, Clone, Serialize)]
+pub struct OcspInfo {
+    /// RFC 3339, UTC.
+    pub this_update: String,
+    /// RFC 3339, UTC; absent when the response has none (then it is stapled for as long as it is loaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_update: Option<String>,
+    /// good or unknown (a revoked response for this certificate is not loaded).
+    pub status: &'static str,
+    /// The serial number the response is about (hex, as for the certificates).
+    pub serial: String,
+    /// Whether that is the server certificate's; a response for another certificate is never stapled.
+    pub matches_certificate: bool,
+    pub path: PathBuf,
+    /// When to staple; none when the response is about another certificate.
+    #[serde(skip)]
+    pub(crate) window: Option<ocsp::StapleWindow>,
+}
+
+impl OcspInfo {
+    /// Whether the response is stapled at this moment (for this certificate, between thisUpdate and
+    /// nextUpdate).
+    pub fn served_now(&self) -> bool {
+        self.window.is_some_and(|w| w.serves_at(unix_now()))
+    }
 }
 
 /// A built server configuration, the leaf certificate it presents, and all its certificates described.
@@ -277,9 +316,22 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
             reason: e.to_string(),
         })
     };
+    let leaf_der = chain.first().cloned();
     let default = certified(&files.cert, &files.key, chain, key)?;
+    let (stapled, ocsp_info) = match &files.ocsp_staple {
+        None => (None, None),
+        Some(file) => {
+            let info = check_staple(file, leaf_der.as_deref().unwrap_or_default())?;
+            let stapled = info.window.map(|window| {
+                let mut with_staple = CertifiedKey::clone(&default);
+                with_staple.ocsp = Some(file.bytes.clone());
+                Stapled { key: Arc::new(with_staple), window }
+            });
+            (stapled, Some(info))
+        }
+    };
     let mut sni = Vec::new();
-    let mut resolver = SniResolver { exact: HashMap::new(), wildcard: HashMap::new(), default };
+    let mut resolver = SniResolver { exact: HashMap::new(), wildcard: HashMap::new(), default, stapled };
     for ((cert_file, key_file), entry) in files.sni.iter().zip(&settings.sni) {
         let chain = parse_certs(cert_file)?;
         let described = describe_chain(cert_file, &chain)?;
@@ -318,8 +370,68 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
     config.session_storage =
         CheckedSessions::wrap(rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES));
     let loaded_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let certificates = Arc::new(Certificates { loaded_at, server_chain, client_ca, sni, crls: crl_infos });
+    let certificates =
+        Arc::new(Certificates { loaded_at, server_chain, client_ca, sni, crls: crl_infos, ocsp: ocsp_info });
     Ok(Loaded { config: Arc::new(config), leaf, certificates, verifier })
+}
+
+/// Checks the OCSP response in `file` against the server certificate `leaf` (DER): it must parse, be
+/// successful, and not say this certificate is revoked. One about another certificate (the certificate
+/// was renewed, the response not yet) loads but is never stapled: refusing it would hold back the new
+/// certificate. One already past its nextUpdate loads too (a fresh one may follow any moment) but is
+/// not stapled until replaced.
+fn check_staple(file: &TlsFile, leaf: &[u8]) -> Result<OcspInfo, TlsError> {
+    let bad = |reason: String| TlsError::Ocsp { path: file.path.clone(), reason };
+    let response = ocsp::parse(&file.bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| bad(format!("the certificate: {e}")))?;
+    let matches_certificate = cert.raw_serial() == response.serial.as_slice();
+    if matches_certificate && response.status == ocsp::CertStatus::Revoked {
+        return Err(bad("the response says the server certificate is revoked".into()));
+    }
+    let window = response.window();
+    let info = OcspInfo {
+        this_update: crate::x509::cert::rfc3339(response.this_update),
+        next_update: response.next_update.map(crate::x509::cert::rfc3339),
+        status: response.status.as_str(),
+        serial: hex(&response.serial),
+        matches_certificate,
+        path: file.path.clone(),
+        window: matches_certificate.then_some(window),
+    };
+    if !matches_certificate {
+        tracing::warn!(
+            path = %file.path.display(),
+            serial = %info.serial,
+            certificate_serial = %hex(cert.raw_serial()),
+            "ocsp_staple: the OCSP response is about another certificate and is not stapled until it is replaced"
+        );
+        return Ok(info);
+    }
+    if !window.serves_at(unix_now()) {
+        tracing::warn!(
+            path = %file.path.display(),
+            this_update = %info.this_update,
+            next_update = info.next_update.as_deref().unwrap_or("none"),
+            "ocsp_staple: the OCSP response is outside its validity period (thisUpdate to nextUpdate) and is not stapled"
+        );
+    }
+    if response.status == ocsp::CertStatus::Unknown {
+        tracing::warn!(path = %file.path.display(), "ocsp_staple: the OCSP responder does not know the server certificate");
+    }
+    Ok(info)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    crate::x509::hex::push_hex(&mut out, bytes, crate::x509::hex::Case::Upper);
+    out
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn parse_certs(file: &TlsFile) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -473,30 +585,46 @@ impl TlsHandle {
 }
 
 /// Picks the certificate for the name a client sends (SNI): an exact name first, then a `*.suffix`
-/// wildcard covering one label, else the listener's own certificate.
+/// wildcard covering one label, else the listener's own certificate, with the OCSP staple while it is
+/// current.
 #[derive(Debug)]
 struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
+    /// `default` with the OCSP staple, and when to send it. Decided per handshake, so a staple past its
+    /// nextUpdate stops going out without a reload.
+    stapled: Option<Stapled>,
+}
+
+#[derive(Debug)]
+struct Stapled {
+    key: Arc<CertifiedKey>,
+    window: ocsp::StapleWindow,
 }
 
 impl SniResolver {
-    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
-        let Some(name) = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
-            return self.default.clone();
-        };
-        if let Some(ck) = self.exact.get(&name) {
-            return ck.clone();
+    /// `now`: unix seconds, for the staple.
+    fn pick(&self, name: Option<&str>, now: impl FnOnce() -> i64) -> Arc<CertifiedKey> {
+        if let Some(name) = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) {
+            if let Some(ck) = self.exact.get(&name) {
+                return ck.clone();
+            }
+            if let Some(ck) = name.split_once('.').and_then(|(_, suffix)| self.wildcard.get(suffix)) {
+                return ck.clone();
+            }
         }
-        name.split_once('.').and_then(|(_, suffix)| self.wildcard.get(suffix)).unwrap_or(&self.default).clone()
+        match &self.stapled {
+            Some(stapled) if stapled.window.serves_at(now()) => stapled.key.clone(),
+            _ => self.default.clone(),
+        }
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.pick(client_hello.server_name()))
+        Some(self.pick(client_hello.server_name(), unix_now))
     }
 }
 
@@ -524,5 +652,41 @@ pub(crate) fn handshake_failure_label(err: &std::io::Error) -> &'static str {
         R::AlertReceived(_) => "alert_received",
         R::PeerIncompatible(_) | R::NoApplicationProtocol => "incompatible",
         _ => "protocol",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ocsp: Option<&[u8]>) -> Arc<CertifiedKey> {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key = PrivateKeyDer::try_from(signing_key.serialize_der()).unwrap();
+        let mut ck = CertifiedKey::from_der(vec![cert.der().clone()], key, &provider()).unwrap();
+        ck.ocsp = ocsp.map(<[u8]>::to_vec);
+        Arc::new(ck)
+    }
+
+    #[test]
+    fn the_default_certificate_carries_the_staple_only_within_its_window() {
+        let sni = key(None);
+        let resolver = SniResolver {
+            exact: HashMap::from([("other.example".to_string(), sni.clone())]),
+            wildcard: HashMap::new(),
+            default: key(None),
+            stapled: Some(Stapled {
+                key: key(Some(b"staple")),
+                window: ocsp::StapleWindow { this_update: 1000, next_update: Some(2000) },
+            }),
+        };
+        let staple = |name: Option<&str>, now: i64| resolver.pick(name, || now).ocsp.clone();
+        assert_eq!(staple(None, 1500), Some(b"staple".to_vec()));
+        assert_eq!(staple(Some("localhost"), 1999), Some(b"staple".to_vec()), "another name gets the default");
+        assert_eq!(staple(None, 2000), None, "at nextUpdate");
+        assert_eq!(staple(None, 5000), None, "past nextUpdate");
+        assert_eq!(staple(None, 999), None, "before thisUpdate");
+        assert!(Arc::ptr_eq(&resolver.pick(None, || 5000), &resolver.default));
+        assert!(Arc::ptr_eq(&resolver.pick(Some("other.example"), || 1500), &sni), "SNI entries: no staple");
     }
 }

@@ -46,6 +46,9 @@ pub struct TlsSettings {
     pub alpn: Vec<String>,
     /// Certificates picked by SNI name; `cert`/`key` serve clients sending no or another name.
     pub sni: Vec<SniCert>,
+    /// DER OCSP response stapled with `cert` (not with the SNI entries' certificates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocsp_staple: Option<PathBuf>,
     /// CRLs fetched over HTTP, and what a stale CRL does (`crl_stale` applies to CRL files too).
     #[serde(flatten)]
     pub crl_fetch: crate::crl::CrlSettings,

@@ -89,7 +89,7 @@ impl CertInfo {
 
 /// RFC 3339 for a Unix time; a time before 1970 (which RFC 3339 could show, but humantime cannot) as
 /// x509-parser prints it.
-fn rfc3339(unix: i64) -> String {
+pub(crate) fn rfc3339(unix: i64) -> String {
     match u64::try_from(unix) {
         Ok(secs) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string(),
         Err(_) => ASN1Time::from_timestamp(unix).map(|t| t.to_string()).unwrap_or_else(|_| unix.to_string()),

@@ -185,6 +185,7 @@ impl Pki {
                 refuse_expired: false,
                 alpn: vec![],
                 sni: vec![],
+                ocsp_staple: None,
                 crl_fetch: Default::default(),
             },
             identity: IdentityPolicy {

@@ -134,6 +134,8 @@ impl App {
             });
         }
         for l in &listeners {
+            // One timer for every deadline of the listener's connections (expiry, lifetime, spread closes).
+            side_tasks.spawn(l.proxy.tls.connections().clone().run_timer(side_stop.clone()));
             if let Some(crls) = l.proxy.crls.clone() {
                 side_tasks.spawn(crls.run(l.reloader.clone(), side_stop.clone()));
             }

@@ -189,8 +189,8 @@ async fn prepare(
     // Every listener looks at the first byte: a PROXY header from a source that may not send one (on a
     // listener without accept_proxy_protocol, from any source) is refused as such, not as a TLS error.
     let addrs = Box::pin(client_addrs(proxy, &mut tcp, peer, deadline)).await?;
-    // Subscribed before the configuration is taken, so a trust change published after it is seen.
-    let trust_changes = proxy.tls.trust_changes();
+    // Registered before the configuration is taken, so a trust change published after it is seen.
+    let registration = proxy.tls.connections().register();
     let acceptor = proxy.tls.acceptor();
     let handshake_started = Instant::now();
     // The handshake future and the TLS stream (each over 1 KiB) live on the heap, so this task's own
@@ -219,7 +219,7 @@ async fn prepare(
             crls.saw_client_cert(parsed);
         }
         let not_after = parsed.map(|cert| cert.validity().not_after.timestamp());
-        let standing = Standing::new(&proxy.listener.recheck, leaf.is_some().then_some(trust_changes), not_after);
+        let standing = Standing::new(&proxy.listener.recheck, registration, not_after);
         let allowed = leaf.as_ref().map(|leaf| authorize::admits_cert(&proxy.rules.load(), leaf));
         let identity = leaf.as_ref().map(|leaf| identity::username_of(leaf, policy.username_from));
         if let Some(Ok(id)) = &identity {
@@ -440,8 +440,10 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let mut splice = Splice::default();
+    let spread = proxy.listener.recheck.spread;
     let result = loop {
-        let event = match splice.run(client, upstream, proxy.busy_poll.as_deref(), pin!(standing.next())).await {
+        let next = pin!(std::future::poll_fn(|cx| standing.poll_event(cx)));
+        let event = match splice.run(client, upstream, proxy.busy_poll.as_deref(), next).await {
             Spliced::Done(result) => break result,
             Spliced::Interrupted(event) => event,
         };
@@ -453,10 +455,10 @@ where
                 };
                 if let Err(refused) = &verdict {
                     let (reason, detail) = (refused.reason.as_str(), &refused.detail);
-                    let close_in = standing.rechecked(Some(refused.reason)).unwrap_or_default();
+                    let close_in = standing.rechecked(Some(refused.reason), spread).unwrap_or_default();
                     info!(reason, %detail, close_in_ms = close_in.as_millis() as u64, "re-check: the certificate is no longer accepted");
                 } else {
-                    standing.rechecked(None);
+                    standing.rechecked(None, spread);
                 }
             }
             Event::Close(reason) => {
@@ -530,8 +532,8 @@ mod tests {
     use crate::tls::{self, TlsFiles};
 
     /// Tens of thousands of idle connections each hold one of these futures for their whole life; the
-    /// TLS stream and the handshake live behind boxes so it stays small. (About 500 bytes of it are the
-    /// re-check's: the trust-change subscription's wait and the expiry timer.)
+    /// TLS stream and the handshake live behind boxes so it stays small. (About 250 bytes of it are the
+    /// re-check's: the splice's resumable state and the connection's registration; see `recheck`.)
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -558,6 +560,6 @@ mod tests {
         let (tcp, peer) = listener.accept().await.expect("accept");
         let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
         let task = handle(proxy, tcp, peer, permit, crate::conn::budget::ConnectBudget::new(0).share());
-        assert!(std::mem::size_of_val(&task) <= 2048, "connection future is {} bytes", std::mem::size_of_val(&task));
+        assert!(std::mem::size_of_val(&task) <= 1792, "connection future is {} bytes", std::mem::size_of_val(&task));
     }
 }

@@ -9,8 +9,9 @@
 //! after that long (less up to a tenth, so connections opened together do not all return together).
 //!
 //! Nothing is copied for this: a connection's chain is already held by its TLS session, and what each
-//! connection adds is a subscription to its listener's trust changes and at most one timer
-//! ([`Standing`]). The verifier and the rules are the listener's current ones, read at re-check time.
+//! connection adds is a small registration with its listener ([`Registry`]: a waker, two flags and its
+//! next deadline, one timer task per listener for all of them). The verifier and the rules are the
+//! listener's current ones, read at re-check time.
 
 use std::hash::BuildHasher;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,11 +20,17 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::{CertificateError, Error as TlsError};
 use serde::Serialize;
-use tokio::sync::watch;
+use std::task::{Context, Poll};
+
 use tokio::time::Instant;
 
 use crate::x509::rules::{self, Rules};
 use crate::x509::ClientCert;
+
+mod registry;
+
+use registry::RECHECK;
+pub(crate) use registry::{Entry, Registry};
 
 /// Default `recheck_spread`: long enough that a revoked batch reconnects over a minute, short enough
 /// that a revoked device is gone within one.
@@ -152,26 +159,22 @@ pub(crate) enum Event {
     Close(CloseReason),
 }
 
-/// One connection's standing: its subscription to trust changes and the one moment it must close
-/// by (expiry, lifetime, or a refused re-check's share of the spread).
+/// One connection's standing: its registration (for trust changes and its deadline) and the one
+/// moment it must close by (expiry, lifetime, or a refused re-check's share of the spread).
 pub(crate) struct Standing {
-    changes: Option<watch::Receiver<()>>,
+    /// `None` when there is nothing to watch: no client certificate and no lifetime.
+    entry: Option<Entry>,
     /// Expiry or lifetime, whichever is first.
     limit: Option<(Instant, CloseReason)>,
     /// Set by a refused re-check: when, and why.
     refused: Option<(Instant, CloseReason)>,
-    spread: Duration,
 }
 
 impl Standing {
-    /// `changes` is the listener's trust-change subscription, taken before the handshake began (so no
-    /// change after it is missed); `None` for a connection without a client certificate.
-    /// `not_after` is the client certificate's, in Unix seconds.
-    pub(crate) fn new(
-        settings: &RecheckSettings,
-        changes: Option<watch::Receiver<()>>,
-        not_after: Option<i64>,
-    ) -> Standing {
+    /// `entry` is the connection's registration with its listener, made before the handshake began
+    /// (so no trust change after it is missed); `not_after` is the client certificate's, in Unix
+    /// seconds (`None` without one).
+    pub(crate) fn new(settings: &RecheckSettings, entry: Entry, not_after: Option<i64>) -> Standing {
         let now = Instant::now();
         let expiry = not_after
             .filter(|_| settings.close_at_cert_expiry)
@@ -181,63 +184,46 @@ impl Standing {
             .max_lifetime
             .and_then(|life| now.checked_add(life.saturating_sub(share_of(life / 10))))
             .map(|at| (at, CloseReason::Lifetime));
-        let limit = match (expiry, lifetime) {
-            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-            (a, b) => a.or(b),
-        };
-        Standing { changes, limit, refused: None, spread: settings.spread }
+        let limit = earliest(expiry, lifetime);
+        let watched = not_after.is_some() || limit.is_some();
+        Standing { entry: watched.then_some(entry), limit, refused: None }
     }
 
-    /// Waits for the next thing to do: a trust change to re-check, or the moment to close.
-    pub(crate) async fn next(&mut self) -> Event {
-        let deadline = self.deadline();
-        let changed = async {
-            let Some(rx) = self.changes.as_mut() else { return std::future::pending().await };
-            if rx.changed().await.is_err() {
-                // The listener is gone (shutdown): nothing will change any more.
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = changed => Event::Recheck,
-            reason = sleep_until(deadline) => Event::Close(reason),
+    /// Ready with the next thing to do: a trust change to re-check, or the moment to close.
+    pub(crate) fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        let deadline = earliest(self.limit, self.refused);
+        let Some(entry) = self.entry.as_mut() else { return Poll::Pending };
+        if entry.take_flags(cx) & RECHECK != 0 {
+            return Poll::Ready(Event::Recheck);
         }
+        if let Some((at, reason)) = deadline {
+            if Instant::now() >= at {
+                return Poll::Ready(Event::Close(reason));
+            }
+        }
+        entry.arm(deadline.map(|(at, _)| at));
+        Poll::Pending
     }
 
     /// Takes a re-check's verdict (`Some` reason to refuse): a refused chain closes after a random
-    /// share of the spread (the earlier time wins if one was already set); an accepted one cancels a
+    /// share of `spread` (the earlier time wins if one was already set); an accepted one cancels a
     /// pending close (trust went back before the close came). Returns how soon a refused connection
     /// closes, for the log line.
-    pub(crate) fn rechecked(&mut self, refused: Option<CloseReason>) -> Option<Duration> {
+    pub(crate) fn rechecked(&mut self, refused: Option<CloseReason>, spread: Duration) -> Option<Duration> {
         let Some(reason) = refused else {
             self.refused = None;
             return None;
         };
-        let at = Instant::now() + share_of(self.spread);
-        match self.refused {
-            Some((earlier, _)) if earlier <= at => {}
-            _ => self.refused = Some((at, reason)),
-        }
+        let at = Instant::now() + share_of(spread);
+        self.refused = earliest(self.refused, Some((at, reason)));
         self.refused.map(|(at, _)| at.saturating_duration_since(Instant::now()))
-    }
-
-    /// The earliest moment the connection must close, and why.
-    fn deadline(&self) -> Option<(Instant, CloseReason)> {
-        match (self.limit, self.refused) {
-            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-            (a, b) => a.or(b),
-        }
     }
 }
 
-async fn sleep_until(deadline: Option<(Instant, CloseReason)>) -> CloseReason {
-    match deadline {
-        Some((at, reason)) => {
-            tokio::time::sleep_until(at).await;
-            reason
-        }
-        None => std::future::pending().await,
+fn earliest(a: Option<(Instant, CloseReason)>, b: Option<(Instant, CloseReason)>) -> Option<(Instant, CloseReason)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
     }
 }
 

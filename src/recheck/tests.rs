@@ -116,30 +116,58 @@ fn without_a_certificate_or_client_auth_there_is_nothing_to_recheck() {
     assert_eq!(verdict(&*none, &rules("x"), &device(&a, "dev-1", 1)), Ok(()));
 }
 
-fn settings(spread: Duration) -> RecheckSettings {
-    RecheckSettings { spread, ..RecheckSettings::default() }
+fn settings() -> RecheckSettings {
+    RecheckSettings::default()
 }
 
-fn refused() -> Option<CloseReason> {
-    Some(CloseReason::Revoked)
+/// A registry with its timer running (until the token is dropped... cancelled).
+fn registry() -> (Arc<Registry>, tokio_util::sync::DropGuard) {
+    let registry = Arc::new(Registry::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(registry.clone().run_timer(stop.clone()));
+    (registry, stop.drop_guard())
 }
+
+async fn next(standing: &mut Standing) -> Event {
+    std::future::poll_fn(|cx| standing.poll_event(cx)).await
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64
+}
+
+/// A certificate valid for another year: no close of its own in these tests' time.
+fn a_year() -> Option<i64> {
+    Some(unix_now() + 365 * 24 * 3600)
+}
+
+const REVOKED: Option<CloseReason> = Some(CloseReason::Revoked);
 
 #[tokio::test(start_paused = true)]
 async fn a_trust_change_asks_for_a_recheck() {
-    let (tx, rx) = watch::channel(());
-    let mut standing = Standing::new(&settings(DEFAULT_SPREAD), Some(rx), None);
-    tx.send_replace(());
-    assert_eq!(standing.next().await, Event::Recheck);
+    let (registry, _timer) = registry();
+    let mut standing = Standing::new(&settings(), registry.register(), a_year());
+    registry.recheck_all();
+    assert_eq!(next(&mut standing).await, Event::Recheck);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_between_registration_and_the_first_wait_is_not_missed() {
+    let (registry, _timer) = registry();
+    let entry = registry.register();
+    registry.recheck_all();
+    let mut standing = Standing::new(&settings(), entry, a_year());
+    assert_eq!(next(&mut standing).await, Event::Recheck);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_recheck_closes_within_the_spread() {
-    let (_tx, rx) = watch::channel(());
-    let mut standing = Standing::new(&settings(Duration::from_secs(60)), Some(rx), None);
+    let (registry, _timer) = registry();
+    let mut standing = Standing::new(&settings(), registry.register(), a_year());
     let started = Instant::now();
-    let delay = standing.rechecked(refused()).expect("a close is scheduled");
+    let delay = standing.rechecked(REVOKED, Duration::from_secs(60)).expect("a close is scheduled");
     assert!(delay <= Duration::from_secs(60));
-    assert_eq!(standing.next().await, Event::Close(CloseReason::Revoked));
+    assert_eq!(next(&mut standing).await, Event::Close(CloseReason::Revoked));
     assert!(started.elapsed() <= Duration::from_secs(60));
 }
 
@@ -153,55 +181,89 @@ fn closes_of_one_change_are_spread_over_the_window() {
 
 #[tokio::test(start_paused = true)]
 async fn a_zero_spread_closes_at_once() {
-    let mut standing = Standing::new(&settings(Duration::ZERO), None, None);
-    assert_eq!(standing.rechecked(refused()), Some(Duration::ZERO));
+    let (registry, _timer) = registry();
+    let mut standing = Standing::new(&settings(), registry.register(), a_year());
+    assert_eq!(standing.rechecked(REVOKED, Duration::ZERO), Some(Duration::ZERO));
     let started = Instant::now();
-    assert_eq!(standing.next().await, Event::Close(CloseReason::Revoked));
+    assert_eq!(next(&mut standing).await, Event::Close(CloseReason::Revoked));
     assert_eq!(started.elapsed(), Duration::ZERO);
 }
 
 #[tokio::test(start_paused = true)]
 async fn trust_restored_before_the_close_cancels_it() {
-    let (tx, rx) = watch::channel(());
-    let mut standing = Standing::new(&settings(Duration::from_secs(60)), Some(rx), None);
-    standing.rechecked(refused());
-    assert_eq!(standing.rechecked(None), None);
-    let next = tokio::time::timeout(Duration::from_secs(3600), standing.next()).await;
-    assert!(next.is_err(), "no close is pending: {next:?}");
-    drop(tx);
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64
+    let (registry, _timer) = registry();
+    let mut standing = Standing::new(&settings(), registry.register(), a_year());
+    standing.rechecked(REVOKED, Duration::from_secs(60));
+    assert_eq!(standing.rechecked(None, Duration::from_secs(60)), None);
+    let event = tokio::time::timeout(Duration::from_secs(3600), next(&mut standing)).await;
+    assert!(event.is_err(), "no close is pending: {event:?}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_expiring_certificate_closes_its_connection_just_after_not_after() {
-    let mut standing = Standing::new(&settings(DEFAULT_SPREAD), None, Some(unix_now() + 30));
+    let (registry, _timer) = registry();
+    let mut standing = Standing::new(&settings(), registry.register(), Some(unix_now() + 30));
     let started = Instant::now();
-    assert_eq!(standing.next().await, Event::Close(CloseReason::Expired));
+    assert_eq!(next(&mut standing).await, Event::Close(CloseReason::Expired));
     assert!(started.elapsed() >= Duration::from_secs(30) && started.elapsed() <= Duration::from_secs(32));
 }
 
 #[tokio::test(start_paused = true)]
 async fn with_close_at_cert_expiry_off_an_expiring_certificate_stays() {
+    let (registry, _timer) = registry();
     let settings = RecheckSettings { close_at_cert_expiry: false, ..RecheckSettings::default() };
-    let mut standing = Standing::new(&settings, None, Some(unix_now() + 30));
-    assert!(tokio::time::timeout(Duration::from_secs(3600), standing.next()).await.is_err());
+    let mut standing = Standing::new(&settings, registry.register(), Some(unix_now() + 30));
+    assert!(tokio::time::timeout(Duration::from_secs(3600), next(&mut standing)).await.is_err());
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_lifetime_closes_between_nine_tenths_and_all_of_it() {
+    let (registry, _timer) = registry();
     let settings = RecheckSettings { max_lifetime: Some(Duration::from_secs(1000)), ..RecheckSettings::default() };
-    let mut standing = Standing::new(&settings, None, Some(unix_now() + 100_000));
+    let mut standing = Standing::new(&settings, registry.register(), a_year());
     let started = Instant::now();
-    assert_eq!(standing.next().await, Event::Close(CloseReason::Lifetime));
+    assert_eq!(next(&mut standing).await, Event::Close(CloseReason::Lifetime));
     assert!(started.elapsed() >= Duration::from_secs(900) && started.elapsed() <= Duration::from_secs(1000));
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_earlier_of_expiry_and_lifetime_wins() {
+    let (registry, _timer) = registry();
     let settings = RecheckSettings { max_lifetime: Some(Duration::from_secs(1000)), ..RecheckSettings::default() };
-    let mut standing = Standing::new(&settings, None, Some(unix_now() + 10));
-    assert_eq!(standing.next().await, Event::Close(CloseReason::Expired));
+    let mut standing = Standing::new(&settings, registry.register(), Some(unix_now() + 10));
+    assert_eq!(next(&mut standing).await, Event::Close(CloseReason::Expired));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_without_certificate_or_lifetime_is_not_kept_in_the_registry() {
+    let (registry, _timer) = registry();
+    let standing = Standing::new(&settings(), registry.register(), None);
+    assert_eq!(registry.len(), 0);
+    drop(standing);
+    let watched = Standing::new(&settings(), registry.register(), a_year());
+    assert_eq!(registry.len(), 1);
+    drop(watched);
+    assert_eq!(registry.len(), 0, "a closed connection leaves nothing behind");
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_deadlines_fire_in_order_from_one_timer() {
+    let (registry, _timer) = registry();
+    let mut closes = Vec::new();
+    for secs in [50u64, 10, 30] {
+        let settings = RecheckSettings::default();
+        let mut standing = Standing::new(&settings, registry.register(), a_year());
+        standing.rechecked(REVOKED, Duration::ZERO);
+        standing.refused = Some((Instant::now() + Duration::from_secs(secs), CloseReason::Revoked));
+        closes.push(tokio::spawn(async move {
+            next(&mut standing).await;
+            secs
+        }));
+    }
+    let started = Instant::now();
+    for close in closes {
+        let secs = close.await.expect("join");
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_secs(secs), "{secs}s deadline fired at {elapsed:?}");
+    }
 }

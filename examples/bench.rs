@@ -1,7 +1,8 @@
 //! The benchmark's own programs in one binary (driven by `bench/run`, see docs/benchmarks.md):
 //!
 //! - `certs DIR`: the benchmark PKI (ECDSA P-256): `ca.crt`, `server.crt`/`.key`/`.pem` (localhost,
-//!   127.0.0.1), `client.crt`/`.key` (CN=device-1).
+//!   127.0.0.1), `client.crt`/`.key` (CN=device-1), and `empty.crl`/`revoked.crl` (the second revokes the
+//!   client certificate).
 //! - `sink ADDR [--unix PATH]`: the upstream. Plain MQTT framing: answers CONNECT with CONNACK and PINGREQ with PINGRESP,
 //!   reads and discards everything else.
 //! - `terminator ADDR --certs DIR [--upstream ADDR]`: the bare rustls ceiling. TLS 1.3/1.2 with client
@@ -24,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
@@ -225,6 +226,7 @@ fn write_certs(dir: &Path) -> io::Result<()> {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if client {
             p.distinguished_name.push(DnType::CommonName, "device-1");
+            p.serial_number = Some(SerialNumber::from(CLIENT_SERIAL));
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         } else {
             p.distinguished_name.push(DnType::CommonName, "localhost");
@@ -241,8 +243,32 @@ fn write_certs(dir: &Path) -> io::Result<()> {
         Ok(())
     };
     leaf("server", false)?;
-    leaf("client", true)
+    leaf("client", true)?;
+    // For the `recheck` figure: a CRL revoking nothing, and one revoking the client certificate.
+    for (name, revoked) in [("empty.crl", &[][..]), ("revoked.crl", &[CLIENT_SERIAL][..])] {
+        let crl = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        std::fs::write(dir.join(name), crl.signed_by(&issuer).map_err(err)?.pem().map_err(err)?)?;
+    }
+    Ok(())
 }
+
+/// The client certificate's serial, which `revoked.crl` lists.
+const CLIENT_SERIAL: u64 = 0x1001;
 
 fn read_cert(path: &Path) -> io::Result<CertificateDer<'static>> {
     CertificateDer::from_pem_file(path).map_err(|e| other(format!("{}: {e}", path.display())))

@@ -10,7 +10,7 @@
 //!
 //! Nothing is copied for this: a connection's chain is already held by its TLS session, and what each
 //! connection adds is a small registration with its listener ([`Registry`]: a waker, two flags and its
-//! next deadline, one timer task per listener for all of them). The verifier and the rules are the
+//! next deadline, which one task per listener scans every second). The verifier and the rules are the
 //! listener's current ones, read at re-check time.
 
 use std::hash::BuildHasher;
@@ -192,7 +192,7 @@ impl Standing {
     /// Ready with the next thing to do: a trust change to re-check, or the moment to close.
     pub(crate) fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         let deadline = earliest(self.limit, self.refused);
-        let Some(entry) = self.entry.as_mut() else { return Poll::Pending };
+        let Some(entry) = self.entry.as_ref() else { return Poll::Pending };
         if entry.take_flags(cx) & RECHECK != 0 {
             return Poll::Ready(Event::Recheck);
         }

@@ -1,43 +1,55 @@
 //! The established connections of one listener that a trust change or a deadline must reach.
 //!
 //! Tens of thousands of connections idle for weeks, so what each one holds for this is kept small: a
-//! slot (its waker and two flags) in one map, and its next deadline in one ordered set that a single
-//! timer task per listener walks, instead of a timer and a channel subscription inside every
-//! connection's task.
+//! slot in one map with its waker, two flags and its next deadline, which one task per listener scans
+//! every [`SCAN`], instead of a timer and a channel subscription inside every connection's task. A
+//! scan reads one atomic per connection (a hundred thousand connections cost well under a millisecond
+//! a second); a deadline is met within a scan period.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Waker};
+use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// How often the deadlines are scanned: how late a close may come after its time.
+pub(crate) const SCAN: Duration = Duration::from_secs(1);
+
+/// A slot's deadline when it has none.
+const NEVER: u64 = u64::MAX;
 
 /// Flag: client trust changed since the connection last looked.
 pub(crate) const RECHECK: u8 = 1;
 /// Flag: the connection's deadline has come.
 pub(crate) const DUE: u8 = 2;
 
-#[derive(Default)]
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
-    /// Wakes the timer task when a deadline earlier than the ones it waits for is added.
-    timer: Notify,
+    /// Deadlines are kept as milliseconds since this instant.
+    epoch: Instant,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry { inner: Mutex::default(), epoch: Instant::now() }
+    }
 }
 
 #[derive(Default)]
 struct Inner {
     next_key: u64,
     slots: HashMap<u64, Arc<Slot>>,
-    deadlines: BTreeSet<(Instant, u64)>,
 }
 
 /// What the registry shares with one connection.
-#[derive(Default)]
 struct Slot {
     waker: Mutex<Option<Waker>>,
     flags: AtomicU8,
+    /// Milliseconds since the registry's epoch; [`NEVER`] for none.
+    deadline: AtomicU64,
 }
 
 impl Slot {
@@ -52,12 +64,12 @@ impl Slot {
 impl Registry {
     /// Registers a connection; it is removed when the returned entry is dropped.
     pub(crate) fn register(self: &Arc<Self>) -> Entry {
-        let slot = Arc::new(Slot::default());
+        let slot = Arc::new(Slot { waker: Mutex::new(None), flags: AtomicU8::new(0), deadline: AtomicU64::new(NEVER) });
         let mut inner = lock(&self.inner);
         let key = inner.next_key;
         inner.next_key += 1;
         inner.slots.insert(key, slot.clone());
-        Entry { registry: self.clone(), slot, key, armed: None }
+        Entry { registry: self.clone(), slot, key }
     }
 
     /// Tells every registered connection that client trust changed.
@@ -74,27 +86,27 @@ impl Registry {
         lock(&self.inner).slots.len()
     }
 
-    /// Raises `DUE` on each connection whose deadline has come, until `stop`.
+    /// Every [`SCAN`], raises `DUE` on each connection whose deadline has come, until `stop`.
     pub(crate) async fn run_timer(self: Arc<Self>, stop: CancellationToken) {
+        let mut scan = tokio::time::interval(SCAN);
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let next = lock(&self.inner).deadlines.first().map(|(at, _)| *at);
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = self.timer.notified() => continue,
-                _ = sleep_until(next) => {}
+                _ = scan.tick() => {}
             }
-            let now = Instant::now();
-            let mut inner = lock(&self.inner);
-            while let Some(&(at, key)) = inner.deadlines.first() {
-                if at > now {
-                    break;
-                }
-                inner.deadlines.pop_first();
-                if let Some(slot) = inner.slots.get(&key) {
+            let now = self.millis(Instant::now());
+            for slot in lock(&self.inner).slots.values() {
+                if slot.deadline.load(Ordering::Acquire) <= now {
+                    slot.deadline.store(NEVER, Ordering::Release);
                     slot.raise(DUE);
                 }
             }
         }
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(NEVER - 1)
     }
 }
 
@@ -103,8 +115,6 @@ pub(crate) struct Entry {
     registry: Arc<Registry>,
     slot: Arc<Slot>,
     key: u64,
-    /// The deadline in the registry's set, if any.
-    armed: Option<Instant>,
 }
 
 impl Entry {
@@ -121,40 +131,16 @@ impl Entry {
         self.slot.flags.swap(0, Ordering::AcqRel)
     }
 
-    /// Makes `at` this connection's one deadline in the registry.
-    pub(crate) fn arm(&mut self, at: Option<Instant>) {
-        if self.armed == at {
-            return;
-        }
-        let mut inner = lock(&self.registry.inner);
-        if let Some(old) = self.armed.take() {
-            inner.deadlines.remove(&(old, self.key));
-        }
-        if let Some(at) = at {
-            let earliest = inner.deadlines.first().map_or(true, |(first, _)| at < *first);
-            inner.deadlines.insert((at, self.key));
-            if earliest {
-                self.registry.timer.notify_one();
-            }
-        }
-        self.armed = at;
+    /// Makes `at` this connection's one deadline (rounded up to the millisecond, never early).
+    pub(crate) fn arm(&self, at: Option<Instant>) {
+        let millis = at.map_or(NEVER, |at| self.registry.millis(at).saturating_add(1));
+        self.slot.deadline.store(millis, Ordering::Release);
     }
 }
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        let mut inner = lock(&self.registry.inner);
-        inner.slots.remove(&self.key);
-        if let Some(at) = self.armed {
-            inner.deadlines.remove(&(at, self.key));
-        }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+        lock(&self.registry.inner).slots.remove(&self.key);
     }
 }
 

@@ -1,31 +1,15 @@
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
-};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SerialNumber};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
 use super::registry::SCAN;
 use super::*;
+use crate::crl::tests::{ca, Ca};
 use crate::x509::rules::RuleKind;
-
-struct Ca {
-    der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(cn: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let key = KeyPair::generate().expect("key");
-    let cert = params.self_signed(&key).expect("self-signed");
-    Ca { der: cert.der().clone(), issuer: Issuer::new(params, key) }
-}
 
 fn device(ca: &Ca, cn: &str, serial: u64) -> Vec<CertificateDer<'static>> {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -37,29 +21,13 @@ fn device(ca: &Ca, cn: &str, serial: u64) -> Vec<CertificateDer<'static>> {
 }
 
 fn crl(ca: &Ca, revoked: &[u64]) -> CertificateRevocationListDer<'static> {
-    let params = CertificateRevocationListParams {
-        this_update: rcgen::date_time_ymd(2024, 1, 1),
-        next_update: rcgen::date_time_ymd(2099, 1, 1),
-        crl_number: SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs: revoked
-            .iter()
-            .map(|s| RevokedCertParams {
-                serial_number: SerialNumber::from(*s),
-                revocation_time: rcgen::date_time_ymd(2024, 1, 1),
-                reason_code: None,
-                invalidity_date: None,
-            })
-            .collect(),
-        key_identifier_method: KeyIdMethod::Sha256,
-    };
-    params.signed_by(&ca.issuer).expect("crl").der().clone()
+    CertificateRevocationListDer::from(crate::crl::tests::crl(ca, 2024, 1, revoked))
 }
 
 fn verifier(cas: &[&Ca], crls: Vec<CertificateRevocationListDer<'static>>) -> Arc<dyn ClientCertVerifier> {
     let mut roots = RootCertStore::empty();
     for ca in cas {
-        roots.add(ca.der.clone()).expect("root");
+        roots.add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).expect("pem")).expect("root");
     }
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
         .with_crls(crls)

@@ -131,8 +131,9 @@ settings! {
         /// Largest CRL fetched, in bytes [default: 10485760].
         #[arg(long)]
         crl_max_size: Option<usize>,
-        /// When client trust changes (CA bundle, CRL, allow rules), established connections whose certificate
-        /// would now be refused close at random times within this window; "0" closes them at once [default: 1m].
+        /// When client trust changes (CA bundle, CRL, allow rules), each established connection re-checks its
+        /// certificate at a random moment within this window and closes if refused; "0" re-checks all at once
+        /// [default: 1m].
         #[arg(long)]
         recheck_spread: Option<String>,
         /// Close a connection when its client certificate expires [default: true].

@@ -2,9 +2,10 @@
 //!
 //! A device is checked when it connects, then may stay connected for weeks. This module keeps that
 //! check true afterwards: when client trust changes (a new CA bundle, a new CRL, narrower allow
-//! rules) every established connection re-checks its own certificate chain against the new trust and,
-//! if it would now be refused, closes after a random share of `recheck_spread` (so one change does
-//! not make the whole refused part of a fleet reconnect in the same second). A connection also closes
+//! rules) every established connection re-checks its own certificate chain against the trust then in
+//! force, at a random moment within `recheck_spread`, and closes at once if it would now be refused.
+//! Spreading the re-checks spreads both their CPU (a signature check or two each) and the reconnects
+//! of the refused part of a fleet. A connection also closes
 //! when its client certificate expires (`close_at_cert_expiry`) and, when `max_conn_lifetime` is set,
 //! after that long (less up to a tenth, so connections opened together do not all return together).
 //!
@@ -39,7 +40,7 @@ pub(crate) const DEFAULT_SPREAD: Duration = Duration::from_secs(60);
 /// What established connections of a listener are held to after their handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RecheckSettings {
-    /// Closes caused by one trust change happen at random times within this window; zero = at once.
+    /// After a trust change, each connection re-checks at a random moment within this window; zero = at once.
     #[serde(rename = "recheck_spread", serialize_with = "crate::duration::serialize")]
     pub spread: Duration,
     /// Close a connection when its client certificate's notAfter passes.
@@ -153,21 +154,21 @@ pub(crate) fn verdict(
 /// What a connection's [`Standing`] wants next.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Event {
-    /// Client trust changed: check the chain again ([`Standing::rechecked`]).
+    /// Client trust changed and this connection's turn has come: check the chain again ([`verdict`]).
     Recheck,
     /// Close the connection now.
     Close(CloseReason),
 }
 
-/// One connection's standing: its registration (for trust changes and its deadline) and the one
-/// moment it must close by (expiry, lifetime, or a refused re-check's share of the spread).
+/// One connection's standing: its registration (for trust changes and its deadline), the one moment it
+/// must close by (expiry or lifetime), and when it is due to re-check after a trust change.
 pub(crate) struct Standing {
     /// `None` when there is nothing to watch: no client certificate and no lifetime.
     entry: Option<Entry>,
     /// Expiry or lifetime, whichever is first.
     limit: Option<(Instant, CloseReason)>,
-    /// Set by a refused re-check: when, and why.
-    refused: Option<(Instant, CloseReason)>,
+    /// After a trust change: this connection's random moment within the spread to re-check.
+    recheck_at: Option<Instant>,
 }
 
 impl Standing {
@@ -186,37 +187,35 @@ impl Standing {
             .map(|at| (at, CloseReason::Lifetime));
         let limit = earliest(expiry, lifetime);
         let watched = not_after.is_some() || limit.is_some();
-        Standing { entry: watched.then_some(entry), limit, refused: None }
+        Standing { entry: watched.then_some(entry), limit, recheck_at: None }
     }
 
-    /// Ready with the next thing to do: a trust change to re-check, or the moment to close.
-    pub(crate) fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        let deadline = earliest(self.limit, self.refused);
+    /// Ready with the next thing to do: re-check (at this connection's share of `spread` after a trust
+    /// change, so the CPU of re-checking a whole listener and the closes that follow are both spread),
+    /// or close (expiry, lifetime).
+    pub(crate) fn poll_event(&mut self, cx: &mut Context<'_>, spread: Duration) -> Poll<Event> {
         let Some(entry) = self.entry.as_ref() else { return Poll::Pending };
-        if entry.take_flags(cx) & RECHECK != 0 {
+        let now = Instant::now();
+        // A second change while a re-check is pending changes nothing: the re-check reads the trust in
+        // force when it runs.
+        if entry.take_flags(cx) & RECHECK != 0 && self.recheck_at.is_none() {
+            self.recheck_at = Some(now + share_of(spread));
+        }
+        if self.recheck_at.is_some_and(|at| now >= at) {
+            self.recheck_at = None;
             return Poll::Ready(Event::Recheck);
         }
-        if let Some((at, reason)) = deadline {
-            if Instant::now() >= at {
+        if let Some((at, reason)) = self.limit {
+            if now >= at {
                 return Poll::Ready(Event::Close(reason));
             }
         }
-        entry.arm(deadline.map(|(at, _)| at));
-        Poll::Pending
-    }
-
-    /// Takes a re-check's verdict (`Some` reason to refuse): a refused chain closes after a random
-    /// share of `spread` (the earlier time wins if one was already set); an accepted one cancels a
-    /// pending close (trust went back before the close came). Returns how soon a refused connection
-    /// closes, for the log line.
-    pub(crate) fn rechecked(&mut self, refused: Option<CloseReason>, spread: Duration) -> Option<Duration> {
-        let Some(reason) = refused else {
-            self.refused = None;
-            return None;
+        let next = match (self.limit.map(|(at, _)| at), self.recheck_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        let at = Instant::now() + share_of(spread);
-        self.refused = earliest(self.refused, Some((at, reason)));
-        self.refused.map(|(at, _)| at.saturating_duration_since(Instant::now()))
+        entry.arm(next);
+        Poll::Pending
     }
 }
 

@@ -118,7 +118,7 @@ async fn replacing_the_ca_bundle_closes_the_removed_cas_devices_over_the_spread_
     let mut monitor = Monitor::start(&broker, "devices/+/will").await;
     let mut kept = Device::connect(&pki, proxy.port(), "kept", &device_leaf(&pki.ca, "kept", 1)).await;
     let mut doomed = Vec::new();
-    for i in 0..4 {
+    for i in 0..6 {
         let cn = format!("doomed-{i}");
         doomed.push(Device::connect(&pki, proxy.port(), &cn, &device_leaf(&removed, &cn, 100 + i)).await);
     }
@@ -126,15 +126,15 @@ async fn replacing_the_ca_bundle_closes_the_removed_cas_devices_over_the_spread_
     std::fs::write(&bundle, &pki.ca.pem).expect("write bundle");
     let changed = Instant::now();
     reloader.reload(ReloadReason::Sighup).expect("reload");
-    let closed = wills(&mut monitor, 4, changed).await;
+    let closed = wills(&mut monitor, 6, changed).await;
     let mut names: Vec<&str> = closed.iter().map(|(cn, _)| cn.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["doomed-0", "doomed-1", "doomed-2", "doomed-3"]);
-    let (first, last) = (closed[0].1, closed[3].1);
+    assert_eq!(names, ["doomed-0", "doomed-1", "doomed-2", "doomed-3", "doomed-4", "doomed-5"]);
+    let (first, last) = (closed[0].1, closed[5].1);
     assert!(last <= SPREAD + SLACK, "last close {last:?} after the change");
     assert!(last - first >= Duration::from_millis(100), "closes spread, not at once: {closed:?}");
     println!("CA change to closes: {closed:?} (spread {SPREAD:?})");
-    assert_eq!(metric(&proxy, r#"mqtls_connections_closed_total{reason="untrusted"}"#), 4.0);
+    assert_eq!(metric(&proxy, r#"mqtls_connections_closed_total{reason="untrusted"}"#), 6.0);
     kept.round_trip(&broker, "still here").await;
     monitor.expect_nothing(Duration::from_millis(500)).await;
 }

@@ -11,7 +11,7 @@
 //!
 //! Nothing is copied for this: a connection's chain is already held by its TLS session, and what each
 //! connection adds is a small registration with its listener ([`Registry`]: a waker, two flags and its
-//! next deadline, which one task per listener scans every second). The verifier and the rules are the
+//! next deadline, which one task per listener scans four times a second). The verifier and the rules are the
 //! listener's current ones, read at re-check time.
 
 use std::hash::BuildHasher;

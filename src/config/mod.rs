@@ -23,7 +23,7 @@ pub use layer::{Block, Layer};
 
 pub(crate) use crate::conn::proxy_protocol::ProxyProtocolSettings;
 pub(crate) use crate::conn::upstream::Upstream;
-pub use crate::conn::websocket::{ListenerProtocol, WebSocketSettings};
+pub use crate::conn::websocket::{ListenerProtocol, Origins, WebSocketSettings};
 pub use crate::conn::Limits;
 pub use crate::ops::logging::LogFormat;
 pub use crate::recheck::RecheckSettings;

@@ -69,7 +69,7 @@ pub struct Origins {
 
 impl Origins {
     /// Compiles the globs; case-insensitive, since scheme and host are.
-    pub(crate) fn new(patterns: &[String]) -> Result<Origins, OriginError> {
+    pub fn new(patterns: &[String]) -> Result<Origins, OriginError> {
         if patterns.is_empty() {
             return Ok(Origins::default());
         }

@@ -23,6 +23,19 @@ ensure_cargo() {
   command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup) first" >&2; exit 1; }
 }
 
+# ensure_npm DIR PACKAGE_DIR: the npm packages PACKAGE_DIR/package.json and package-lock.json pin, installed
+# into DIR with `npm ci`; reinstalled only when the lock file changes.
+ensure_npm() {
+  local dir=$1 src=$2
+  if [ -d "$dir/node_modules" ] && cmp -s "$src/package-lock.json" "$dir/package-lock.installed"; then return 0; fi
+  echo "installing npm packages into $dir from $src/package-lock.json"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cp "$src/package.json" "$src/package-lock.json" "$dir/"
+  (cd "$dir" && npm ci --no-audit --no-fund --silent)
+  cp "$src/package-lock.json" "$dir/package-lock.installed"
+}
+
 # ensure_pyenv DIR REQUIREMENTS: a Python venv at DIR with REQUIREMENTS installed from PyPI; reinstalled only
 # when REQUIREMENTS changes.
 ensure_pyenv() {

@@ -23,8 +23,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "target/release/examples/bench")
-MQTLS = os.path.join(ROOT, "target/release/mqtls")
+# Where bench/run's `cargo build --release` put them (CARGO_TARGET_DIR when set, as cargo does).
+TARGET_DIR = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")
+BENCH = os.path.join(TARGET_DIR, "release/examples/bench")
+MQTLS = os.path.join(TARGET_DIR, "release/mqtls")
 CORE_SERVER = "1"
 CORE_LOAD = "0"
 PEERS = ["haproxy", "stunnel", "mosquitto"]
@@ -39,18 +41,21 @@ UNIX_TARGETS = ["mqtls-unix"]
 # The rustls terminator copying bytes to the sink over a TCP connection opened per client (tokio's
 # copy_bidirectional): the least any TLS proxy does, so the ceiling for a proxy's handshake rate.
 FWD_TARGETS = ["terminator-fwd"]
-EXTRA_TARGETS = BUSY_TARGETS + UNIX_TARGETS + FWD_TARGETS
+# mqtls with `protocol = "websockets"`: the same traffic as MQTT over wss:// (upgrade on /mqtt, one masked
+# binary frame per client write), against the issue's targets relative to mqtls's own 8883 figures.
+WSS_TARGETS = ["mqtls-wss"]
+EXTRA_TARGETS = BUSY_TARGETS + UNIX_TARGETS + FWD_TARGETS + WSS_TARGETS
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 FIGURES = {
     # name: (title, unit, higher is better, targets it applies to)
-    "hs": ("full handshakes + CONNECT/CONNACK", "per s", True, ALL_TARGETS + UNIX_TARGETS + FWD_TARGETS),
-    "tp16k": ("throughput, 16 KiB PUBLISH", "MB/s", True, ALL_TARGETS + FWD_TARGETS),
-    "tp1k": ("throughput, 1 KiB PUBLISH", "MB/s", True, ALL_TARGETS + FWD_TARGETS),
-    "ping": ("PINGREQ round trip p50 / p99", "µs", False, ALL_TARGETS + BUSY_TARGETS + FWD_TARGETS),
-    "idle": ("RSS per idle TLS connection", "KiB", False, ["terminator", "mqtls"] + PEERS),
+    "hs": ("full handshakes + CONNECT/CONNACK", "per s", True, ALL_TARGETS + UNIX_TARGETS + FWD_TARGETS + WSS_TARGETS),
+    "tp16k": ("throughput, 16 KiB PUBLISH", "MB/s", True, ALL_TARGETS + FWD_TARGETS + WSS_TARGETS),
+    "tp1k": ("throughput, 1 KiB PUBLISH", "MB/s", True, ALL_TARGETS + FWD_TARGETS + WSS_TARGETS),
+    "ping": ("PINGREQ round trip p50 / p99", "µs", False, ALL_TARGETS + BUSY_TARGETS + FWD_TARGETS + WSS_TARGETS),
+    "idle": ("RSS per idle TLS connection", "KiB", False, ["terminator", "mqtls"] + PEERS + WSS_TARGETS),
     "resume": ("resumed handshakes + CONNECT/CONNACK", "per s", True,
-               ["terminator", "mqtls"] + PEERS + UNIX_TARGETS + FWD_TARGETS),
+               ["terminator", "mqtls"] + PEERS + UNIX_TARGETS + FWD_TARGETS + WSS_TARGETS),
     # TLS 1.2, for what its resumption costs (no key exchange, unlike TLS 1.3's in rustls). The peers'
     # listeners are configured TLS 1.3-only, so only mqtls and the terminator run these.
     "hs12": ("TLS 1.2 full handshakes + CONNECT/CONNACK", "per s", True, ["terminator", "mqtls"]),
@@ -216,7 +221,7 @@ class Bench:
             argv = [BENCH, "terminator", f"127.0.0.1:{port}", "--certs", c]
         elif target == "terminator-fwd":
             argv = [BENCH, "terminator", f"127.0.0.1:{port}", "--certs", c, "--upstream", f"127.0.0.1:{upstream_port}"]
-        elif target in ("mqtls", "mqtls-busy", "mqtls-unix"):
+        elif target in ("mqtls", "mqtls-busy", "mqtls-unix", "mqtls-wss"):
             upstream = f"unix:{self.sink_unix}" if target == "mqtls-unix" else f"127.0.0.1:{upstream_port}"
             argv = [MQTLS, "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
                     "--cert", f"{c}/server.crt", "--key", f"{c}/server.key", "--client-ca", f"{c}/ca.crt",
@@ -228,6 +233,9 @@ class Bench:
                 shutil.copy(f"{c}/empty.crl", self.crl)
                 self.admin_port = free_port()
                 argv += ["--crl", self.crl, "--recheck-spread", "0", "--admin", f"127.0.0.1:{self.admin_port}"]
+            if target == "mqtls-wss":
+                argv += ["--protocol", "websockets"]
+                return self.spawn(target, argv, CORE_SERVER, port), port, ["--ws", "/mqtt"]
         elif target in ("haproxy", "haproxy-busy"):
             busy = "    busy-polling\n" if target == "haproxy-busy" else ""
             conf = self.write("haproxy.cfg", f"""global
@@ -534,6 +542,15 @@ def report(results, raw, args, meta):
                            busy[1] / hap_busy[1], None, False))
     if "idle" in ratio:
         checks.append(("RSS per idle connection ≤ 0.5× HAProxy", ratio["idle"]["haproxy"], 0.5, False))
+    # MQTT over wss:// against mqtls's own 8883 figures (the WebSocket issue's targets).
+    for fig, name, goal, higher in (("hs", "WSS handshakes/s ≥ 0.8× 8883", 0.8, True),
+                                    ("tp16k", "WSS 16 KiB throughput ≥ 0.8× 8883", 0.8, True),
+                                    ("tp1k", "WSS 1 KiB throughput vs 8883", None, True),
+                                    ("resume", "WSS resumed handshakes/s vs 8883", None, True),
+                                    ("idle", "WSS RSS per idle connection ≤ 1.5× 8883", 1.5, False)):
+        wss, tcp = (med.get(fig, {}).get(t) for t in ("mqtls-wss", "mqtls"))
+        if wss and tcp:
+            checks.append((name, key(fig, wss) / key(fig, tcp), goal, higher))
     if "resume" in med and "hs" in med and med["resume"].get("mqtls") and med["hs"].get("mqtls"):
         checks.append(("resumption storm ≥ 3× full-handshake rate", med["resume"]["mqtls"] / med["hs"]["mqtls"], 3.0, True))
     if "resume12" in med and "hs12" in med and med["resume12"].get("mqtls") and med["hs12"].get("mqtls"):

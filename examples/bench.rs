@@ -66,6 +66,10 @@ struct Target {
     /// stop there, and its session resumption skips the key exchange that TLS 1.3's keeps.
     #[arg(long)]
     tls12: bool,
+    /// MQTT over secure WebSockets: after TLS, upgrade on this path (e.g. /mqtt) with the `mqtt`
+    /// subprotocol, then send each write as one masked binary frame.
+    #[arg(long, value_name = "PATH")]
+    ws: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -560,6 +564,8 @@ struct Dialer {
     tls: Option<TlsConnector>,
     /// TCP_NODELAY on the client socket (everything but the bulk senders).
     nodelay: bool,
+    /// The WebSocket path, for MQTT over wss://.
+    ws: Option<String>,
 }
 
 impl Dialer {
@@ -569,7 +575,7 @@ impl Dialer {
             (false, Some(c)) => Some(TlsConnector::from(Arc::new(c))),
             (false, None) => Some(TlsConnector::from(Arc::new(client_config(target)?))),
         };
-        Ok(Dialer { addr: target.addr, tls, nodelay: true })
+        Ok(Dialer { addr: target.addr, tls, nodelay: true, ws: target.ws.clone() })
     }
 
     /// TCP, TLS, CONNECT, CONNACK. Returns the stream and whether the TLS session was resumed.
@@ -583,7 +589,10 @@ impl Dialer {
                     let name = ServerName::try_from("localhost").map_err(|e| other(e.to_string()))?;
                     let tls = c.connect(name, tcp).await?;
                     let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
-                    (Box::new(tls), resumed)
+                    match &self.ws {
+                        Some(path) => (Box::new(ws_upgrade(tls, path).await?), resumed),
+                        None => (Box::new(tls), resumed),
+                    }
                 }
             };
             conn.write_all(&connect_packet(client_id)).await?;
@@ -596,6 +605,162 @@ impl Dialer {
             Ok((conn, resumed))
         };
         tokio::time::timeout(STEP_TIMEOUT, fut).await.map_err(|_| other("timed out"))?
+    }
+}
+
+/// The client's side of the upgrade: request, then the server's 101 head.
+async fn ws_upgrade<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, path: &str) -> io::Result<WsConn<S>> {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await?;
+    s.flush().await?;
+    let mut head = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    let end = loop {
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if head.len() > 4096 {
+            return Err(other("upgrade answer too long"));
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(other("closed during the upgrade"));
+        }
+        head.extend_from_slice(&chunk[..n]);
+    };
+    if !head.starts_with(b"HTTP/1.1 101 ") {
+        return Err(other(format!("upgrade refused: {}", String::from_utf8_lossy(&head))));
+    }
+    Ok(WsConn { inner: s, rbuf: head.split_off(end), left: 0, wbuf: Vec::new(), closed: false })
+}
+
+/// A WebSocket client as a byte stream: each write one masked binary frame (mask key 0, which the
+/// server still applies), reads the payloads of the server's frames. Enough for the load generators.
+struct WsConn<S> {
+    inner: S,
+    /// Bytes read and not yet consumed: frame headers and payload.
+    rbuf: Vec<u8>,
+    /// Payload bytes of the current frame not yet handed out.
+    left: usize,
+    /// Framed bytes not yet written.
+    wbuf: Vec<u8>,
+    closed: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
+    fn poll_drain(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        while !self.wbuf.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf))?;
+            if n == 0 {
+                return std::task::Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wbuf.drain(..n);
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    /// A server frame header at the front of `rbuf`: (opcode, header length, payload length).
+    fn header(&self) -> Option<(u8, usize, usize)> {
+        let b = &self.rbuf;
+        let (len, at) = match *b.get(1)? & 0x7f {
+            126 => (u16::from_be_bytes([*b.get(2)?, *b.get(3)?]) as usize, 4),
+            127 => (u64::from_be_bytes(b.get(2..10)?.try_into().ok()?) as usize, 10),
+            n => (n as usize, 2),
+        };
+        Some((b[0] & 0x0f, at, len))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsConn<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.left > 0 && !this.rbuf.is_empty() {
+                let n = this.left.min(this.rbuf.len()).min(buf.remaining());
+                buf.put_slice(&this.rbuf[..n]);
+                this.rbuf.drain(..n);
+                this.left -= n;
+                return std::task::Poll::Ready(Ok(()));
+            }
+            if this.left == 0 {
+                if let Some((opcode, at, len)) = this.header() {
+                    if opcode == 8 {
+                        return std::task::Poll::Ready(Ok(()));
+                    }
+                    this.rbuf.drain(..at);
+                    // Binary and continuation payloads are the stream; control frames are skipped.
+                    if opcode <= 2 {
+                        this.left = len;
+                    } else if this.rbuf.len() >= len {
+                        this.rbuf.drain(..len);
+                    } else {
+                        return std::task::Poll::Ready(Err(other("split control frame")));
+                    }
+                    continue;
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut rb = tokio::io::ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            this.rbuf.extend_from_slice(rb.filled());
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsConn<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_drain(cx))?;
+        this.wbuf.push(0x82);
+        match data.len() {
+            n if n < 126 => this.wbuf.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                this.wbuf.push(0x80 | 126);
+                this.wbuf.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                this.wbuf.push(0x80 | 127);
+                this.wbuf.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        this.wbuf.extend_from_slice(&[0; 4]);
+        this.wbuf.extend_from_slice(data);
+        // Start writing now; what doesn't fit goes with the next write or flush.
+        if let std::task::Poll::Ready(Err(e)) = this.poll_drain(cx) {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    /// A close frame (1000), then TLS close_notify and FIN.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.closed {
+            this.closed = true;
+            this.wbuf.extend_from_slice(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);
+        }
+        std::task::ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
@@ -900,7 +1065,7 @@ mod tests {
         // Built as the binary builds it.
         let app = mqtls::App::bind(Config::load(&args).expect("config"), None).await.expect("app");
         let addr = *app.listen_addrs().first().expect("listener");
-        let target = Target { addr, certs: certs.clone(), plain: false, tls12: false };
+        let target = Target { addr, certs: certs.clone(), plain: false, tls12: false, ws: None };
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(app.run(shutdown.clone()));
 
@@ -923,9 +1088,46 @@ mod tests {
         let p = ping(target.clone(), 20, 2).await.expect("ping");
         assert_eq!(p["count"], 20, "{p}");
 
-        let plain = Target { addr: sink_addr, certs, plain: true, tls12: false };
+        let plain = Target { addr: sink_addr, certs, plain: true, tls12: false, ws: None };
         let direct = storm(plain, 2, Duration::from_millis(300), false).await.expect("plain");
         assert!(direct["ok"].as_u64().unwrap_or(0) > 0, "{direct}");
+
+        shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        sink_task.abort();
+    }
+
+    /// The load generator over wss:// against an in-process mqtls with `protocol = websockets`: the
+    /// WSS rows of the benchmark run the same programs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn load_generator_drives_mqtls_over_websockets() {
+        let (_dir, certs, sink_addr, sink_task) = certs_and_sink().await;
+        let args = RunArgs {
+            settings: Layer {
+                listen: Some("127.0.0.1:0".into()),
+                upstream: Some(sink_addr.to_string()),
+                cert: Some(certs.join("server.crt")),
+                key: Some(certs.join("server.key")),
+                client_ca: Some(certs.join("ca.crt")),
+                protocol: Some(mqtls::config::ListenerProtocol::Websockets),
+                ..Layer::default()
+            },
+            ..RunArgs::default()
+        };
+        let app = mqtls::App::bind(Config::load(&args).expect("config"), None).await.expect("app");
+        let addr = *app.listen_addrs().first().expect("listener");
+        let target = Target { addr, certs, plain: false, tls12: false, ws: Some("/mqtt".into()) };
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(app.run(shutdown.clone()));
+
+        let full = storm(target.clone(), 4, Duration::from_secs(1), false).await.expect("handshakes");
+        assert!(full["ok"].as_u64().unwrap_or(0) > 0, "{full}");
+        assert_eq!(full["errors"], 0, "{full}");
+        let tp = throughput(target.clone(), 16384, 2, Duration::from_millis(300), false).await.expect("throughput");
+        assert!(tp["bytes"].as_u64().unwrap_or(0) > 0, "{tp}");
+        assert!(tp["error"].is_null(), "{tp}");
+        let p = ping(target.clone(), 20, 2).await.expect("ping");
+        assert_eq!(p["count"], 20, "{p}");
 
         shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
@@ -938,8 +1140,13 @@ mod tests {
     async fn forwarding_terminator_relays_through_the_sink() {
         let (_dir, certs, sink_addr, sink_task) = certs_and_sink().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind terminator");
-        let target =
-            Target { addr: listener.local_addr().expect("addr"), certs: certs.clone(), plain: false, tls12: false };
+        let target = Target {
+            addr: listener.local_addr().expect("addr"),
+            certs: certs.clone(),
+            plain: false,
+            tls12: false,
+            ws: None,
+        };
         let term_certs = certs.clone();
         let term = tokio::spawn(async move { terminator(listener, &term_certs, Some(sink_addr)).await });
 

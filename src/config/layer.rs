@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use crate::conn::proxy_protocol::UpstreamProxyProtocol;
+use crate::conn::websocket::ListenerProtocol;
 use crate::crl::CrlStale;
 use crate::ops::logging::LogFormat;
 use crate::tls::{ClientAuth, SniCert};
@@ -186,6 +187,21 @@ settings! {
         /// ALPN protocol offered in the handshake, e.g. mqtt or x-amzn-mqtt-ca (repeatable); none = no ALPN.
         #[arg(long = "alpn", value_name = "PROTOCOL")]
         alpn: Option<Vec<String>>,
+        /// mqtt | websockets: MQTT directly over TLS, or MQTT over secure WebSockets (wss://) for browsers
+        /// and devices limited to HTTPS [default: mqtt].
+        #[arg(long, value_enum)]
+        protocol: Option<ListenerProtocol>,
+        /// Path the WebSocket upgrade is served on (protocol websockets) [default: /mqtt].
+        #[arg(long)]
+        ws_path: Option<String>,
+        /// Browser Origin allowed to open a WebSocket, a glob such as https://*.example.org (repeatable);
+        /// none = any origin (protocol websockets).
+        #[arg(long = "ws-allowed-origin", value_name = "GLOB")]
+        ws_allowed_origins: Option<Vec<String>>,
+        /// Largest WebSocket message or frame a client may send, in bytes (protocol websockets)
+        /// [default: 1048576].
+        #[arg(long)]
+        ws_max_message_size: Option<usize>,
         /// Certificates chosen by the name the client sends (SNI), as `[[sni]]` tables (file only).
         #[arg(skip)]
         sni: Option<Vec<SniCert>>,

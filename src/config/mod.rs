@@ -23,6 +23,7 @@ pub use layer::{Block, Layer};
 
 pub(crate) use crate::conn::proxy_protocol::ProxyProtocolSettings;
 pub(crate) use crate::conn::upstream::Upstream;
+pub use crate::conn::websocket::{ListenerProtocol, Origins, WebSocketSettings};
 pub use crate::conn::Limits;
 pub use crate::ops::logging::LogFormat;
 pub use crate::recheck::RecheckSettings;
@@ -112,6 +113,9 @@ pub struct Listener {
     /// What established connections are held to after their handshake.
     #[serde(flatten)]
     pub recheck: RecheckSettings,
+    /// What the listener speaks inside TLS, and the WebSocket upgrade's settings.
+    #[serde(flatten)]
+    pub websocket: WebSocketSettings,
 }
 
 impl Listener {

@@ -9,6 +9,7 @@ use super::layer::Layer;
 use super::{default_threads, relative_to, Config, ConfigError, Global, Listener, Origin};
 use crate::conn::proxy_protocol::{self, ProxyProtocolSettings, UpstreamProxyProtocol};
 use crate::conn::upstream::Upstream;
+use crate::conn::websocket::{self, Origins, WebSocketSettings};
 use crate::conn::Limits;
 use crate::crl::CrlSettings;
 use crate::duration;
@@ -247,7 +248,30 @@ fn listener(l: &Layer, src: &Sources<'_>, global: &Global) -> Result<Listener, C
         identity,
         authz,
         recheck: recheck_settings(l, src)?,
+        websocket: websocket_settings(l, src)?,
     })
+}
+
+/// What the listener speaks, and the WebSocket settings (which a `protocol = "mqtt"` listener ignores:
+/// `check` prints them for every listener, and its output must load).
+fn websocket_settings(l: &Layer, src: &Sources<'_>) -> Result<WebSocketSettings, ConfigError> {
+    let defaults = WebSocketSettings::default();
+    let protocol = l.protocol.unwrap_or_default();
+    let ws_path = match &l.ws_path {
+        None => defaults.ws_path,
+        Some(p) => {
+            websocket::check_path(p).map_err(|reason| src.invalid("ws_path", reason))?;
+            p.clone()
+        }
+    };
+    let ws_allowed_origins = Origins::new(l.ws_allowed_origins.as_deref().unwrap_or_default())
+        .map_err(|e| src.invalid("ws_allowed_origins", e.to_string()))?;
+    let ws_max_message_size = match l.ws_max_message_size {
+        None => defaults.ws_max_message_size,
+        Some(n) if n < 2 => return Err(src.invalid("ws_max_message_size", "must be at least 2 bytes (a PINGREQ)")),
+        Some(n) => n,
+    };
+    Ok(WebSocketSettings { protocol, ws_path, ws_allowed_origins, ws_max_message_size })
 }
 
 /// What established connections are held to: the spread of re-check closes, expiry, lifetime.

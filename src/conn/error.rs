@@ -7,6 +7,7 @@ use tracing::{debug, warn};
 
 use crate::conn::proxy_protocol::InboundError;
 use crate::conn::upstream::UpstreamError;
+use crate::conn::websocket::UpgradeError;
 use crate::mqtt::connect::{ConnectError, ProtocolVersion};
 use crate::ops::metrics::{Metrics, ReasonLabel};
 use crate::tls;
@@ -23,6 +24,8 @@ pub(crate) enum ConnError {
     HandshakeTimeout(Duration),
     #[error("TLS handshake failed: {0}")]
     Handshake(std::io::Error),
+    #[error("{0}")]
+    WebSocket(UpgradeError),
     #[error("no CONNECT within {0:?}")]
     ConnectTimeout(Duration),
     #[error("client closed before sending a complete CONNECT")]
@@ -64,6 +67,8 @@ pub(crate) enum Family {
     ProxyProtocolErrors,
     /// `mqtls_tls_handshake_failures_total{reason}`.
     HandshakeFailures,
+    /// `mqtls_websocket_refusals_total{reason}`.
+    WebSocketRefusals,
     /// `mqtls_connect_refusals_total{reason}`.
     ConnectRefusals,
     /// `mqtls_upstream_connect_errors_total{reason}`.
@@ -103,6 +108,7 @@ impl ConnError {
             ConnError::ProxyProtocol(e) => ("proxy_protocol", Family::ProxyProtocolErrors, e.label()),
             ConnError::HandshakeTimeout(_) => ("tls_timeout", Family::HandshakeFailures, "timeout"),
             ConnError::Handshake(e) => ("tls_failed", Family::HandshakeFailures, tls::handshake_failure_label(e)),
+            ConnError::WebSocket(e) => ("websocket_refused", Family::WebSocketRefusals, e.label()),
             ConnError::ConnectTimeout(_) => ("connect_timeout", Family::ConnectRefusals, "timeout"),
             ConnError::ClosedBeforeConnect | ConnError::ConnectIo(_) => ("connect_eof", Family::ConnectRefusals, "eof"),
             ConnError::BadConnect(e) => ("connect_refused", Family::ConnectRefusals, e.label()),
@@ -130,6 +136,7 @@ impl ConnError {
         let family = match family {
             Family::ProxyProtocolErrors => &m.proxy_protocol_errors,
             Family::HandshakeFailures => &m.handshake_failures,
+            Family::WebSocketRefusals => &m.websocket_refusals,
             Family::ConnectRefusals => &m.connect_refusals,
             Family::UpstreamErrors => &m.upstream_errors,
             Family::OutcomeOnly => return,
@@ -173,6 +180,14 @@ mod tests {
             (ConnError::HandshakeTimeout(ms), r("tls_timeout", HandshakeFailures, "timeout")),
             (ConnError::Handshake(io(ErrorKind::UnexpectedEof)), r("tls_failed", HandshakeFailures, "eof")),
             (ConnError::Handshake(no_cert), r("tls_failed", HandshakeFailures, "no_client_cert")),
+            (
+                ConnError::WebSocket(UpgradeError::Refused {
+                    refusal: crate::conn::websocket::upgrade::Refusal::WrongPath,
+                    detail: String::new(),
+                }),
+                r("websocket_refused", WebSocketRefusals, "wrong_path"),
+            ),
+            (ConnError::WebSocket(UpgradeError::Timeout), r("websocket_refused", WebSocketRefusals, "timeout")),
             (ConnError::ConnectTimeout(ms), r("connect_timeout", ConnectRefusals, "timeout")),
             (ConnError::ClosedBeforeConnect, r("connect_eof", ConnectRefusals, "eof")),
             (ConnError::ConnectIo(io(ErrorKind::UnexpectedEof)), r("connect_eof", ConnectRefusals, "eof")),
@@ -238,9 +253,10 @@ mod tests {
             ConnError::NoConnack(_) => 14,
             ConnError::UpstreamClosed => 15,
             ConnError::ClientWrite(_) => 16,
+            ConnError::WebSocket(_) => 17,
         }
     }
-    const VARIANTS: usize = 17;
+    const VARIANTS: usize = 18;
 
     #[test]
     fn the_table_has_every_variant() {
@@ -295,6 +311,7 @@ mod tests {
         match family {
             Family::ProxyProtocolErrors => Some("mqtls_proxy_protocol_errors_total"),
             Family::HandshakeFailures => Some("mqtls_tls_handshake_failures_total"),
+            Family::WebSocketRefusals => Some("mqtls_websocket_refusals_total"),
             Family::ConnectRefusals => Some("mqtls_connect_refusals_total"),
             Family::UpstreamErrors => Some("mqtls_upstream_connect_errors_total"),
             Family::OutcomeOnly => None,

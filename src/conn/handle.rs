@@ -11,7 +11,6 @@ use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_rustls::server::TlsStream;
 use tracing::{field, info, info_span, warn, Instrument, Span};
 
 use crate::config::{Global, Listener};
@@ -21,6 +20,7 @@ use crate::conn::error::ConnError;
 use crate::conn::proxy_protocol::{self, ClientAddrs, InboundError, TlsFacts, UpstreamProxyProtocol};
 use crate::conn::splice::{Splice, SpliceStats, Spliced};
 use crate::conn::upstream::UpstreamStream;
+use crate::conn::websocket::{self, client::ClientStream, ListenerProtocol};
 use crate::crl::CrlCache;
 use crate::mqtt::connect::{self, Connect, Edit, ProtocolVersion, Refusal};
 use crate::ops::health::Health;
@@ -105,8 +105,12 @@ pub(crate) async fn handle(
         proxied_by = field::Empty,
         identity = field::Empty,
         client_id = field::Empty,
-        proto = field::Empty
+        proto = field::Empty,
+        transport = field::Empty
     );
+    if proxy.listener.websocket.protocol != ListenerProtocol::Mqtt {
+        span.record("transport", proxy.listener.websocket.protocol.as_str());
+    }
     if !proxy.listener.proxy_protocol.trusts(peer.ip()) {
         span.record("peer", field::display(peer));
     }
@@ -151,7 +155,7 @@ pub(crate) async fn handle(
 
 /// A client past every check, with the bytes to send the broker first.
 struct Ready {
-    client: Box<TlsStream<TcpStream>>,
+    client: ClientStream,
     /// PROXY header (if any), the edited CONNECT, and the packets pipelined behind it.
     first: Vec<u8>,
     version: ProtocolVersion,
@@ -196,15 +200,27 @@ async fn prepare(
     // The handshake future and the TLS stream (each over 1 KiB) live on the heap, so this task's own
     // state stays small: a task's future is as large as its largest state for its whole life, and
     // tens of thousands of idle connections each pay for it.
-    let mut client = Box::new(
+    let tls = Box::new(
         tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp)))
             .await
             .map_err(|_| ConnError::HandshakeTimeout(limits.handshake_timeout))?
             .map_err(ConnError::Handshake)?,
     );
-    drop(handshake);
     proxy.metrics.handshake_duration.observe(handshake_started.elapsed().as_secs_f64());
-    proxy.metrics.handshake(client.get_ref().1);
+    proxy.metrics.handshake(tls.get_ref().1);
+    // A WebSocket listener's upgrade is part of the handshake: same deadline, same place in the cap.
+    let mut client = match proxy.listener.websocket.protocol {
+        ListenerProtocol::Mqtt => ClientStream::Tls(tls),
+        ListenerProtocol::Websockets => {
+            let upgrade = Box::pin(websocket::upgrade(*tls, &proxy.listener.websocket));
+            let ws = tokio::time::timeout_at(deadline, upgrade)
+                .await
+                .map_err(|_| ConnError::WebSocket(websocket::UpgradeError::Timeout))?
+                .map_err(ConnError::WebSocket)?;
+            ClientStream::WebSocket(Box::new(ws))
+        }
+    };
+    drop(handshake);
 
     // Check the allow rules and map the identity now; refusing needs the CONNECT's version, so the
     // verdicts wait for it. A client without a certificate is subject to neither.
@@ -212,8 +228,7 @@ async fn prepare(
     // The leaf is parsed once for the rules, the identity and the PROXY header, in a block: the parse
     // is gone before the first await, so it does not stay in this future.
     let (allowed, identity, upstream_header, standing) = {
-        let leaf =
-            client.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|der| ClientCert::parse(der));
+        let leaf = client.tls().peer_certificates().and_then(|chain| chain.first()).map(|der| ClientCert::parse(der));
         let parsed = leaf.as_ref().and_then(|leaf| leaf.parsed().ok());
         if let (Some(crls), Some(parsed)) = (&proxy.crls, parsed) {
             crls.saw_client_cert(parsed);
@@ -225,7 +240,7 @@ async fn prepare(
         if let Some(Ok(id)) = &identity {
             Span::current().record("identity", id.as_str());
         }
-        (allowed, identity, upstream_header(proxy, client.get_ref().1, leaf.as_ref(), addrs), standing)
+        (allowed, identity, upstream_header(proxy, client.tls(), leaf.as_ref(), addrs), standing)
     };
 
     let (buf, connect) = match tokio::time::timeout(

@@ -1,8 +1,8 @@
 //! A connection's life, one file per stage after the TLS handshake: [`accept`] (the accept loop, the
 //! process-wide caps and the drain) → [`proxy_protocol`] (a load balancer's header in, the broker's
 //! header out) → [`handle`] (TLS, the CONNECT, identity, the broker, in order) → [`upstream`] (the
-//! broker connection) → [`splice`] (bytes both ways). [`error`] says why a connection ended before
-//! the splice. [`budget`] bounds the CONNECT bytes held before the splice; [`busy_poll`] trades CPU
+//! broker connection) → [`splice`] (bytes both ways). [`websocket`] serves MQTT over WebSockets
+//! between the TLS handshake and the CONNECT. [`error`] says why a connection ended before the splice. [`budget`] bounds the CONNECT bytes held before the splice; [`busy_poll`] trades CPU
 //! for round-trip latency after traffic.
 
 use std::time::Duration;
@@ -17,6 +17,7 @@ pub(crate) mod handle;
 pub mod proxy_protocol;
 pub(crate) mod splice;
 pub mod upstream;
+pub mod websocket;
 
 /// Largest CONNECT mqtls buffers by default: ample for long MQTT 5 property lists and will messages;
 /// the total over all connections is bounded by [`DEFAULT_CONNECT_BUFFER_BUDGET`].

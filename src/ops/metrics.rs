@@ -69,6 +69,7 @@ pub struct Metrics {
     pub(crate) handshake_failures: Family<ReasonLabel, Counter>,
     pub(crate) handshakes: Family<HandshakeLabel, Counter>,
     pub(crate) connect_refusals: Family<ReasonLabel, Counter>,
+    pub(crate) websocket_refusals: Family<ReasonLabel, Counter>,
     pub(crate) upstream_errors: Family<ReasonLabel, Counter>,
     pub(crate) handshake_duration: Histogram,
     pub(crate) connection_duration: Histogram,
@@ -101,6 +102,7 @@ impl Metrics {
             handshake_failures: Family::default(),
             handshakes: Family::default(),
             connect_refusals: Family::default(),
+            websocket_refusals: Family::default(),
             upstream_errors: Family::default(),
             // 1 ms … ~16 s: a handshake is milliseconds unless the machine is drowning.
             handshake_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
@@ -133,6 +135,11 @@ impl Metrics {
             "connect_refusals",
             "CONNECT packets refused by reason (malformed, too_large, not_connect, not_authorized, ...)",
             m.connect_refusals.clone(),
+        );
+        registry.register(
+            "websocket_refusals",
+            "WebSocket upgrade requests refused by reason (wrong_path, not_upgrade, subprotocol, origin, timeout, ...)",
+            m.websocket_refusals.clone(),
         );
         registry.register(
             "tls_handshakes",

@@ -196,6 +196,7 @@ impl Pki {
             },
             authz: Default::default(),
             recheck: Default::default(),
+            websocket: Default::default(),
         };
         let global = Global {
             log_level: "info".into(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -187,20 +187,24 @@ pub(crate) async fn serve(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, 
                     let proxy = proxy.clone();
                     let (force_close, connections) = (force_close.clone(), tracker.clone());
                     let connect_bytes = connect_bytes.share();
+                    // The connection's own task is made first and waits for its splice: long-lived
+                    // allocations before the short-lived pre-splice phase, so that phase's memory is
+                    // reused by the next connection's instead of leaving holes between idle ones.
+                    let (rest_tx, rest_rx) = oneshot::channel();
+                    connections.spawn(async move {
+                        let _permit = permit;
+                        let _source = source;
+                        let Ok(rest) = rest_rx.await else { return };
+                        // A panic in one connection ends only that task: tokio catches it at the task boundary.
+                        tokio::select! {
+                            _ = force_close.cancelled() => {}
+                            _ = rest => {}
+                        }
+                    });
                     let unit = async move {
-                        let Some(rest) = proxy::handle(proxy, tcp, peer, handshake, connect_bytes).await else {
-                            return;
-                        };
-                        // Past every check: the broker and the splice run as the connection's own task. A
-                        // panic in one connection ends only that task: tokio catches it at the task boundary.
-                        connections.spawn(async move {
-                            let _permit = permit;
-                            let _source = source;
-                            tokio::select! {
-                                _ = force_close.cancelled() => {}
-                                _ = rest => {}
-                            }
-                        });
+                        if let Some(rest) = proxy::handle(proxy, tcp, peer, handshake, connect_bytes).await {
+                            let _ = rest_tx.send(rest);
+                        }
                     };
                     drivers.push(Box::pin(unit));
                 }

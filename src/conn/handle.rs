@@ -93,10 +93,10 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// The first part of a connection's life: PROXY header, TLS handshake, CONNECT and every check, run
-/// by the listener's pre-splice driver ([`crate::conn::accept`]). Returns the rest of its life (the
-/// broker and the splice), to run as the connection's own task, or `None` when it ended here (counted
-/// and logged once). `handshake` is this connection's place among the handshakes in flight, given
+/// The first part of a connection's life: PROXY header, TLS handshake, CONNECT and every check, the
+/// broker's connect and CONNACK, run by the listener's pre-splice drivers ([`crate::conn::accept`]).
+/// Returns the rest of its life (the splice), to run as the connection's own task, or `None` when it
+/// ended here (counted and logged once). `handshake` is this connection's place among the handshakes in flight, given
 /// back once TLS is done; `connect_bytes` its share of the CONNECT budget.
 pub(crate) async fn handle(
     proxy: Arc<Proxy>,
@@ -124,9 +124,14 @@ pub(crate) async fn handle(
     }
     let started = Instant::now();
     let active = ActiveGuard::new(proxy.metrics.clone());
-    let prepared = prepare(&proxy, tcp, peer, handshake, connect_bytes).instrument(span.clone()).await;
-    let ready = match prepared {
-        Ok(ready) => ready,
+    let opened = async {
+        let ready = prepare(&proxy, tcp, peer, handshake, connect_bytes).await?;
+        open(&proxy, ready).await
+    }
+    .instrument(span.clone())
+    .await;
+    let opened = match opened {
+        Ok(opened) => opened,
         Err(err) => {
             span.in_scope(|| {
                 proxy.count_failure(&err);
@@ -135,10 +140,11 @@ pub(crate) async fn handle(
             return None;
         }
     };
+    span.in_scope(|| info!("open"));
     Some(
         async move {
             let _active = active;
-            let result = forward(&proxy, ready).await;
+            let result: Result<_, ConnError> = Ok(splice_opened(&proxy, opened).await);
             match &result {
                 Ok((stats, _)) => {
                     let m = &proxy.metrics;
@@ -428,46 +434,37 @@ fn upstream_header(
 }
 
 /// Connects the broker, sends it the prepared bytes, then splices.
-async fn forward(proxy: &Proxy, ready: Ready) -> Result<(SpliceStats, std::io::Result<()>), ConnError> {
+/// A connection whose broker has answered its CONNECT: all that the splice needs.
+struct Opened {
+    client: ClientStream,
+    upstream: UpstreamStream,
+    standing: Standing,
+    /// Its places under the admission limits, released when it ends.
+    _held: Option<Box<Held>>,
+    /// Bytes already moved each way (the CONNECT and what came with it, the CONNACK).
+    sent: SpliceStats,
+}
+
+/// Connects the broker, sends it the prepared bytes, and passes its answer (the CONNACK) on.
+async fn open(proxy: &Proxy, ready: Ready) -> Result<Opened, ConnError> {
     let Ready { mut client, first, version, standing, held } = ready;
-    let _held = held;
     let limits = proxy.global.limits;
-    let upstream = match Box::pin(proxy.listener.upstream.connect(limits.upstream_connect_timeout)).await {
+    let mut upstream = match proxy.listener.upstream.connect(limits.upstream_connect_timeout).await {
         Ok(u) => u,
         Err(e) => return Err(refuse(&mut client, version, Refusal::ServerUnavailable, e.into()).await),
     };
-    match upstream {
-        UpstreamStream::Tcp(mut s) => start_splice(proxy, &mut client, &mut s, first, version, standing).await,
-        UpstreamStream::Unix(mut s) => start_splice(proxy, &mut client, &mut s, first, version, standing).await,
-    }
-}
-
-async fn start_splice<C, U>(
-    proxy: &Proxy,
-    client: &mut C,
-    upstream: &mut U,
-    first: Vec<u8>,
-    version: ProtocolVersion,
-    standing: Standing,
-) -> Result<(SpliceStats, std::io::Result<()>), ConnError>
-where
-    C: AsyncRead + AsyncWrite + Unpin + PeerChain,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let connack_timeout = proxy.global.limits.connack_timeout;
     upstream.write_all(&first).await.map_err(ConnError::UpstreamWrite)?;
-    let first_len = first.len() as u64;
-    drop(first);
     // The broker's first bytes (its CONNACK) must come within the deadline: a broker that accepts TCP
     // and then hangs would otherwise hold the device in limbo until its own timer fires.
+    let connack_timeout = limits.connack_timeout;
     let mut reply = vec![0u8; 512];
-    let n = match Box::pin(tokio::time::timeout(connack_timeout, upstream.read(&mut reply))).await {
+    let n = match tokio::time::timeout(connack_timeout, upstream.read(&mut reply)).await {
         Err(_) => {
             let err = ConnError::NoConnack(connack_timeout);
-            return Err(refuse(client, version, Refusal::ServerUnavailable, err).await);
+            return Err(refuse(&mut client, version, Refusal::ServerUnavailable, err).await);
         }
         Ok(Err(e)) => {
-            return Err(refuse(client, version, Refusal::ServerUnavailable, ConnError::UpstreamWrite(e)).await)
+            return Err(refuse(&mut client, version, Refusal::ServerUnavailable, ConnError::UpstreamWrite(e)).await)
         }
         Ok(Ok(0)) => return Err(ConnError::UpstreamClosed),
         Ok(Ok(n)) => n,
@@ -475,13 +472,20 @@ where
     let answer = reply.get(..n).unwrap_or_default();
     client.write_all(answer).await.map_err(ConnError::ClientWrite)?;
     client.flush().await.map_err(ConnError::ClientWrite)?;
-    // Nothing from the CONNECT stage stays allocated while the connection idles.
-    drop(reply);
-    info!("open");
-    let (mut stats, result) = splice_while_trusted(proxy, client, upstream, standing).await;
-    stats.client_to_upstream += first_len;
-    stats.upstream_to_client += n as u64;
-    Ok((stats, result))
+    let sent = SpliceStats { client_to_upstream: first.len() as u64, upstream_to_client: n as u64 };
+    Ok(Opened { client, upstream, standing, _held: held, sent })
+}
+
+/// The connection's life once open: the splice, under its standing.
+async fn splice_opened(proxy: &Proxy, opened: Opened) -> (SpliceStats, std::io::Result<()>) {
+    let Opened { mut client, upstream, standing, _held, sent } = opened;
+    let (mut stats, result) = match upstream {
+        UpstreamStream::Tcp(mut s) => splice_while_trusted(proxy, &mut client, &mut s, standing).await,
+        UpstreamStream::Unix(mut s) => splice_while_trusted(proxy, &mut client, &mut s, standing).await,
+    };
+    stats.client_to_upstream += sent.client_to_upstream;
+    stats.upstream_to_client += sent.upstream_to_client;
+    (stats, result)
 }
 
 /// Splices until the session ends or the connection must close: its certificate refused by a

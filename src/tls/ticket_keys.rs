@@ -10,7 +10,7 @@
 //! line, and the last line dropped once the tickets under it have expired (HAProxy's and NGINX's model).
 //!
 //! A key's 80 bytes: a 16-byte name (which key sealed a ticket), a 32-byte AES-256-GCM key, and 32
-//! bytes reserved (the size HAProxy and NGINX use, so the same files serve them all). A ticket is the
+//! bytes unused (80 is the size of HAProxy's and NGINX's keys, made by the same command). A ticket is the
 //! key name, a random 12-byte nonce, and the sealed session with its 16-byte tag; the name is the
 //! associated data.
 //!

@@ -148,6 +148,8 @@ fn the_ticket_key_rotation_puts_a_fresh_key_first_and_drops_the_oldest() {
             .args(["--client-ca".as_ref(), pki.ca_file.as_os_str()])
             .args(["--ticket-keys".as_ref(), store.as_os_str()]));
         assert!(check.status.success(), "rotation {rotation}: mqtls check: {}", text(&check));
+        let loaded = format!("# ticket_keys: {} holds {} key(s)", store.display(), keys.len());
+        assert!(text(&check).contains(&loaded), "rotation {rotation}: {}", text(&check));
         previous = keys;
     }
 }

@@ -255,8 +255,9 @@ pub struct Loaded {
     /// The client verifier inside `config` (rustls keeps its own private), for re-checking the
     /// established connections' chains when trust changes.
     pub(crate) verifier: Arc<dyn ClientCertVerifier>,
-    /// Whether tickets are sealed under the `ticket_keys` file rather than per-process keys.
-    pub(crate) shared_tickets: bool,
+    /// With `ticket_keys`: how many keys the file holds (tickets are sealed under its first key rather
+    /// than per-process keys).
+    pub ticket_keys: Option<usize>,
 }
 
 impl Loaded {
@@ -269,7 +270,7 @@ impl Loaded {
     pub(crate) fn keep_sessions_of(mut self, previous: &ServerConfig) -> Loaded {
         // Just built and not yet shared: make_mut does not clone.
         let config = Arc::make_mut(&mut self.config);
-        if !self.shared_tickets {
+        if self.ticket_keys.is_none() {
             config.ticketer = previous.ticketer.clone();
         }
         config.session_storage = previous.session_storage.clone();
@@ -385,12 +386,14 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
     // once that is not the current one (`ticket_keys`).
     // Every ticket and cached session is checked against the clock when it comes back: a resumption
     // never outlives the client certificate (see `resumption`).
-    let tickets: Arc<dyn rustls::server::ProducesTickets> = match &files.ticket_keys {
-        Some(file) => Arc::new(SharedTicketer::from_file(
-            file,
-            ticket_keys::trust_digest(settings.client_auth, files.client_trust()),
-        )?),
-        None => ticketer().map_err(|e| TlsError::Verifier { setting: "tls", reason: e.to_string() })?,
+    let (tickets, ticket_keys): (Arc<dyn rustls::server::ProducesTickets>, _) = match &files.ticket_keys {
+        Some(file) => {
+            let trust = ticket_keys::trust_digest(settings.client_auth, files.client_trust());
+            let shared = SharedTicketer::from_file(file, trust)?;
+            let count = shared.key_count();
+            (Arc::new(shared), Some(count))
+        }
+        None => (ticketer().map_err(|e| TlsError::Verifier { setting: "tls", reason: e.to_string() })?, None),
     };
     config.ticketer = CheckedTickets::wrap(tickets);
     // One ticket per handshake: a device reconnects with one, and each ticket costs an encryption.
@@ -400,7 +403,7 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
     let loaded_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let certificates =
         Arc::new(Certificates { loaded_at, server_chain, client_ca, sni, crls: crl_infos, ocsp: ocsp_info });
-    Ok(Loaded { config: Arc::new(config), leaf, certificates, verifier, shared_tickets: files.ticket_keys.is_some() })
+    Ok(Loaded { config: Arc::new(config), leaf, certificates, verifier, ticket_keys })
 }
 
 /// Checks the OCSP response in `file` against the server certificate `leaf` (DER): it must parse, be

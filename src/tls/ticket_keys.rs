@@ -161,6 +161,11 @@ impl SharedTicketer {
         Ok(SharedTicketer { keys, trust, random: SystemRandom::new() })
     }
 
+    /// How many keys open tickets (the first also seals).
+    pub(crate) fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
     /// Reads the keys from `file` and builds the ticketer.
     pub(crate) fn from_file(file: &TlsFile, trust: [u8; DIGEST_LEN]) -> Result<Self, TicketKeyError> {
         SharedTicketer::new(&file.path, &parse(&file.path, &file.bytes)?, trust)

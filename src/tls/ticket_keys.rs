@@ -213,12 +213,23 @@ impl rustls::server::ProducesTickets for SharedTicketer {
         let (nonce, sealed) = rest.split_at_checked(NONCE_LEN)?;
         let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
         // Names are random, so a match is the key; duplicates (a line repeated) are tried in turn.
-        self.keys.iter().filter(|k| k.name.as_slice() == name).find_map(|key| {
+        let mut named = self.keys.iter().filter(|k| k.name.as_slice() == name).peekable();
+        if named.peek().is_none() {
+            // Debug only: the bytes come from the network. Seen for every device after a key is
+            // dropped, or when replicas disagree on the file.
+            tracing::debug!("session ticket refused: sealed under a key not in ticket_keys");
+            return None;
+        }
+        named.find_map(|key| {
             let mut buffer = sealed.to_vec();
             let plain =
                 key.aead.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(key.name), &mut buffer).ok()?;
             let (trust, session) = plain.split_at_checked(DIGEST_LEN)?;
-            (trust == self.trust.as_slice()).then(|| session.to_vec())
+            if trust != self.trust.as_slice() {
+                tracing::debug!("session ticket refused: issued under other client trust (client_ca, crl)");
+                return None;
+            }
+            Some(session.to_vec())
         })
     }
 }

@@ -360,6 +360,23 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever a client sends as a ticket, with or without a known key's name in front: refused,
+        /// never a panic.
+        #[test]
+        fn any_bytes_sent_as_a_ticket_are_refused(
+            named in proptest::bool::ANY,
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
+            let t = ticketer(&[key(1), key(2)], 7);
+            let mut ticket = if named { key(2).0[..NAME_LEN].to_vec() } else { Vec::new() };
+            ticket.extend(tail);
+            proptest::prop_assert_eq!(t.decrypt(&ticket), None);
+        }
+    }
+
     #[test]
     fn the_trust_digest_depends_on_content_and_policy_not_paths_or_order() {
         let file =

@@ -94,6 +94,9 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        if let (Some(path), Some(keys)) = (&listener.tls.ticket_keys, loaded.ticket_keys) {
+            println!("# ticket_keys: {} holds {keys} key(s); the first seals new tickets", path.display());
+        }
         for (url, err) in crl_failures {
             println!("# crl: {url} FAILED: {err}");
         }

@@ -3,7 +3,9 @@
 //!   promise across files (tests/validate_kubernetes.py, run with the venv tests/run makes);
 //! - Dockerfile: hadolint;
 //! - examples/systemd/mqtls.service: `systemd-analyze verify` and `systemd-analyze security`;
-//! - examples/mosquitto/: a real Mosquitto started with that configuration and ACL, behind mqtls.
+//! - examples/mosquitto/: a real Mosquitto started with that configuration and ACL, behind mqtls;
+//! - the ticket-key rotation script of examples/kubernetes/ticket-keys/rotation.yaml: run against a stand-in
+//!   `kubectl`, its results loaded by `mqtls check`.
 //!
 //! A missing tool fails the test with the package that provides it; nothing is skipped.
 
@@ -46,8 +48,11 @@ fn text(out: &Output) -> String {
 #[test]
 fn kubernetes_manifests_validate_against_the_kubernetes_and_cert_manager_schemas() {
     let python = pyenv_tool("python", "kubernetes-validate, cloudcoil-models-cert-manager");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo("examples/kubernetes"))
-        .expect("examples/kubernetes")
+    // The sidecar example and the opt-in ticket-key rotation beside it (a subdirectory, so that
+    // `kubectl apply -f examples/kubernetes/` does not apply it), checked together.
+    let mut files: Vec<PathBuf> = ["examples/kubernetes", "examples/kubernetes/ticket-keys"]
+        .into_iter()
+        .flat_map(|dir| std::fs::read_dir(repo(dir)).unwrap_or_else(|e| panic!("{dir}: {e}")))
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
@@ -59,7 +64,7 @@ fn kubernetes_manifests_validate_against_the_kubernetes_and_cert_manager_schemas
     }
     let out = run(cmd.args(&files));
     assert!(out.status.success(), "the Kubernetes examples do not validate:\n{}", text(&out));
-    for kind in ["Certificate", "ConfigMap", "Deployment", "Issuer", "Service"] {
+    for kind in ["Certificate", "ConfigMap", "CronJob", "Deployment", "Issuer", "Role", "RoleBinding", "Service"] {
         assert!(text(&out).contains(kind), "no {kind} was validated:\n{}", text(&out));
     }
 }
@@ -90,6 +95,62 @@ fn the_kubernetes_mqtls_toml_passes_mqtls_check() {
     let effective = text(&out);
     for setting in ["drain_timeout = \"25s\"", "admin = \"0.0.0.0:9000\""] {
         assert!(effective.contains(setting), "{setting} not in the effective settings:\n{effective}");
+    }
+}
+
+/// Stands in for kubectl in the rotation script: the Secret's `ticket.keys` is the file `$STORE`.
+const KUBECTL_STUB: &str = r#"#!/bin/sh
+case "$1 $2 $3" in
+  "get secret mqtls-ticket-keys") base64 < "$STORE" | tr -d '\n' ;;
+  "create secret generic")
+    [ "$4" = mqtls-ticket-keys ] || exit 1
+    for arg in "$@"; do
+      case "$arg" in --from-literal=ticket.keys=*) printf '%s\n' "${arg#--from-literal=ticket.keys=}" ;; esac
+    done ;;
+  "replace -f -") cat > "$STORE" ;;
+  *) echo "unexpected: kubectl $*" >&2; exit 1 ;;
+esac
+"#;
+
+/// The keys of a `ticket_keys` file, in order.
+fn ticket_keys(text: &str) -> Vec<String> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
+}
+
+#[test]
+fn the_ticket_key_rotation_puts_a_fresh_key_first_and_drops_the_oldest() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("rotate.sh");
+    write_file(&script, &configmap_file(&read("examples/kubernetes/ticket-keys/rotation.yaml"), "rotate.sh"));
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    write_file(&bin.join("kubectl"), KUBECTL_STUB);
+    std::fs::set_permissions(bin.join("kubectl"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let store = dir.path().join("ticket.keys");
+    // The one-off creation the manifest shows.
+    let openssl = run(Command::new(require_tool("openssl", "openssl")).args(["rand", "-base64", "80"]));
+    write_file(&store, &String::from_utf8_lossy(&openssl.stdout).replace('\n', ""));
+    let pki = Pki::new();
+    let mut previous = ticket_keys(&std::fs::read_to_string(&store).expect("store"));
+    for rotation in 1..=4 {
+        let out = run(Command::new("sh").arg(&script).env("PATH", &path).env("STORE", &store).env("KEEP", "3"));
+        assert!(out.status.success(), "rotation {rotation}: {}", text(&out));
+        let keys = ticket_keys(&std::fs::read_to_string(&store).expect("store"));
+        assert_eq!(keys.len(), (rotation + 1).min(3), "rotation {rotation}: {keys:?}");
+        assert!(!previous.contains(&keys[0]), "rotation {rotation}: the first key is fresh");
+        assert_eq!(keys[1..], previous[..keys.len() - 1], "rotation {rotation}: the older keys follow, oldest dropped");
+        let check = run(Command::new(env!("CARGO_BIN_EXE_mqtls"))
+            .arg("check")
+            .args(["--cert".as_ref(), pki.server_cert.as_os_str()])
+            .args(["--key".as_ref(), pki.server_key.as_os_str()])
+            .args(["--client-ca".as_ref(), pki.ca_file.as_os_str()])
+            .args(["--ticket-keys".as_ref(), store.as_os_str()]));
+        assert!(check.status.success(), "rotation {rotation}: mqtls check: {}", text(&check));
+        let loaded = format!("# ticket_keys: {} holds {} key(s)", store.display(), keys.len());
+        assert!(text(&check).contains(&loaded), "rotation {rotation}: {}", text(&check));
+        previous = keys;
     }
 }
 

@@ -1,4 +1,4 @@
-"""Validates the Kubernetes example manifests offline; run by tests/examples.rs.
+"""Validates the Kubernetes example manifests offline (the sidecar and the ticket-key rotation); run by tests/examples.rs.
 
 1. Every object against its schema, strictly (unknown fields are errors):
    - built-in kinds with kubernetes-validate's copy of the Kubernetes OpenAPI schemas, for each
@@ -96,6 +96,43 @@ def check_container_security(where, c):
         fail(where, f"container {c['name']}: needs resources.requests and resources.limits")
 
 
+def check_cronjobs(by_kind, configmaps):
+    """The ticket-key rotation (ticket-keys.yaml): hardened like the pod, allowed to read and replace the
+    Secret it rotates and no other, its script in a ConfigMap of the manifests."""
+    roles = {d["metadata"]["name"]: d for _, d in by_kind.get("Role", [])}
+    for where, cj in by_kind.get("CronJob", []):
+        if cj["spec"].get("concurrencyPolicy") != "Forbid":
+            fail(where, "concurrencyPolicy must be Forbid: two rotations at once could each drop a key")
+        pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        psc = pod.get("securityContext", {})
+        if psc.get("runAsNonRoot") is not True or psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            fail(where, "pod securityContext must set runAsNonRoot and seccompProfile RuntimeDefault")
+        for c in pod["containers"]:
+            check_container_security(where, c)
+        account = pod.get("serviceAccountName")
+        verbs = {}
+        for _, binding in by_kind.get("RoleBinding", []):
+            if not any(s.get("kind") == "ServiceAccount" and s.get("name") == account for s in binding["subjects"]):
+                continue
+            for rule in roles.get(binding["roleRef"]["name"], {}).get("rules", []):
+                if "secrets" not in rule.get("resources", []):
+                    continue
+                if not rule.get("resourceNames"):
+                    fail(where, f"ServiceAccount {account} may touch every Secret: name the one it rotates")
+                for name in rule.get("resourceNames", []):
+                    verbs.setdefault(name, set()).update(rule.get("verbs", []))
+        secrets = {e["value"] for c in pod["containers"] for e in c.get("env", []) if e["name"] == "SECRET"}
+        if not secrets:
+            fail(where, "no SECRET names the Secret it rotates")
+        for secret in secrets:
+            if not {"get", "update"} <= verbs.get(secret, set()):
+                fail(where, f"ServiceAccount {account} may not get and update the Secret {secret}")
+        for v in pod.get("volumes", []):
+            name = v.get("configMap", {}).get("name")
+            if name and name not in configmaps:
+                fail(where, f"ConfigMap {name} is in no manifest")
+
+
 def check_consistency(objs, mosquitto_dir):
     by_kind = {}
     for where, doc in objs:
@@ -118,6 +155,7 @@ def check_consistency(objs, mosquitto_dir):
         check_container_security(where, c)
 
     configmaps = {d["metadata"]["name"]: d for _, d in by_kind.get("ConfigMap", [])}
+    check_cronjobs(by_kind, configmaps)
     volumes = {v["name"]: v for v in pod["volumes"]}
 
     def mounted_configmap(container, key):

@@ -103,6 +103,11 @@ settings! {
         /// nextUpdate and reloaded with the certificate.
         #[arg(long)]
         ocsp_staple: Option<PathBuf>,
+        /// File of session-ticket keys shared by replicas, so any replica resumes another's tickets: one
+        /// line per key, 80 random bytes in base64; the first seals, all open [default: keys of this
+        /// process alone].
+        #[arg(long)]
+        ticket_keys: Option<PathBuf>,
         /// PEM bundle of CAs that sign client certificates.
         #[arg(long)]
         client_ca: Option<PathBuf>,

@@ -44,6 +44,20 @@ fn relative_paths_in_a_file_resolve_against_its_directory() {
 }
 
 #[test]
+fn ticket_keys_is_a_path_relative_to_the_file_and_printed_by_check() {
+    let cfg = load(&args(&base()), file("ticket_keys = \"keys/ticket.keys\"")).expect("valid");
+    assert_eq!(cfg.listeners[0].tls.ticket_keys, Some(PathBuf::from("/etc/mqtls/keys/ticket.keys")));
+    assert!(cfg.to_string().contains("ticket_keys = \"/etc/mqtls/keys/ticket.keys\""), "{cfg}");
+    let mut a = base();
+    a.extend(["--ticket-keys", "run/ticket.keys"]);
+    let cfg = load(&args(&a), None).expect("valid");
+    assert_eq!(cfg.listeners[0].tls.ticket_keys, Some(PathBuf::from("run/ticket.keys")), "the flag: as given");
+    let cfg = load(&args(&base()), None).expect("valid");
+    assert_eq!(cfg.listeners[0].tls.ticket_keys, None, "off unless set: keys of this process alone");
+    assert!(!cfg.to_string().contains("ticket_keys"), "{cfg}");
+}
+
+#[test]
 fn busy_poll_is_a_bounded_duration_or_off() {
     let cfg = load(&args(&base()), file("busy_poll = \"200us\"")).expect("valid");
     assert_eq!(cfg.global.busy_poll, Some(Duration::from_micros(200)));

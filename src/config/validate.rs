@@ -343,6 +343,7 @@ fn tls_settings(l: &Layer, src: &Sources<'_>, global: &Global) -> Result<TlsSett
     let key = path("key", l.key.as_ref().ok_or(ConfigError::Missing { setting: "key" })?)?;
     let client_ca = l.client_ca.as_ref().map(|p| path("client_ca", p)).transpose()?;
     let ocsp_staple = l.ocsp_staple.as_ref().map(|p| path("ocsp_staple", p)).transpose()?;
+    let ticket_keys = l.ticket_keys.as_ref().map(|p| path("ticket_keys", p)).transpose()?;
     let client_auth = l.client_auth.unwrap_or_default();
     if client_auth != ClientAuth::None && client_ca.is_none() {
         return Err(src.invalid(
@@ -381,6 +382,7 @@ fn tls_settings(l: &Layer, src: &Sources<'_>, global: &Global) -> Result<TlsSett
         alpn: alpn_protocols(l.alpn.as_deref().unwrap_or_default(), src)?,
         sni,
         ocsp_staple,
+        ticket_keys,
         crl_fetch,
     })
 }

@@ -549,7 +549,8 @@ fn file_dirs(settings: &TlsSettings) -> BTreeSet<PathBuf> {
         .chain(settings.client_ca.as_ref())
         .chain(&settings.crls)
         .chain(settings.sni.iter().flat_map(|s| [&s.cert, &s.key]))
-        .chain(settings.ocsp_staple.as_ref());
+        .chain(settings.ocsp_staple.as_ref())
+        .chain(settings.ticket_keys.as_ref());
     let mut dirs = BTreeSet::new();
     for file in files {
         let mut path = cwd.join(file);

@@ -23,12 +23,15 @@ use tokio_rustls::TlsAcceptor;
 pub(crate) mod ocsp;
 pub(crate) mod resumption;
 mod settings;
+pub(crate) mod ticket_keys;
 
 use serde::Serialize;
 
 use crate::x509::cert::{CertInfo, Validity};
 use resumption::{CheckedSessions, CheckedTickets};
 pub use settings::{ClientAuth, SniCert, TlsSettings};
+use ticket_keys::SharedTicketer;
+pub use ticket_keys::TicketKeyError;
 
 /// Why the TLS configuration could not be built. Each names the setting and the file.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,8 @@ pub enum TlsError {
     Verifier { setting: &'static str, reason: String },
     #[error("ocsp_staple: {path}: {reason}")]
     Ocsp { path: PathBuf, reason: String },
+    #[error(transparent)]
+    TicketKeys(#[from] TicketKeyError),
 }
 
 impl TlsError {
@@ -69,6 +74,7 @@ impl TlsError {
             TlsError::NotYetValid { .. } => "not_yet_valid",
             TlsError::Verifier { .. } => "verifier",
             TlsError::Ocsp { .. } => "ocsp",
+            TlsError::TicketKeys(_) => "ticket_keys",
         }
     }
 }
@@ -132,6 +138,9 @@ pub struct TlsFiles {
     pub(crate) sni: Vec<(TlsFile, TlsFile)>,
     /// The DER OCSP response stapled with `cert`; read with it so that a reload picks up a new one.
     pub(crate) ocsp_staple: Option<TlsFile>,
+    /// The shared session-ticket keys (`ticket_keys`); read with the rest so that a rotated key file
+    /// is reloaded like a rotated certificate.
+    pub(crate) ticket_keys: Option<TlsFile>,
 }
 
 impl TlsFiles {
@@ -162,10 +171,12 @@ impl TlsFiles {
             crls,
             sni,
             ocsp_staple: settings.ocsp_staple.as_ref().map(|p| TlsFile::read("ocsp_staple", p)).transpose()?,
+            ticket_keys: settings.ticket_keys.as_ref().map(|p| TlsFile::read("ticket_keys", p)).transpose()?,
         })
     }
 
-    /// Every file, in a fixed order (cert, key, client CA, CRLs, SNI certs and keys, OCSP staple).
+    /// Every file, in a fixed order (cert, key, client CA, CRLs, SNI certs and keys, OCSP staple,
+    /// ticket keys).
     pub(crate) fn iter(&self) -> impl Iterator<Item = &TlsFile> {
         [&self.cert, &self.key]
             .into_iter()
@@ -173,6 +184,7 @@ impl TlsFiles {
             .chain(self.crls.iter())
             .chain(self.sni.iter().flat_map(|(c, k)| [c, k]))
             .chain(self.ocsp_staple.as_ref())
+            .chain(self.ticket_keys.as_ref())
     }
 
     /// With the CRLs `cache` holds added to the CRL files (when client certificates are asked for).
@@ -243,16 +255,24 @@ pub struct Loaded {
     /// The client verifier inside `config` (rustls keeps its own private), for re-checking the
     /// established connections' chains when trust changes.
     pub(crate) verifier: Arc<dyn ClientCertVerifier>,
+    /// With `ticket_keys`: how many keys the file holds (tickets are sealed under its first key rather
+    /// than per-process keys).
+    pub ticket_keys: Option<usize>,
 }
 
 impl Loaded {
-    /// Carries `previous`'s ticket keys and TLS 1.2 session cache into this configuration, so devices
-    /// keep resuming across a reload. Only for a reload that left client trust (CA bundle, CRLs) as it
-    /// was: a resumed session skips chain verification.
+    /// Carries `previous`'s TLS 1.2 session cache, and its per-process ticket keys, into this
+    /// configuration, so devices keep resuming across a reload. Only for a reload that left client
+    /// trust (CA bundle, CRLs) as it was: a resumed session skips chain verification.
+    ///
+    /// A ticketer over `ticket_keys` is not carried over: it was just built from the file as it is now
+    /// (a rotated file is the point of the reload), and tickets under keys still in the file resume.
     pub(crate) fn keep_sessions_of(mut self, previous: &ServerConfig) -> Loaded {
         // Just built and not yet shared: make_mut does not clone.
         let config = Arc::make_mut(&mut self.config);
-        config.ticketer = previous.ticketer.clone();
+        if self.ticket_keys.is_none() {
+            config.ticketer = previous.ticketer.clone();
+        }
         config.session_storage = previous.session_storage.clone();
         self
     }
@@ -361,10 +381,21 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
     // configuration, so a reload that changes client trust (a new CA bundle, a new CRL) makes earlier
     // sessions unresumable: a device whose CA was removed or whose certificate was revoked must do a
     // full handshake again. Other reloads keep them (`Loaded::keep_sessions_of`).
+    // Shared keys (`ticket_keys`) outlive any one configuration and are used by other replicas, so
+    // there each ticket carries the digest of the client trust it was issued under and is refused
+    // once that is not the current one (`ticket_keys`).
     // Every ticket and cached session is checked against the clock when it comes back: a resumption
     // never outlives the client certificate (see `resumption`).
-    config.ticketer =
-        CheckedTickets::wrap(ticketer().map_err(|e| TlsError::Verifier { setting: "tls", reason: e.to_string() })?);
+    let (tickets, ticket_keys): (Arc<dyn rustls::server::ProducesTickets>, _) = match &files.ticket_keys {
+        Some(file) => {
+            let trust = ticket_keys::trust_digest(settings.client_auth, files.client_trust());
+            let shared = SharedTicketer::from_file(file, trust)?;
+            let count = shared.key_count();
+            (Arc::new(shared), Some(count))
+        }
+        None => (ticketer().map_err(|e| TlsError::Verifier { setting: "tls", reason: e.to_string() })?, None),
+    };
+    config.ticketer = CheckedTickets::wrap(tickets);
     // One ticket per handshake: a device reconnects with one, and each ticket costs an encryption.
     config.send_tls13_tickets = 1;
     config.session_storage =
@@ -372,7 +403,7 @@ pub fn build(settings: &TlsSettings, files: &TlsFiles) -> Result<Loaded, TlsErro
     let loaded_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let certificates =
         Arc::new(Certificates { loaded_at, server_chain, client_ca, sni, crls: crl_infos, ocsp: ocsp_info });
-    Ok(Loaded { config: Arc::new(config), leaf, certificates, verifier })
+    Ok(Loaded { config: Arc::new(config), leaf, certificates, verifier, ticket_keys })
 }
 
 /// Checks the OCSP response in `file` against the server certificate `leaf` (DER): it must parse, be

@@ -49,6 +49,9 @@ pub struct TlsSettings {
     /// DER OCSP response stapled with `cert` (not with the SNI entries' certificates).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ocsp_staple: Option<PathBuf>,
+    /// Session-ticket keys shared with other replicas; none = keys of this process alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket_keys: Option<PathBuf>,
     /// CRLs fetched over HTTP, and what a stale CRL does (`crl_stale` applies to CRL files too).
     #[serde(flatten)]
     pub crl_fetch: crate::crl::CrlSettings,

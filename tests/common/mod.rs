@@ -186,6 +186,7 @@ impl Pki {
                 alpn: vec![],
                 sni: vec![],
                 ocsp_staple: None,
+                ticket_keys: None,
                 crl_fetch: Default::default(),
             },
             identity: IdentityPolicy {

@@ -38,6 +38,11 @@ pub(crate) struct FrameError {
     why: String,
 }
 
+/// The close code a read error of a [`WsStream`] was answered with, if it was a violation.
+pub(crate) fn close_code_of(err: &io::Error) -> Option<u16> {
+    err.get_ref().and_then(|e| e.downcast_ref::<FrameError>()).map(|e| e.code)
+}
+
 /// A WebSocket as the byte stream its binary messages carry.
 pub(crate) struct WsStream<S> {
     ws: WebSocketStream<S>,

@@ -362,3 +362,55 @@ async fn paho_mqtt_over_wss_with_a_certificate_is_its_cn_in_mqtt_3_1_1_and_5() {
         assert!(rig.broker.usernames().contains(&cn), "{:?}", rig.broker.usernames());
     }
 }
+
+/// Behind a load balancer that sends PROXY v2, the broker gets a PROXY v2 header naming the balancer's
+/// client and the certificate's CN, then the CONNECT with the CN as username: the same as on 8883.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_in_and_out_work_over_websockets_as_on_8883() {
+    use mqtls::conn::proxy_protocol::UpstreamProxyProtocol;
+    use ppp::v2::{Addresses, Builder, Command, Header, Protocol, Version};
+    let pki = Pki::new();
+    let (upstream, captured) = capturing_upstream().await;
+    let mut config = pki.config(upstream);
+    websockets(&mut config);
+    config.listeners[0].proxy_protocol.accept_from = vec!["127.0.0.0/8".parse().expect("range")];
+    config.listeners[0].proxy_protocol.upstream = UpstreamProxyProtocol::V2;
+    let proxy = Mqtls::start(config).await;
+    let (client, frontend): (std::net::SocketAddr, std::net::SocketAddr) =
+        ("203.0.113.7:40000".parse().expect("addr"), "198.51.100.1:443".parse().expect("addr"));
+    let header = Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (client, frontend))
+        .build()
+        .expect("v2 header");
+    let mut tcp = TcpStream::connect(("127.0.0.1", proxy.port())).await.expect("connect");
+    tcp.write_all(&header).await.expect("header");
+    let leaf = pki.ca.client("ws-behind-lb");
+    let tls = tokio_rustls::TlsConnector::from(client_tls(&pki, Some(&leaf)))
+        .connect(rustls::pki_types::ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("tls");
+    let mut request = format!("wss://localhost:{}/mqtt", proxy.port()).into_client_request().expect("request");
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await.expect("upgrade");
+    ws.send(Message::Binary(packet::connect(4, "lb", None, None).into())).await.expect("send");
+    assert_eq!(next_packet(&mut ws).await, [0x20, 2, 0, 0]);
+    let got = captured.await.expect("captured");
+    let out = Header::try_from(got.as_slice()).expect("a v2 header first");
+    assert_eq!(out.addresses, Addresses::from((client, frontend)));
+    let cn = out.tlvs().filter_map(Result::ok).find_map(|tlv| match tlv {
+        ppp::v2::TypeLengthValue { kind: 0x20, value } => {
+            // The SSL TLV: client flags, verify, then sub-TLVs; the CN is sub-TLV 0x22.
+            let mut subs = value.get(5..).unwrap_or_default();
+            while let [kind, hi, lo, rest @ ..] = subs {
+                let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+                if *kind == 0x22 {
+                    return Some(String::from_utf8_lossy(&rest[..len]).to_string());
+                }
+                subs = &rest[len..];
+            }
+            None
+        }
+        _ => None,
+    });
+    assert_eq!(cn.as_deref(), Some("ws-behind-lb"));
+    assert_eq!(&got[out.len()..], packet::connect(4, "lb", Some("ws-behind-lb"), None));
+}

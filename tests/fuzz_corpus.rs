@@ -66,3 +66,20 @@ fn websocket_frames_corpus_passes_the_fuzz_checks() {
         assert!(outcome.is_ok(), "{} fails the websocket_frames checks ({data:02x?})", path.display());
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// The websocket_frames checks on arbitrary bytes, and on bytes that start like a client's binary
+    /// frame (so that lengths, masks and continuation frames are explored, not only garbage), on stable
+    /// Rust in every `cargo test`.
+    #[test]
+    fn websocket_frames_checks_hold_for_any_bytes(
+        data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+        head in proptest::sample::select(vec![vec![], vec![0x82u8, 0x8a], vec![0x02, 0x84], vec![0x89, 0x80], vec![0x82, 0xfe, 0x00]]),
+    ) {
+        let mut wire = head;
+        wire.extend_from_slice(&data);
+        websocket_frames::check_websocket_frames(&wire);
+    }
+}

@@ -60,6 +60,13 @@ FIGURES = {
     # listeners are configured TLS 1.3-only, so only mqtls and the terminator run these.
     "hs12": ("TLS 1.2 full handshakes + CONNECT/CONNACK", "per s", True, ["terminator", "mqtls"]),
     "resume12": ("TLS 1.2 resumed handshakes + CONNECT/CONNACK", "per s", True, ["terminator", "mqtls"]),
+    # mqtls only (no peer closes established connections when trust changes): --idle connections held,
+    # then the CRL file is replaced by one revoking their certificate and SIGHUP sent; the time until
+    # mqtls_connections_closed_total says every one was closed (recheck_spread 0: the re-check itself).
+    "recheck": ("CRL change → every idle connection closed", "s", False, ["mqtls"]),
+    # --storm devices connect and hold, then all drop at once and reconnect at once with their tickets:
+    # the time until every one has its CONNACK again (details under the table).
+    "storm": ("reconnect storm: all devices back", "s", False, ["mqtls", "haproxy"]),
 }
 
 
@@ -206,8 +213,9 @@ class Bench:
         self.broker = self.spawn("broker", ["mosquitto", "-c", conf], CORE_LOAD, self.broker_port)
 
     # -- servers under test (core 1, one per measurement) -------------------------------------
-    def start_target(self, target, upstream_port):
-        """Returns (process or None, port, extra load-generator flags)."""
+    def start_target(self, target, upstream_port, recheck=False):
+        """Returns (process or None, port, extra load-generator flags). With `recheck`, mqtls checks a CRL
+        file (self.crl) and serves its metrics (self.admin_port)."""
         c = self.certs
         port = free_port()
         if target == "direct":
@@ -223,6 +231,11 @@ class Bench:
                     "--threads", "1", "--log-level", "warn", "--reload-interval", "off"]
             if target == "mqtls-busy":
                 argv += ["--busy-poll", BUSY_POLL]
+            if recheck:
+                self.crl = os.path.join(self.tmp, "devices.crl")
+                shutil.copy(f"{c}/empty.crl", self.crl)
+                self.admin_port = free_port()
+                argv += ["--crl", self.crl, "--recheck-spread", "0", "--admin", f"127.0.0.1:{self.admin_port}"]
             if target == "mqtls-wss":
                 argv += ["--protocol", "websockets"]
                 return self.spawn(target, argv, CORE_SERVER, port), port, ["--ws", "/mqtt"]
@@ -302,7 +315,7 @@ set_tcp_nodelay true
     def measure(self, fig, target):
         a = self.args
         upstream = self.broker_port if fig == "ping" else self.sink_port
-        proc, port, flags = self.start_target(target, upstream)
+        proc, port, flags = self.start_target(target, upstream, recheck=fig == "recheck")
         server_pid = proc.pid if proc else None
         try:
             time.sleep(0.3)
@@ -327,6 +340,11 @@ set_tcp_nodelay true
                 value = (r["p50_us"], r["p99_us"])
             elif fig == "idle":
                 r, value = self.idle(port, server_pid, flags)
+            elif fig == "storm":
+                r = self.loadgen("reconnect", port, flags, ["--count", str(a.storm)], 400)
+                value = r["all_back_s"]
+            elif fig == "recheck":
+                r, value = self.idle(port, server_pid, flags, then=lambda n: self.revoke_all(proc, n))
             wall = time.monotonic() - t0
             server_cpu = (cpu_seconds(server_pid) - before) / wall * 100 if server_pid else None
             sink_cpu = (cpu_seconds(self.sink.pid) - sink_before) / wall * 100
@@ -341,7 +359,36 @@ set_tcp_nodelay true
         finally:
             self.stop(proc)
 
-    def idle(self, port, server_pid, flags):
+    def revoke_all(self, proc, n):
+        """Replaces the CRL by one revoking the client certificate, sends SIGHUP, and returns the seconds
+        until mqtls reports `n` connections closed as revoked."""
+        tmp = self.crl + ".new"
+        shutil.copy(os.path.join(self.certs, "revoked.crl"), tmp)
+        os.replace(tmp, self.crl)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGHUP)
+        deadline = t0 + 300
+        while time.monotonic() < deadline:
+            closed = 0
+            try:
+                with socket.create_connection(("127.0.0.1", self.admin_port), timeout=5) as s:
+                    s.sendall(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+                    body = b""
+                    while chunk := s.recv(65536):
+                        body += chunk
+                for line in body.decode(errors="replace").splitlines():
+                    if line.startswith('mqtls_connections_closed_total{reason="revoked"}'):
+                        closed = float(line.split()[-1])
+            except OSError:
+                pass
+            if closed >= n:
+                return time.monotonic() - t0
+            time.sleep(0.02)
+        raise RuntimeError(f"only {closed:.0f} of {n} connections closed within 300 s")
+
+    def idle(self, port, server_pid, flags, then=None):
+        """Holds --idle connections and returns the RSS per connection; with `then`, returns
+        then(connections held) instead, called while they are held."""
         a = self.args
         hold = os.path.join(self.tmp, f"hold-{time.monotonic_ns()}")
         time.sleep(0.7)
@@ -364,6 +411,10 @@ set_tcp_nodelay true
             if b"\n" not in line:
                 raise RuntimeError(f"idle clients never reported: {proc.stderr.read().decode(errors='replace')}")
             r = json.loads(line.split(b"\n")[0])
+            if then is not None:
+                value = then(max(r["connected"], 1))
+                r["seconds"] = value
+                return r, value
             time.sleep(2.0)  # let the last handshakes' buffers be released
             held = rss_kib(server_pid)
             r.update({"rss_base_kib": base, "rss_held_kib": held})
@@ -420,6 +471,8 @@ def fmt(fig, v):
         return f"{v[0]:.0f} / {v[1]:.0f}"
     if fig == "idle":
         return f"{v:.1f}"
+    if fig in ("recheck", "storm"):
+        return f"{v:.2f}"
     if fig in ("tp16k", "tp1k"):
         return f"{v:.0f}"
     return f"{v:.0f}"
@@ -545,6 +598,18 @@ def report(results, raw, args, meta):
     if extra:
         lines.append("Share of resume-storm handshakes that were resumptions: " + ", ".join(extra) + ".")
         lines.append("")
+    storm = []
+    for t, runs in raw.get("storm", {}).items():
+        ok = [x for x in runs if x.get("back")]
+        if ok:
+            m = lambda k: statistics.median(x[k] for x in ok)
+            storm.append(f"| {t} | {m('all_back_s'):.2f} | {m('connack_p50_ms'):.0f} / {m('connack_p99_ms'):.0f} | "
+                         f"{m('resumed_share') * 100:.0f} % | {m('ping_quiet_p99_us'):.0f} → {m('ping_storm_p99_us'):.0f} "
+                         f"({m('ping_storm_p99_us') / max(m('ping_quiet_p99_us'), 1):.1f}×) |")
+    if storm:
+        lines += ["Reconnect storm (medians): all back (s), time to CONNACK p50 / p99 (ms) from the drop, share resumed, "
+                  "PINGREQ p99 of an established connection quiet → during the storm (µs).", "",
+                  "| target | all back | CONNACK p50 / p99 | resumed | PINGREQ p99 |", "|---|---|---|---|---|"] + storm + [""]
     errs = []
     for f, per in raw.items():
         for t, runs in per.items():
@@ -565,6 +630,7 @@ def main():
     ap.add_argument("--pings", type=int, default=20000)
     ap.add_argument("--idle", type=int, default=9900,
                     help="idle connections; a proxy needs 2 descriptors each and this sandbox's hard limit is 20,000")
+    ap.add_argument("--storm", type=int, default=4000, help="devices in the reconnect storm")
     ap.add_argument("--figures", default=",".join(FIGURES))
     ap.add_argument("--targets", default=",".join(ALL_TARGETS + EXTRA_TARGETS))
     ap.add_argument("--nice", type=int, default=-10,
@@ -577,6 +643,7 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.runs, args.seconds, args.pings, args.idle, args.quiet_wait = 1, 2.0, 2000, 1000, 0
+        args.storm = 500
     args.runs = max(1, min(args.runs, 20))
     args.figures = [f for f in args.figures.split(",") if f]
     args.targets = [t for t in args.targets.split(",") if t]

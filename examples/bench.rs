@@ -1,7 +1,8 @@
 //! The benchmark's own programs in one binary (driven by `bench/run`, see docs/benchmarks.md):
 //!
 //! - `certs DIR`: the benchmark PKI (ECDSA P-256): `ca.crt`, `server.crt`/`.key`/`.pem` (localhost,
-//!   127.0.0.1), `client.crt`/`.key` (CN=device-1).
+//!   127.0.0.1), `client.crt`/`.key` (CN=device-1), and `empty.crl`/`revoked.crl` (the second revokes the
+//!   client certificate).
 //! - `sink ADDR [--unix PATH]`: the upstream. Plain MQTT framing: answers CONNECT with CONNACK and PINGREQ with PINGRESP,
 //!   reads and discards everything else.
 //! - `terminator ADDR --certs DIR [--upstream ADDR]`: the bare rustls ceiling. TLS 1.3/1.2 with client
@@ -24,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
@@ -138,6 +139,18 @@ enum Mode {
         #[arg(long, default_value_t = 1000)]
         warmup: usize,
     },
+    /// Reconnect storm: `count` devices (each with its own session store) connect and hold; then all
+    /// are dropped at once and reconnect at once, presenting their tickets. Meanwhile one established
+    /// connection (its own thread) sends PINGREQs: its round trip before and during the storm.
+    Reconnect {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 4000)]
+        count: usize,
+        /// Connections opened at once while the devices first connect (the storm itself is all at once).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
     /// Opens `count` connections (TLS + CONNECT/CONNACK), prints when all are up, holds them until
     /// `hold_file` exists.
     Idle {
@@ -186,6 +199,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Mode::Idle { target, count, concurrency, hold_file } => {
             rt.block_on(idle(target, count, concurrency, &hold_file))
         }
+        Mode::Reconnect { target, count, concurrency } => {
+            tokio::task::LocalSet::new().block_on(&rt, reconnect(target, count, concurrency))
+        }
     };
     match result {
         Ok(v) => {
@@ -229,6 +245,7 @@ fn write_certs(dir: &Path) -> io::Result<()> {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if client {
             p.distinguished_name.push(DnType::CommonName, "device-1");
+            p.serial_number = Some(SerialNumber::from(CLIENT_SERIAL));
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         } else {
             p.distinguished_name.push(DnType::CommonName, "localhost");
@@ -245,8 +262,32 @@ fn write_certs(dir: &Path) -> io::Result<()> {
         Ok(())
     };
     leaf("server", false)?;
-    leaf("client", true)
+    leaf("client", true)?;
+    // For the `recheck` figure: a CRL revoking nothing, and one revoking the client certificate.
+    for (name, revoked) in [("empty.crl", &[][..]), ("revoked.crl", &[CLIENT_SERIAL][..])] {
+        let crl = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        std::fs::write(dir.join(name), crl.signed_by(&issuer).map_err(err)?.pem().map_err(err)?)?;
+    }
+    Ok(())
 }
+
+/// The client certificate's serial, which `revoked.crl` lists.
+const CLIENT_SERIAL: u64 = 0x1001;
 
 fn read_cert(path: &Path) -> io::Result<CertificateDer<'static>> {
     CertificateDer::from_pem_file(path).map_err(|e| other(format!("{}: {e}", path.display())))
@@ -947,6 +988,125 @@ async fn ping(target: Target, count: usize, warmup: usize) -> io::Result<serde_j
         "p999_us": pct(0.999),
         "mean_us": mean,
         "max_us": samples.last().copied().unwrap_or(0.0),
+    }))
+}
+
+/// How long a device of the reconnect storm keeps trying before it counts as not back.
+const STORM_DEADLINE: Duration = Duration::from_secs(120);
+
+async fn reconnect(target: Target, count: usize, concurrency: usize) -> io::Result<serde_json::Value> {
+    let count = count.clamp(1, 1_000_000);
+    let base = client_config(&target)?;
+    let mut dialers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut c = base.clone();
+        c.resumption = Resumption::in_memory_sessions(2);
+        dialers.push(std::rc::Rc::new(Dialer::new(&target, Some(c))?));
+    }
+    // Connect every device (a bounded number at a time) and hold it: each now has a ticket.
+    let gate = std::rc::Rc::new(tokio::sync::Semaphore::new(concurrency.clamp(1, 4096)));
+    let mut first = tokio::task::JoinSet::new();
+    for (i, d) in dialers.iter().enumerate() {
+        let (d, gate) = (d.clone(), gate.clone());
+        first.spawn_local(async move {
+            let _turn = gate.acquire().await;
+            d.open(&format!("storm-{}-{i}", std::process::id())).await.map(|(c, _)| c)
+        });
+    }
+    let mut held = Vec::with_capacity(count);
+    let mut setup = Tally::default();
+    while let Some(r) = first.join_next().await {
+        match r.map_err(|e| other(e.to_string()))? {
+            Ok(c) => {
+                held.push(c);
+                setup.ok += 1;
+            }
+            Err(e) => setup.error(e),
+        }
+    }
+    // The established connection whose round trip is watched, on its own thread and runtime.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (target, stop) = (target.clone(), stop.clone());
+        std::thread::spawn(move || -> io::Result<Vec<(Instant, f64)>> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let (mut conn, _) = Dialer::new(&target, None)?.open("storm-watch").await?;
+                let mut samples = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && samples.len() < 10_000_000 {
+                    let t = Instant::now();
+                    conn.write_all(&PINGREQ).await?;
+                    conn.flush().await?;
+                    let mut resp = [0u8; 2];
+                    tokio::time::timeout(STEP_TIMEOUT, conn.read_exact(&mut resp))
+                        .await
+                        .map_err(|_| other("ping timed out"))??;
+                    samples.push((t, t.elapsed().as_nanos() as f64 / 1000.0));
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                close(conn).await;
+                Ok(samples)
+            })
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await; // quiet samples
+                                                      // Every device drops at once, then all reconnect at once with their tickets.
+    drop(held);
+    let start = Instant::now();
+    let mut storm = tokio::task::JoinSet::new();
+    for (i, d) in dialers.iter().enumerate() {
+        let d = d.clone();
+        storm.spawn_local(async move {
+            loop {
+                match d.open(&format!("storm-{}-{i}", std::process::id())).await {
+                    Ok((c, resumed)) => return Ok((start.elapsed(), resumed, c)),
+                    Err(e) if start.elapsed() > STORM_DEADLINE => return Err(e),
+                    // A refused or timed-out device retries soon, as device firmware does.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+    }
+    let mut back = Vec::with_capacity(count);
+    let mut tally = Tally::default();
+    let mut again = Vec::with_capacity(count);
+    while let Some(r) = storm.join_next().await {
+        match r.map_err(|e| other(e.to_string()))? {
+            Ok((t, resumed, c)) => {
+                back.push(t.as_secs_f64() * 1000.0);
+                tally.ok += 1;
+                tally.resumed += u64::from(resumed);
+                again.push(c);
+            }
+            Err(e) => tally.error(e),
+        }
+    }
+    let all_back = start.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = watcher.join().map_err(|_| other("watcher panicked"))??;
+    drop(again);
+    back.sort_by(f64::total_cmp);
+    let pct = |v: &[f64], p: f64| v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    let mut quiet: Vec<f64> = samples.iter().filter(|(t, _)| *t < start).map(|(_, us)| *us).collect();
+    let mut during: Vec<f64> =
+        samples.iter().filter(|(t, _)| *t >= start && *t <= start + all_back).map(|(_, us)| *us).collect();
+    quiet.sort_by(f64::total_cmp);
+    during.sort_by(f64::total_cmp);
+    Ok(json!({
+        "mode": "reconnect",
+        "devices": count,
+        "connected_before": setup.ok,
+        "setup_errors": setup.errors,
+        "back": tally.ok,
+        "errors": tally.errors,
+        "first_error": tally.first_error.or(setup.first_error),
+        "all_back_s": all_back.as_secs_f64(),
+        "connack_p50_ms": pct(&back, 0.5),
+        "connack_p99_ms": pct(&back, 0.99),
+        "resumed_share": tally.resumed as f64 / tally.ok.max(1) as f64,
+        "ping_quiet_p99_us": pct(&quiet, 0.99),
+        "ping_storm_p99_us": pct(&during, 0.99),
+        "ping_storm_samples": during.len(),
     }))
 }
 

@@ -17,6 +17,7 @@ use tracing::{error, info};
 
 use crate::config::{Config, RunArgs};
 use crate::conn::accept::{self, Caps};
+use crate::conn::admission::Admission;
 use crate::conn::handle::Proxy;
 use crate::crl::CrlCache;
 use crate::ops::health::check_upstream;
@@ -59,6 +60,8 @@ impl App {
     pub async fn bind(config: Config, args: Option<RunArgs>) -> Result<App, AppError> {
         let metrics = Arc::new(Metrics::new());
         let global = Arc::new(config.global.clone());
+        // One for the process: its limits count every listener's connections.
+        let admission = Admission::new(global.admission, global.limits.max_connections);
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let origin = config.origin_of(listener);
@@ -83,6 +86,7 @@ impl App {
             })?;
             let mut proxy = Proxy::new(listener.clone(), global.clone(), reloader.handle(), metrics.clone());
             proxy.crls = crls;
+            proxy.admission = admission.clone();
             listeners.push(Served { socket, proxy: Arc::new(proxy), reloader: Arc::new(reloader) });
         }
         let admin = match global.admin {
@@ -134,6 +138,8 @@ impl App {
             });
         }
         for l in &listeners {
+            // One timer for every deadline of the listener's connections (expiry, lifetime, spread closes).
+            side_tasks.spawn(l.proxy.tls.connections().clone().run_timer(side_stop.clone()));
             if let Some(crls) = l.proxy.crls.clone() {
                 side_tasks.spawn(crls.run(l.reloader.clone(), side_stop.clone()));
             }

@@ -426,3 +426,33 @@ async fn a_client_certificates_distribution_point_is_fetched_once_seen_and_then_
     assert!(server.requests() >= 1);
     assert!(s.good_accepted_in_a_full_handshake().await, "other devices still connect");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connected_device_revoked_by_a_fetched_crl_is_closed_and_its_will_delivered() {
+    let pki = Pki::new();
+    let server = CrlServer::start(Answer::Body(crl(&pki.ca, 1, HOUR, YEAR, &[]))).await;
+    init_logs();
+    let broker = Mosquitto::start();
+    let mut config = pki.config(broker.upstream());
+    config.listeners[0].tls.crl_fetch.urls = vec![server.url.clone()];
+    config.listeners[0].tls.crl_fetch.refresh = Duration::from_millis(300);
+    config.listeners[0].recheck.spread = Duration::from_secs(2);
+    let proxy = Mqtls::start(config).await;
+    let mut monitor = Monitor::start(&broker, "devices/+/will").await;
+    let stolen_leaf = pki.ca.issue(true, |p| {
+        p.distinguished_name.push(DnType::CommonName, "stolen");
+        p.serial_number = Some(SerialNumber::from(STOLEN));
+    });
+    let _stolen = Device::connect(&pki, proxy.port(), "stolen", &stolen_leaf).await;
+    let mut good = Device::connect(&pki, proxy.port(), "good", &pki.ca.client("good")).await;
+
+    server.serve(Answer::Body(crl(&pki.ca, 2, Duration::ZERO, YEAR, &[STOLEN])));
+    let served = std::time::Instant::now();
+    let (topic, payload) = monitor.next().await;
+    assert_eq!((topic.as_str(), payload.as_slice()), ("devices/stolen/will", &b"gone"[..]));
+    println!("fetched CRL served to close: {:?} (refresh 300ms, spread 2s)", served.elapsed());
+    assert!(!mqtt_accepted(proxy.port(), client_tls(&pki, Some(&stolen_leaf))).await, "the reconnect is refused");
+    good.round_trip(&broker, "still here").await;
+    let metrics = proxy.proxy.metrics.render();
+    assert!(metrics.contains(r#"mqtls_connections_closed_total{reason="revoked"} 1"#), "{metrics}");
+}

@@ -46,36 +46,61 @@ async fn wills(monitor: &mut Monitor, n: usize, from: Instant) -> Vec<(String, D
     got
 }
 
+/// mqtls checking a CRL file (revoking nothing yet) with `spread`, in front of a real broker, and a
+/// monitor of the devices' wills.
+struct CrlRig {
+    pki: Pki,
+    broker: Mosquitto,
+    crl: std::path::PathBuf,
+    proxy: Mqtls,
+    reloader: std::sync::Arc<mqtls::reload::Reloader>,
+    monitor: Monitor,
+}
+
+impl CrlRig {
+    async fn start(spread: Duration) -> CrlRig {
+        init_logs();
+        let pki = Pki::new();
+        let broker = Mosquitto::start();
+        let crl = pki.path("devices.crl");
+        std::fs::write(&crl, pki.ca.crl(&[])).expect("write crl");
+        let mut config = pki.config(broker.upstream());
+        config.listeners[0].tls.crls = vec![crl.clone()];
+        config.listeners[0].recheck.spread = spread;
+        let (proxy, reloader) = Mqtls::start_reloading(config).await;
+        let monitor = Monitor::start(&broker, "devices/+/will").await;
+        CrlRig { pki, broker, crl, proxy, reloader, monitor }
+    }
+
+    /// Writes a CRL revoking `serial` and reloads; returns when the change was published.
+    fn revoke(&self, serial: u64) -> Instant {
+        std::fs::write(&self.crl, self.pki.ca.crl(&[serial])).expect("write crl");
+        let changed = Instant::now();
+        self.reloader.reload(ReloadReason::Sighup).expect("reload");
+        changed
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_device_revoked_by_a_new_crl_is_closed_within_the_spread_and_refused_on_reconnect() {
-    init_logs();
-    let pki = Pki::new();
-    let broker = Mosquitto::start();
-    let crl = pki.path("devices.crl");
-    std::fs::write(&crl, pki.ca.crl(&[])).expect("write crl");
-    let mut config = pki.config(broker.upstream());
-    config.listeners[0].tls.crls = vec![crl.clone()];
-    config.listeners[0].recheck.spread = SPREAD;
-    let (proxy, reloader) = Mqtls::start_reloading(config).await;
-    let mut monitor = Monitor::start(&broker, "devices/+/will").await;
+    let mut rig = CrlRig::start(SPREAD).await;
+    let (pki, port) = (&rig.pki, rig.proxy.port());
     let stolen_leaf = device_leaf(&pki.ca, "stolen", 4242);
-    let _stolen = Device::connect(&pki, proxy.port(), "stolen", &stolen_leaf).await;
-    let mut good = Device::connect(&pki, proxy.port(), "good", &device_leaf(&pki.ca, "good", 7)).await;
-    good.round_trip(&broker, "before").await;
+    let _stolen = Device::connect(pki, port, "stolen", &stolen_leaf).await;
+    let mut good = Device::connect(pki, port, "good", &device_leaf(&pki.ca, "good", 7)).await;
+    good.round_trip(&rig.broker, "before").await;
 
-    std::fs::write(&crl, pki.ca.crl(&[4242])).expect("write crl");
-    let changed = Instant::now();
-    reloader.reload(ReloadReason::Sighup).expect("reload");
-    let closed = wills(&mut monitor, 1, changed).await;
+    let changed = rig.revoke(4242);
+    let closed = wills(&mut rig.monitor, 1, changed).await;
     assert_eq!(closed[0].0, "stolen");
     assert!(closed[0].1 <= SPREAD + SLACK, "closed {:?} after the CRL change", closed[0].1);
     println!("CRL change to close: {:?} (spread {SPREAD:?})", closed[0].1);
-    assert_eq!(metric(&proxy, r#"mqtls_connections_closed_total{reason="revoked"}"#), 1.0);
+    assert_eq!(metric(&rig.proxy, r#"mqtls_connections_closed_total{reason="revoked"}"#), 1.0);
 
-    assert!(!mqtt_accepted(proxy.port(), client_tls(&pki, Some(&stolen_leaf))).await, "the reconnect is refused");
-    assert!(metric(&proxy, r#"mqtls_tls_handshake_failures_total{reason="revoked"}"#) >= 1.0);
-    good.round_trip(&broker, "after").await;
-    monitor.expect_nothing(Duration::from_millis(500)).await;
+    assert!(!mqtt_accepted(port, client_tls(&rig.pki, Some(&stolen_leaf))).await, "the reconnect is refused");
+    assert!(metric(&rig.proxy, r#"mqtls_tls_handshake_failures_total{reason="revoked"}"#) >= 1.0);
+    good.round_trip(&rig.broker, "after").await;
+    rig.monitor.expect_nothing(Duration::from_millis(500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -93,7 +118,7 @@ async fn replacing_the_ca_bundle_closes_the_removed_cas_devices_over_the_spread_
     let mut monitor = Monitor::start(&broker, "devices/+/will").await;
     let mut kept = Device::connect(&pki, proxy.port(), "kept", &device_leaf(&pki.ca, "kept", 1)).await;
     let mut doomed = Vec::new();
-    for i in 0..4 {
+    for i in 0..6 {
         let cn = format!("doomed-{i}");
         doomed.push(Device::connect(&pki, proxy.port(), &cn, &device_leaf(&removed, &cn, 100 + i)).await);
     }
@@ -101,36 +126,26 @@ async fn replacing_the_ca_bundle_closes_the_removed_cas_devices_over_the_spread_
     std::fs::write(&bundle, &pki.ca.pem).expect("write bundle");
     let changed = Instant::now();
     reloader.reload(ReloadReason::Sighup).expect("reload");
-    let closed = wills(&mut monitor, 4, changed).await;
+    let closed = wills(&mut monitor, 6, changed).await;
     let mut names: Vec<&str> = closed.iter().map(|(cn, _)| cn.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["doomed-0", "doomed-1", "doomed-2", "doomed-3"]);
-    let (first, last) = (closed[0].1, closed[3].1);
+    assert_eq!(names, ["doomed-0", "doomed-1", "doomed-2", "doomed-3", "doomed-4", "doomed-5"]);
+    let (first, last) = (closed[0].1, closed[5].1);
     assert!(last <= SPREAD + SLACK, "last close {last:?} after the change");
     assert!(last - first >= Duration::from_millis(100), "closes spread, not at once: {closed:?}");
     println!("CA change to closes: {closed:?} (spread {SPREAD:?})");
-    assert_eq!(metric(&proxy, r#"mqtls_connections_closed_total{reason="untrusted"}"#), 4.0);
+    assert_eq!(metric(&proxy, r#"mqtls_connections_closed_total{reason="untrusted"}"#), 6.0);
     kept.round_trip(&broker, "still here").await;
     monitor.expect_nothing(Duration::from_millis(500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_zero_spread_closes_at_once() {
-    init_logs();
-    let pki = Pki::new();
-    let broker = Mosquitto::start();
-    let crl = pki.path("devices.crl");
-    std::fs::write(&crl, pki.ca.crl(&[])).expect("write crl");
-    let mut config = pki.config(broker.upstream());
-    config.listeners[0].tls.crls = vec![crl.clone()];
-    config.listeners[0].recheck.spread = Duration::ZERO;
-    let (proxy, reloader) = Mqtls::start_reloading(config).await;
-    let mut monitor = Monitor::start(&broker, "devices/+/will").await;
-    let _stolen = Device::connect(&pki, proxy.port(), "stolen", &device_leaf(&pki.ca, "stolen", 4242)).await;
-    std::fs::write(&crl, pki.ca.crl(&[4242])).expect("write crl");
-    let changed = Instant::now();
-    reloader.reload(ReloadReason::Sighup).expect("reload");
-    let closed = wills(&mut monitor, 1, changed).await;
+    let mut rig = CrlRig::start(Duration::ZERO).await;
+    let leaf = device_leaf(&rig.pki.ca, "stolen", 4242);
+    let _stolen = Device::connect(&rig.pki, rig.proxy.port(), "stolen", &leaf).await;
+    let changed = rig.revoke(4242);
+    let closed = wills(&mut rig.monitor, 1, changed).await;
     assert!(closed[0].1 <= Duration::from_secs(2), "closed {:?} after the change", closed[0].1);
 }
 

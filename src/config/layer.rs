@@ -132,8 +132,9 @@ settings! {
         /// Largest CRL fetched, in bytes [default: 10485760].
         #[arg(long)]
         crl_max_size: Option<usize>,
-        /// When client trust changes (CA bundle, CRL, allow rules), established connections whose certificate
-        /// would now be refused close at random times within this window; "0" closes them at once [default: 1m].
+        /// When client trust changes (CA bundle, CRL, allow rules), each established connection re-checks its
+        /// certificate at a random moment within this window and closes if refused; "0" re-checks all at once
+        /// [default: 1m].
         #[arg(long)]
         recheck_spread: Option<String>,
         /// Close a connection when its client certificate expires [default: true].
@@ -243,6 +244,27 @@ settings! {
         /// Most TLS handshakes in progress at once; more are closed at accept [default: 4096].
         #[arg(long)]
         max_handshakes: Option<usize>,
+        /// New connections per second for the whole process, refused at accept past it (token bucket) [default: off].
+        #[arg(long)]
+        max_conn_rate: Option<u32>,
+        /// Connections accepted at once above max_conn_rate (the bucket's size) [default: max_conn_rate].
+        #[arg(long)]
+        max_conn_burst: Option<u32>,
+        /// Open connections per source address (see source_prefix_v4/v6); more are refused at accept [default: off].
+        #[arg(long)]
+        max_conn_per_source: Option<u32>,
+        /// New connections per second per source address; more are refused at accept [default: off].
+        #[arg(long)]
+        max_conn_rate_per_source: Option<u32>,
+        /// IPv4 prefix length that makes one source for the per-source limits [default: 32].
+        #[arg(long)]
+        source_prefix_v4: Option<u8>,
+        /// IPv6 prefix length that makes one source for the per-source limits [default: 64].
+        #[arg(long)]
+        source_prefix_v6: Option<u8>,
+        /// Open connections one client certificate may hold; more get CONNACK "quota exceeded" [default: off].
+        #[arg(long)]
+        max_conn_per_identity: Option<u32>,
         /// How often readiness checks that the broker accepts a TCP connection [default: 5s].
         #[arg(long)]
         upstream_check_interval: Option<String>,

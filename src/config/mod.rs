@@ -21,6 +21,7 @@ mod validate;
 pub use error::{ConfigError, Origin};
 pub use layer::{Block, Layer};
 
+pub use crate::conn::admission::AdmissionSettings;
 pub(crate) use crate::conn::proxy_protocol::ProxyProtocolSettings;
 pub(crate) use crate::conn::upstream::Upstream;
 pub use crate::conn::websocket::{ListenerProtocol, Origins, WebSocketSettings};
@@ -90,6 +91,9 @@ pub struct Global {
     /// How long to keep polling after traffic before sleeping; `None` = off.
     #[serde(serialize_with = "crate::duration::serialize_or_off")]
     pub busy_poll: Option<Duration>,
+    /// Admission limits: connection rates, per source, per certificate.
+    #[serde(flatten)]
+    pub admission: AdmissionSettings,
 }
 
 /// One listener's settings, under the file's keys.

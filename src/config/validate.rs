@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::layer::Layer;
 use super::{default_threads, relative_to, Config, ConfigError, Global, Listener, Origin};
+use crate::conn::admission::AdmissionSettings;
 use crate::conn::proxy_protocol::{self, ProxyProtocolSettings, UpstreamProxyProtocol};
 use crate::conn::upstream::Upstream;
 use crate::conn::websocket::{self, Origins, WebSocketSettings};
@@ -196,7 +197,9 @@ fn global(l: &Layer, src: &Sources<'_>) -> Result<Global, ConfigError> {
         Some(s) if duration::is_off(s) => None,
         Some(s) => Some(at_most("busy_poll", s, MAX_BUSY_POLL)?),
     };
+    let admission = admission_settings(l, src)?;
     Ok(Global {
+        admission,
         log_level,
         log_format: l.log_format.unwrap_or_default(),
         limits,
@@ -208,6 +211,33 @@ fn global(l: &Layer, src: &Sources<'_>) -> Result<Global, ConfigError> {
         threads: at_least_one("threads", l.threads, default_threads())?,
         busy_poll,
     })
+}
+
+/// Admission limits: each at least 1 when set (left out = no limit); prefixes within the address size.
+fn admission_settings(l: &Layer, src: &Sources<'_>) -> Result<AdmissionSettings, ConfigError> {
+    let positive = |setting: &'static str, v: Option<u32>| match v {
+        Some(0) => Err(src.invalid(setting, "must be at least 1 (leave it out for no limit)")),
+        v => Ok(v),
+    };
+    let prefix = |setting: &'static str, v: Option<u8>, max: u8, default: u8| match v {
+        None => Ok(default),
+        Some(p) if (1..=max).contains(&p) => Ok(p),
+        Some(p) => Err(src.invalid(setting, format!("{p} is not a prefix length from 1 to {max}"))),
+    };
+    let defaults = AdmissionSettings::default();
+    let settings = AdmissionSettings {
+        rate: positive("max_conn_rate", l.max_conn_rate)?,
+        burst: positive("max_conn_burst", l.max_conn_burst)?,
+        per_source: positive("max_conn_per_source", l.max_conn_per_source)?,
+        rate_per_source: positive("max_conn_rate_per_source", l.max_conn_rate_per_source)?,
+        prefix_v4: prefix("source_prefix_v4", l.source_prefix_v4, 32, defaults.prefix_v4)?,
+        prefix_v6: prefix("source_prefix_v6", l.source_prefix_v6, 128, defaults.prefix_v6)?,
+        per_identity: positive("max_conn_per_identity", l.max_conn_per_identity)?,
+    };
+    if settings.burst.is_some() && settings.rate.is_none() {
+        return Err(src.invalid("max_conn_burst", "applies to max_conn_rate, which is not set"));
+    }
+    Ok(settings)
 }
 
 fn listener(l: &Layer, src: &Sources<'_>, global: &Global) -> Result<Listener, ConfigError> {

@@ -1,5 +1,6 @@
 //! The accept loop and the drain: every connection task is tracked so shutdown can wait for them.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::conn::admission::{Limited, SourceGuard};
 use crate::conn::budget::ConnectBudget;
 use crate::conn::handle::{self as proxy, Proxy};
 
@@ -35,6 +37,15 @@ impl Caps {
     }
 }
 
+/// The process-wide rate, then (unless `peer` is a trusted load balancer) the per-source limits.
+fn admit(proxy: &Proxy, peer: IpAddr) -> Result<Option<SourceGuard>, Limited> {
+    proxy.admission.admit_any()?;
+    if proxy.listener.proxy_protocol.trusts(peer) {
+        return Ok(None);
+    }
+    proxy.admission.admit_source(peer)
+}
+
 /// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets established
 /// connections finish for up to the drain timeout before closing the rest. `caps` are shared with the
 /// process's other listeners.
@@ -53,6 +64,16 @@ pub(crate) async fn serve(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, 
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    // The rate limits first, before any TLS work; a trusted load balancer's clients are
+                    // admitted per source once its header names them (see `handle`).
+                    let source = match admit(&proxy, peer.ip()) {
+                        Ok(source) => source,
+                        Err(limited) => {
+                            proxy.metrics.outcome("rate_limited");
+                            proxy.admission.log_refusal(limited, peer.ip());
+                            continue;
+                        }
+                    };
                     // Past the limit, close at once: no TLS handshake, the cheapest answer when the
                     // process is saturated (a CONNACK would cost a full handshake first).
                     let Ok(permit) = connections.clone().try_acquire_owned() else {
@@ -71,6 +92,7 @@ pub(crate) async fn serve(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, 
                     // A panic in one connection ends only that task: tokio catches it at the task boundary.
                     tracker.spawn(async move {
                         let _permit = permit;
+                        let _source = source;
                         tokio::select! {
                             _ = force_close.cancelled() => {}
                             _ = proxy::handle(proxy, tcp, peer, handshake, connect_bytes) => {}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
+use crate::conn::admission::Limited;
 use crate::conn::proxy_protocol::InboundError;
 use crate::conn::upstream::UpstreamError;
 use crate::conn::websocket::UpgradeError;
@@ -57,6 +58,10 @@ pub(crate) enum ConnError {
     UpstreamClosed,
     #[error("writing to the client: {0}")]
     ClientWrite(std::io::Error),
+    #[error("source refused by {}", .0.as_str())]
+    RateLimited(Limited),
+    #[error("certificate of {identity:?} already holds {max} connections (max_conn_per_identity): a cloned or leaked certificate?")]
+    IdentityLimit { identity: String, max: u32 },
 }
 
 /// Where a failure is counted besides `mqtls_connections_total{outcome}`: one counter family, under
@@ -130,6 +135,8 @@ impl ConnError {
             ConnError::UpstreamClosed => ("upstream_failed", Family::UpstreamErrors, "closed"),
             // The client left while its CONNACK was on the way: the outcome says it all.
             ConnError::ClientWrite(_) => ("client_gone", Family::OutcomeOnly, ""),
+            ConnError::RateLimited(_) => ("rate_limited", Family::OutcomeOnly, ""),
+            ConnError::IdentityLimit { .. } => ("identity_limit", Family::OutcomeOnly, ""),
         };
         Reason { outcome, family, reason }
     }
@@ -139,6 +146,9 @@ impl ConnError {
     pub(crate) fn count(&self, m: &Metrics) {
         let Reason { outcome, family, reason } = self.reason();
         m.outcome(outcome);
+        if let ConnError::IdentityLimit { .. } = self {
+            m.identity_limit_refusals.inc();
+        }
         let family = match family {
             Family::ProxyProtocolErrors => &m.proxy_protocol_errors,
             Family::HandshakeFailures => &m.handshake_failures,
@@ -153,6 +163,10 @@ impl ConnError {
     /// Logs the connection's end: one `refused` warning with the outcome, the reason and the error,
     /// or, closed before TLS, one debug line.
     pub(crate) fn log(&self) {
+        if let ConnError::RateLimited(_) = self {
+            // Logged by the admission at most once a second.
+            return;
+        }
         let why = self.reason();
         let Reason { outcome, reason, .. } = why;
         if why.closed_before_tls() {
@@ -239,6 +253,8 @@ mod tests {
             (ConnError::NoConnack(ms), r("upstream_failed", UpstreamErrors, "no_connack")),
             (ConnError::UpstreamClosed, r("upstream_failed", UpstreamErrors, "closed")),
             (ConnError::ClientWrite(io(ErrorKind::BrokenPipe)), r("client_gone", OutcomeOnly, "")),
+            (ConnError::RateLimited(Limited::SourceRate), r("rate_limited", OutcomeOnly, "")),
+            (ConnError::IdentityLimit { identity: "d".into(), max: 1 }, r("identity_limit", OutcomeOnly, "")),
         ]
     }
 
@@ -263,9 +279,11 @@ mod tests {
             ConnError::UpstreamClosed => 15,
             ConnError::ClientWrite(_) => 16,
             ConnError::WebSocket(_) => 17,
+            ConnError::RateLimited(_) => 18,
+            ConnError::IdentityLimit { .. } => 19,
         }
     }
-    const VARIANTS: usize = 18;
+    const VARIANTS: usize = 20;
 
     #[test]
     fn the_table_has_every_variant() {
@@ -347,6 +365,8 @@ mod tests {
                 let outcome = ("mqtls_connections_total".to_string(), expected.outcome.to_string());
                 assert!(samples.contains(&outcome), "{err:?}: {samples:?}");
                 samples.retain(|s| *s != outcome);
+                // Also counted on its own, unlabelled counter.
+                samples.retain(|s| s.0 != "mqtls_identity_limit_refusals_total");
                 let family: Vec<(String, String)> = metric_name(expected.family)
                     .map(|m| (m.to_string(), expected.reason.to_string()))
                     .into_iter()
@@ -354,6 +374,11 @@ mod tests {
                 assert_eq!(samples, family, "{err:?}");
 
                 err.log();
+                if let ConnError::RateLimited(_) = err {
+                    // The admission logs these, at most once a second.
+                    assert!(captured.0.lock().expect("lock").is_empty(), "{err:?} logged per connection");
+                    continue;
+                }
                 let line = captured.take_line();
                 assert_eq!(line["outcome"], expected.outcome, "{err:?}: {line}");
                 assert_eq!(line["reason"], expected.reason, "{err:?}: {line}");

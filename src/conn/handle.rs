@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{field, info, info_span, warn, Instrument, Span};
 
 use crate::config::{Global, Listener};
+use crate::conn::admission::{Admission, IdentityGuard, SourceGuard};
 use crate::conn::budget::Share;
 use crate::conn::busy_poll::BusyPoll;
 use crate::conn::error::ConnError;
@@ -53,6 +55,8 @@ pub struct Proxy {
     /// The CRLs this listener fetches over HTTP (the loop runs in [`crate::app`]); with
     /// `crl_from_distribution_points`, told of each client certificate's distribution points.
     pub(crate) crls: Option<Arc<CrlCache>>,
+    /// The process's admission limits, shared by every listener ([`crate::app`] sets the shared one).
+    pub(crate) admission: Arc<Admission>,
 }
 
 impl Proxy {
@@ -61,7 +65,8 @@ impl Proxy {
         let rules = Arc::new(ArcSwap::from_pointee(listener.authz.clone()));
         let busy_poll = global.busy_poll.map(|window| Arc::new(BusyPoll::new(window)));
         let health = Arc::new(Health::default());
-        Proxy { listener: Arc::new(listener), global, tls, metrics, health, rules, busy_poll, crls: None }
+        let admission = Admission::new(global.admission, global.limits.max_connections);
+        Proxy { listener: Arc::new(listener), global, tls, metrics, health, rules, busy_poll, crls: None, admission }
     }
 
     /// Counts a connection that ended before it was spliced, under every metric that describes why.
@@ -161,6 +166,8 @@ struct Ready {
     version: ProtocolVersion,
     /// What the connection is held to once spliced.
     standing: Standing,
+    /// Its places under the admission limits, released when it ends.
+    held: Option<Box<Held>>,
 }
 
 async fn serve_connection(
@@ -193,8 +200,20 @@ async fn prepare(
     // Every listener looks at the first byte: a PROXY header from a source that may not send one (on a
     // listener without accept_proxy_protocol, from any source) is refused as such, not as a TLS error.
     let addrs = Box::pin(client_addrs(proxy, &mut tcp, peer, deadline)).await?;
-    // Subscribed before the configuration is taken, so a trust change published after it is seen.
-    let trust_changes = proxy.tls.trust_changes();
+    // A load balancer's connections are admitted per source on the client its header names (the
+    // others were at accept); its own health checks (no client address) are not limited.
+    let mut held = Held::default();
+    if proxy.listener.proxy_protocol.trusts(peer.ip()) && addrs.source != peer {
+        match proxy.admission.admit_source(addrs.source.ip()) {
+            Ok(guard) => held.source = guard,
+            Err(limited) => {
+                proxy.admission.log_refusal(limited, addrs.source.ip());
+                return Err(ConnError::RateLimited(limited));
+            }
+        }
+    }
+    // Registered before the configuration is taken, so a trust change published after it is seen.
+    let registration = proxy.tls.connections().register();
     let acceptor = proxy.tls.acceptor();
     let handshake_started = Instant::now();
     // The handshake future and the TLS stream (each over 1 KiB) live on the heap, so this task's own
@@ -227,20 +246,25 @@ async fn prepare(
     let policy = proxy.listener.identity;
     // The leaf is parsed once for the rules, the identity and the PROXY header, in a block: the parse
     // is gone before the first await, so it does not stay in this future.
-    let (allowed, identity, upstream_header, standing) = {
+    let (allowed, identity, upstream_header, standing, leaf_sha256) = {
         let leaf = client.tls().peer_certificates().and_then(|chain| chain.first()).map(|der| ClientCert::parse(der));
         let parsed = leaf.as_ref().and_then(|leaf| leaf.parsed().ok());
         if let (Some(crls), Some(parsed)) = (&proxy.crls, parsed) {
             crls.saw_client_cert(parsed);
         }
         let not_after = parsed.map(|cert| cert.validity().not_after.timestamp());
-        let standing = Standing::new(&proxy.listener.recheck, leaf.is_some().then_some(trust_changes), not_after);
+        // Only hashed when max_conn_per_identity asks for it.
+        let leaf_sha256 = match (proxy.global.admission.per_identity, &leaf) {
+            (Some(_), Some(leaf)) => Some(<[u8; 32]>::from(Sha256::digest(leaf.der()))),
+            _ => None,
+        };
+        let standing = Standing::new(&proxy.listener.recheck, registration, not_after);
         let allowed = leaf.as_ref().map(|leaf| authorize::admits_cert(&proxy.rules.load(), leaf));
         let identity = leaf.as_ref().map(|leaf| identity::username_of(leaf, policy.username_from));
         if let Some(Ok(id)) = &identity {
             Span::current().record("identity", id.as_str());
         }
-        (allowed, identity, upstream_header(proxy, client.tls(), leaf.as_ref(), addrs), standing)
+        (allowed, identity, upstream_header(proxy, client.tls(), leaf.as_ref(), addrs), standing, leaf_sha256)
     };
 
     let (buf, connect) = match tokio::time::timeout(
@@ -276,6 +300,15 @@ async fn prepare(
         None => (None, false, None),
         Some(Err(e)) => return Err(refuse(&mut client, version, Refusal::NotAuthorized, e.into()).await),
         Some(Ok(id)) => {
+            if let Some(sha256) = leaf_sha256 {
+                match proxy.admission.admit_identity(sha256) {
+                    Ok(guard) => held.identity = guard,
+                    Err(max) => {
+                        let err = ConnError::IdentityLimit { identity: id, max };
+                        return Err(refuse(&mut client, version, Refusal::QuotaExceeded, err).await);
+                    }
+                }
+            }
             if policy.client_username == ClientUsername::Reject {
                 if let Some(sent) = connect.username(&buf).filter(|sent| *sent != id) {
                     let err = ConnError::UsernameMismatch { sent: sent.to_string(), identity: id };
@@ -312,7 +345,15 @@ async fn prepare(
     // packets the client pipelined behind it, in order.
     let pipelined = buf.get(connect.packet_len()..).unwrap_or_default();
     let first = [upstream_header.as_slice(), &edited, pipelined].concat();
-    Ok(Ready { client, first, version, standing })
+    let held = (held.source.is_some() || held.identity.is_some()).then(|| Box::new(held));
+    Ok(Ready { client, first, version, standing, held })
+}
+
+/// The admission places a connection holds for its whole life (boxed, and only when some limit is on).
+#[derive(Default)]
+struct Held {
+    source: Option<SourceGuard>,
+    identity: Option<IdentityGuard>,
 }
 
 /// The client's addresses: the TCP connection's, or, from a trusted load balancer (with
@@ -386,9 +427,10 @@ fn upstream_header(
 
 /// Connects the broker, sends it the prepared bytes, then splices.
 async fn forward(proxy: &Proxy, ready: Ready) -> Result<(SpliceStats, std::io::Result<()>), ConnError> {
-    let Ready { mut client, first, version, standing } = ready;
+    let Ready { mut client, first, version, standing, held } = ready;
+    let _held = held;
     let limits = proxy.global.limits;
-    let upstream = match proxy.listener.upstream.connect(limits.upstream_connect_timeout).await {
+    let upstream = match Box::pin(proxy.listener.upstream.connect(limits.upstream_connect_timeout)).await {
         Ok(u) => u,
         Err(e) => return Err(refuse(&mut client, version, Refusal::ServerUnavailable, e.into()).await),
     };
@@ -417,7 +459,7 @@ where
     // The broker's first bytes (its CONNACK) must come within the deadline: a broker that accepts TCP
     // and then hangs would otherwise hold the device in limbo until its own timer fires.
     let mut reply = vec![0u8; 512];
-    let n = match tokio::time::timeout(connack_timeout, upstream.read(&mut reply)).await {
+    let n = match Box::pin(tokio::time::timeout(connack_timeout, upstream.read(&mut reply))).await {
         Err(_) => {
             let err = ConnError::NoConnack(connack_timeout);
             return Err(refuse(client, version, Refusal::ServerUnavailable, err).await);
@@ -456,31 +498,31 @@ where
 {
     let mut splice = Splice::default();
     let result = loop {
-        let event = match splice.run(client, upstream, proxy.busy_poll.as_deref(), pin!(standing.next())).await {
+        let spread = proxy.listener.recheck.spread;
+        let next = pin!(std::future::poll_fn(|cx| standing.poll_event(cx, spread)));
+        let event = match splice.run(client, upstream, proxy.busy_poll.as_deref(), next).await {
             Spliced::Done(result) => break result,
             Spliced::Interrupted(event) => event,
         };
-        match event {
+        let reason = match event {
             Event::Recheck => {
                 let verdict = match client.peer_chain() {
                     Some(chain) => recheck::verdict(&*proxy.tls.verifier().0, &proxy.rules.load(), chain),
                     None => Ok(()),
                 };
-                if let Err(refused) = &verdict {
-                    let (reason, detail) = (refused.reason.as_str(), &refused.detail);
-                    let close_in = standing.rechecked(Some(refused.reason)).unwrap_or_default();
-                    info!(reason, %detail, close_in_ms = close_in.as_millis() as u64, "re-check: the certificate is no longer accepted");
-                } else {
-                    standing.rechecked(None);
-                }
+                let Err(refused) = verdict else { continue };
+                warn!(reason = refused.reason.as_str(), detail = %refused.detail, "closing the connection: the re-check after a trust change refused its certificate");
+                refused.reason
             }
             Event::Close(reason) => {
-                proxy.metrics.closed(reason.as_str());
                 warn!(reason = reason.as_str(), why = reason.describe(), "closing the connection");
-                let _ = tokio::time::timeout(CONNACK_WRITE_TIMEOUT, client.shutdown()).await;
-                break Ok(());
+                reason
             }
-        }
+        };
+        proxy.metrics.closed(reason.as_str());
+        // Boxed: its timer would otherwise take room in every idle connection's task.
+        let _ = Box::pin(tokio::time::timeout(CONNACK_WRITE_TIMEOUT, client.shutdown())).await;
+        break Ok(());
     };
     (splice.stats(), result)
 }
@@ -545,8 +587,8 @@ mod tests {
     use crate::tls::{self, TlsFiles};
 
     /// Tens of thousands of idle connections each hold one of these futures for their whole life; the
-    /// TLS stream and the handshake live behind boxes so it stays small. (About 500 bytes of it are the
-    /// re-check's: the trust-change subscription's wait and the expiry timer.)
+    /// TLS stream and the handshake live behind boxes so it stays small. (About 250 bytes of it are the
+    /// re-check's: the splice's resumable state and the connection's registration; see `recheck`.)
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -573,6 +615,6 @@ mod tests {
         let (tcp, peer) = listener.accept().await.expect("accept");
         let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
         let task = handle(proxy, tcp, peer, permit, crate::conn::budget::ConnectBudget::new(0).share());
-        assert!(std::mem::size_of_val(&task) <= 2048, "connection future is {} bytes", std::mem::size_of_val(&task));
+        assert!(std::mem::size_of_val(&task) <= 1616, "connection future is {} bytes", std::mem::size_of_val(&task));
     }
 }

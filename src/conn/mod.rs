@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub(crate) mod accept;
+pub mod admission;
 pub(crate) mod budget;
 pub(crate) mod busy_poll;
 pub(crate) mod error;

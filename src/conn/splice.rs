@@ -68,34 +68,32 @@ pub(crate) enum Spliced<T> {
 pub(crate) struct Splice {
     up: Direction,
     down: Direction,
-    /// Set when the client half-closed: the broker may answer until then.
-    linger_until: Option<tokio::time::Instant>,
+    /// Set when the client half-closed: the broker may answer until it fires.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Splice {
     /// Copies both ways until the session is over or `interrupt` completes, whichever is first.
-    /// `interrupt` is borrowed (pinned by the caller) so the future is not held twice.
-    pub(crate) async fn run<C, U, F>(
-        &mut self,
-        client: &mut C,
-        upstream: &mut U,
-        busy_poll: Option<&BusyPoll>,
-        mut interrupt: Pin<&mut F>,
-    ) -> Spliced<F::Output>
+    /// `interrupt` is borrowed (pinned by the caller), and the returned future holds nothing but
+    /// these borrows: it lives as long as the connection idles.
+    pub(crate) fn run<'a, C, U, F>(
+        &'a mut self,
+        client: &'a mut C,
+        upstream: &'a mut U,
+        busy_poll: Option<&'a BusyPoll>,
+        mut interrupt: Pin<&'a mut F>,
+    ) -> impl Future<Output = Spliced<F::Output>> + 'a
     where
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
         U: AsyncRead + AsyncWrite + Unpin + ?Sized,
         F: Future,
     {
-        // Only a half-closed session has a timer, and only for the linger.
-        let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        poll_fn(|cx| {
-            if let Poll::Ready(result) = self.poll_session(cx, busy_poll, &mut *client, &mut *upstream, &mut linger) {
+        poll_fn(move |cx| {
+            if let Poll::Ready(result) = self.poll_session(cx, busy_poll, &mut *client, &mut *upstream) {
                 return Poll::Ready(Spliced::Done(result));
             }
             interrupt.as_mut().poll(cx).map(Spliced::Interrupted)
         })
-        .await
     }
 
     /// Bytes moved so far.
@@ -110,33 +108,29 @@ impl Splice {
         busy_poll: Option<&BusyPoll>,
         client: &mut C,
         upstream: &mut U,
-        linger: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     ) -> Poll<io::Result<()>>
     where
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
         U: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
-        let until = match self.linger_until {
-            Some(until) => until,
-            None => {
-                let a = self.up.poll_copy(cx, busy_poll, Pin::new(&mut *client), Pin::new(&mut *upstream))?;
-                let b = self.down.poll_copy(cx, busy_poll, Pin::new(&mut *upstream), Pin::new(&mut *client))?;
-                // Done when the broker's side has ended; the client's alone only starts the linger.
-                if b.is_ready() {
-                    return Poll::Ready(Ok(()));
-                }
-                ready!(a);
-                let until = tokio::time::Instant::now() + HALF_CLOSE_LINGER;
-                self.linger_until = Some(until);
-                until
+        if self.linger.is_none() {
+            let a = self.up.poll_copy(cx, busy_poll, Pin::new(&mut *client), Pin::new(&mut *upstream))?;
+            let b = self.down.poll_copy(cx, busy_poll, Pin::new(&mut *upstream), Pin::new(&mut *client))?;
+            // Done when the broker's side has ended; the client's alone only starts the linger.
+            if b.is_ready() {
+                return Poll::Ready(Ok(()));
             }
-        };
+            ready!(a);
+            self.linger = Some(Box::pin(tokio::time::sleep(HALF_CLOSE_LINGER)));
+        }
         if self.down.poll_copy(cx, busy_poll, Pin::new(&mut *upstream), Pin::new(&mut *client))?.is_ready() {
             return Poll::Ready(Ok(()));
         }
-        let sleep = linger.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
         // The linger is over: the broker had its time; the session ends cleanly.
-        sleep.as_mut().poll(cx).map(Ok)
+        match self.linger.as_mut() {
+            Some(linger) => linger.as_mut().poll(cx).map(Ok),
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 

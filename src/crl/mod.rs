@@ -522,4 +522,4 @@ pub(crate) fn backoff(refresh: Duration, failures: u32) -> Duration {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,12 +9,13 @@ use tokio::net::TcpListener;
 
 use super::*;
 
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
+/// A test CA (also used by the re-check's tests).
+pub(crate) struct Ca {
+    pub(crate) issuer: Issuer<'static, KeyPair>,
+    pub(crate) pem: String,
 }
 
-fn ca(cn: &str) -> Ca {
+pub(crate) fn ca(cn: &str) -> Ca {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
     params.distinguished_name.push(DnType::CommonName, cn);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -25,7 +26,7 @@ fn ca(cn: &str) -> Ca {
 }
 
 /// A DER CRL of `ca` issued in `year`, with CRL number `number`, revoking `revoked`.
-fn crl(ca: &Ca, year: i32, number: u64, revoked: &[u64]) -> Vec<u8> {
+pub(crate) fn crl(ca: &Ca, year: i32, number: u64, revoked: &[u64]) -> Vec<u8> {
     let params = CertificateRevocationListParams {
         this_update: rcgen::date_time_ymd(year, 1, 1),
         next_update: rcgen::date_time_ymd(2099, 1, 1),

@@ -16,6 +16,8 @@ pub enum Refusal {
     PacketTooLarge,
     /// mqtls itself is short of a resource (the CONNECT budget); try again later.
     ServerBusy,
+    /// The client holds too many connections already (`max_conn_per_identity`).
+    QuotaExceeded,
 }
 
 /// The CONNACK refusing a client, or `None` when the protocol has no way to say it.
@@ -31,7 +33,7 @@ pub fn connack(version: ProtocolVersion, refusal: Refusal) -> Option<Vec<u8>> {
             let rc = match refusal {
                 Refusal::UnsupportedProtocolVersion => 1,
                 Refusal::IdentifierRejected => 2,
-                Refusal::ServerUnavailable | Refusal::ServerBusy => 3,
+                Refusal::ServerUnavailable | Refusal::ServerBusy | Refusal::QuotaExceeded => 3,
                 Refusal::BadUsernameOrPassword => 4,
                 Refusal::NotAuthorized => 5,
                 Refusal::Malformed | Refusal::PacketTooLarge => return None,
@@ -48,6 +50,7 @@ pub fn connack(version: ProtocolVersion, refusal: Refusal) -> Option<Vec<u8>> {
                 Refusal::NotAuthorized => 0x87,
                 Refusal::Malformed => 0x81,
                 Refusal::PacketTooLarge => 0x95,
+                Refusal::QuotaExceeded => 0x97,
             };
             Some(vec![0x20, 0x03, 0x00, reason, 0x00])
         }

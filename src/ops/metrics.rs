@@ -82,6 +82,7 @@ pub struct Metrics {
     pub(crate) crl_fetches: Family<ResultLabel, Counter>,
     pub(crate) crl_last_success: Family<UrlLabel, Gauge>,
     pub(crate) connections_closed: Family<ReasonLabel, Counter>,
+    pub(crate) identity_limit_refusals: Counter,
     /// The certificates in force, per source (a listener's `cert` path): with several listeners each
     /// reloader replaces only its own set, and the expiry gauges show them all.
     certificate_sets: Mutex<BTreeMap<String, Arc<Certificates>>>,
@@ -117,6 +118,7 @@ impl Metrics {
             crl_fetches: Family::default(),
             crl_last_success: Family::default(),
             connections_closed: Family::default(),
+            identity_limit_refusals: Counter::default(),
             certificate_sets: Mutex::default(),
             registry: Registry::default(),
         };
@@ -199,6 +201,11 @@ impl Metrics {
             "connections_closed",
             "Established connections mqtls closed, by reason (revoked, untrusted, not_allowed, expired, lifetime)",
             m.connections_closed.clone(),
+        );
+        registry.register(
+            "identity_limit_refusals",
+            "Connections refused because their certificate already held max_conn_per_identity connections",
+            m.identity_limit_refusals.clone(),
         );
         registry.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         Metrics { registry, ..m }

@@ -2,15 +2,17 @@
 //!
 //! A device is checked when it connects, then may stay connected for weeks. This module keeps that
 //! check true afterwards: when client trust changes (a new CA bundle, a new CRL, narrower allow
-//! rules) every established connection re-checks its own certificate chain against the new trust and,
-//! if it would now be refused, closes after a random share of `recheck_spread` (so one change does
-//! not make the whole refused part of a fleet reconnect in the same second). A connection also closes
+//! rules) every established connection re-checks its own certificate chain against the trust then in
+//! force, at a random moment within `recheck_spread`, and closes at once if it would now be refused.
+//! Spreading the re-checks spreads both their CPU (a signature check or two each) and the reconnects
+//! of the refused part of a fleet. A connection also closes
 //! when its client certificate expires (`close_at_cert_expiry`) and, when `max_conn_lifetime` is set,
 //! after that long (less up to a tenth, so connections opened together do not all return together).
 //!
 //! Nothing is copied for this: a connection's chain is already held by its TLS session, and what each
-//! connection adds is a subscription to its listener's trust changes and at most one timer
-//! ([`Standing`]). The verifier and the rules are the listener's current ones, read at re-check time.
+//! connection adds is a small registration with its listener ([`Registry`]: a waker, two flags and its
+//! next deadline, which one task per listener scans four times a second). The verifier and the rules are the
+//! listener's current ones, read at re-check time.
 
 use std::hash::BuildHasher;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,11 +21,17 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::{CertificateError, Error as TlsError};
 use serde::Serialize;
-use tokio::sync::watch;
+use std::task::{Context, Poll};
+
 use tokio::time::Instant;
 
 use crate::x509::rules::{self, Rules};
 use crate::x509::ClientCert;
+
+mod registry;
+
+use registry::RECHECK;
+pub(crate) use registry::{Entry, Registry};
 
 /// Default `recheck_spread`: long enough that a revoked batch reconnects over a minute, short enough
 /// that a revoked device is gone within one.
@@ -32,7 +40,7 @@ pub(crate) const DEFAULT_SPREAD: Duration = Duration::from_secs(60);
 /// What established connections of a listener are held to after their handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RecheckSettings {
-    /// Closes caused by one trust change happen at random times within this window; zero = at once.
+    /// After a trust change, each connection re-checks at a random moment within this window; zero = at once.
     #[serde(rename = "recheck_spread", serialize_with = "crate::duration::serialize")]
     pub spread: Duration,
     /// Close a connection when its client certificate's notAfter passes.
@@ -146,32 +154,28 @@ pub(crate) fn verdict(
 /// What a connection's [`Standing`] wants next.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Event {
-    /// Client trust changed: check the chain again ([`Standing::rechecked`]).
+    /// Client trust changed and this connection's turn has come: check the chain again ([`verdict`]).
     Recheck,
     /// Close the connection now.
     Close(CloseReason),
 }
 
-/// One connection's standing: its subscription to trust changes and the one moment it must close
-/// by (expiry, lifetime, or a refused re-check's share of the spread).
+/// One connection's standing: its registration (for trust changes and its deadline), the one moment it
+/// must close by (expiry or lifetime), and when it is due to re-check after a trust change.
 pub(crate) struct Standing {
-    changes: Option<watch::Receiver<()>>,
+    /// `None` when there is nothing to watch: no client certificate and no lifetime.
+    entry: Option<Entry>,
     /// Expiry or lifetime, whichever is first.
     limit: Option<(Instant, CloseReason)>,
-    /// Set by a refused re-check: when, and why.
-    refused: Option<(Instant, CloseReason)>,
-    spread: Duration,
+    /// After a trust change: this connection's random moment within the spread to re-check.
+    recheck_at: Option<Instant>,
 }
 
 impl Standing {
-    /// `changes` is the listener's trust-change subscription, taken before the handshake began (so no
-    /// change after it is missed); `None` for a connection without a client certificate.
-    /// `not_after` is the client certificate's, in Unix seconds.
-    pub(crate) fn new(
-        settings: &RecheckSettings,
-        changes: Option<watch::Receiver<()>>,
-        not_after: Option<i64>,
-    ) -> Standing {
+    /// `entry` is the connection's registration with its listener, made before the handshake began
+    /// (so no trust change after it is missed); `not_after` is the client certificate's, in Unix
+    /// seconds (`None` without one).
+    pub(crate) fn new(settings: &RecheckSettings, entry: Entry, not_after: Option<i64>) -> Standing {
         let now = Instant::now();
         let expiry = not_after
             .filter(|_| settings.close_at_cert_expiry)
@@ -181,63 +185,44 @@ impl Standing {
             .max_lifetime
             .and_then(|life| now.checked_add(life.saturating_sub(share_of(life / 10))))
             .map(|at| (at, CloseReason::Lifetime));
-        let limit = match (expiry, lifetime) {
-            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-            (a, b) => a.or(b),
-        };
-        Standing { changes, limit, refused: None, spread: settings.spread }
+        let limit = earliest(expiry, lifetime);
+        let watched = not_after.is_some() || limit.is_some();
+        Standing { entry: watched.then_some(entry), limit, recheck_at: None }
     }
 
-    /// Waits for the next thing to do: a trust change to re-check, or the moment to close.
-    pub(crate) async fn next(&mut self) -> Event {
-        let deadline = self.deadline();
-        let changed = async {
-            let Some(rx) = self.changes.as_mut() else { return std::future::pending().await };
-            if rx.changed().await.is_err() {
-                // The listener is gone (shutdown): nothing will change any more.
-                std::future::pending::<()>().await;
+    /// Ready with the next thing to do: re-check (at this connection's share of `spread` after a trust
+    /// change, so the CPU of re-checking a whole listener and the closes that follow are both spread),
+    /// or close (expiry, lifetime).
+    pub(crate) fn poll_event(&mut self, cx: &mut Context<'_>, spread: Duration) -> Poll<Event> {
+        let Some(entry) = self.entry.as_ref() else { return Poll::Pending };
+        let now = Instant::now();
+        // A second change while a re-check is pending changes nothing: the re-check reads the trust in
+        // force when it runs.
+        if entry.take_flags(cx) & RECHECK != 0 && self.recheck_at.is_none() {
+            self.recheck_at = Some(now + share_of(spread));
+        }
+        if self.recheck_at.is_some_and(|at| now >= at) {
+            self.recheck_at = None;
+            return Poll::Ready(Event::Recheck);
+        }
+        if let Some((at, reason)) = self.limit {
+            if now >= at {
+                return Poll::Ready(Event::Close(reason));
             }
-        };
-        tokio::select! {
-            biased;
-            _ = changed => Event::Recheck,
-            reason = sleep_until(deadline) => Event::Close(reason),
         }
-    }
-
-    /// Takes a re-check's verdict (`Some` reason to refuse): a refused chain closes after a random
-    /// share of the spread (the earlier time wins if one was already set); an accepted one cancels a
-    /// pending close (trust went back before the close came). Returns how soon a refused connection
-    /// closes, for the log line.
-    pub(crate) fn rechecked(&mut self, refused: Option<CloseReason>) -> Option<Duration> {
-        let Some(reason) = refused else {
-            self.refused = None;
-            return None;
-        };
-        let at = Instant::now() + share_of(self.spread);
-        match self.refused {
-            Some((earlier, _)) if earlier <= at => {}
-            _ => self.refused = Some((at, reason)),
-        }
-        self.refused.map(|(at, _)| at.saturating_duration_since(Instant::now()))
-    }
-
-    /// The earliest moment the connection must close, and why.
-    fn deadline(&self) -> Option<(Instant, CloseReason)> {
-        match (self.limit, self.refused) {
-            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        let next = match (self.limit.map(|(at, _)| at), self.recheck_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
+        };
+        entry.arm(next);
+        Poll::Pending
     }
 }
 
-async fn sleep_until(deadline: Option<(Instant, CloseReason)>) -> CloseReason {
-    match deadline {
-        Some((at, reason)) => {
-            tokio::time::sleep_until(at).await;
-            reason
-        }
-        None => std::future::pending().await,
+fn earliest(a: Option<(Instant, CloseReason)>, b: Option<(Instant, CloseReason)>) -> Option<(Instant, CloseReason)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
     }
 }
 

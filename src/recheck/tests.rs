@@ -1,30 +1,15 @@
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
-};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SerialNumber};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
+use super::registry::SCAN;
 use super::*;
+use crate::crl::tests::{ca, Ca};
 use crate::x509::rules::RuleKind;
-
-struct Ca {
-    der: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(cn: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let key = KeyPair::generate().expect("key");
-    let cert = params.self_signed(&key).expect("self-signed");
-    Ca { der: cert.der().clone(), issuer: Issuer::new(params, key) }
-}
 
 fn device(ca: &Ca, cn: &str, serial: u64) -> Vec<CertificateDer<'static>> {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -36,29 +21,13 @@ fn device(ca: &Ca, cn: &str, serial: u64) -> Vec<CertificateDer<'static>> {
 }
 
 fn crl(ca: &Ca, revoked: &[u64]) -> CertificateRevocationListDer<'static> {
-    let params = CertificateRevocationListParams {
-        this_update: rcgen::date_time_ymd(2024, 1, 1),
-        next_update: rcgen::date_time_ymd(2099, 1, 1),
-        crl_number: SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs: revoked
-            .iter()
-            .map(|s| RevokedCertParams {
-                serial_number: SerialNumber::from(*s),
-                revocation_time: rcgen::date_time_ymd(2024, 1, 1),
-                reason_code: None,
-                invalidity_date: None,
-            })
-            .collect(),
-        key_identifier_method: KeyIdMethod::Sha256,
-    };
-    params.signed_by(&ca.issuer).expect("crl").der().clone()
+    CertificateRevocationListDer::from(crate::crl::tests::crl(ca, 2024, 1, revoked))
 }
 
 fn verifier(cas: &[&Ca], crls: Vec<CertificateRevocationListDer<'static>>) -> Arc<dyn ClientCertVerifier> {
     let mut roots = RootCertStore::empty();
     for ca in cas {
-        roots.add(ca.der.clone()).expect("root");
+        roots.add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).expect("pem")).expect("root");
     }
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
         .with_crls(crls)
@@ -116,92 +85,160 @@ fn without_a_certificate_or_client_auth_there_is_nothing_to_recheck() {
     assert_eq!(verdict(&*none, &rules("x"), &device(&a, "dev-1", 1)), Ok(()));
 }
 
-fn settings(spread: Duration) -> RecheckSettings {
-    RecheckSettings { spread, ..RecheckSettings::default() }
+fn settings() -> RecheckSettings {
+    RecheckSettings::default()
 }
 
-fn refused() -> Option<CloseReason> {
-    Some(CloseReason::Revoked)
+/// A registry with its timer running (until the token is dropped... cancelled).
+fn registry() -> (Arc<Registry>, tokio_util::sync::DropGuard) {
+    let registry = Arc::new(Registry::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(registry.clone().run_timer(stop.clone()));
+    (registry, stop.drop_guard())
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_trust_change_asks_for_a_recheck() {
-    let (tx, rx) = watch::channel(());
-    let mut standing = Standing::new(&settings(DEFAULT_SPREAD), Some(rx), None);
-    tx.send_replace(());
-    assert_eq!(standing.next().await, Event::Recheck);
+async fn next(standing: &mut Standing) -> Event {
+    next_with(standing, Duration::ZERO).await
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_refused_recheck_closes_within_the_spread() {
-    let (_tx, rx) = watch::channel(());
-    let mut standing = Standing::new(&settings(Duration::from_secs(60)), Some(rx), None);
-    let started = Instant::now();
-    let delay = standing.rechecked(refused()).expect("a close is scheduled");
-    assert!(delay <= Duration::from_secs(60));
-    assert_eq!(standing.next().await, Event::Close(CloseReason::Revoked));
-    assert!(started.elapsed() <= Duration::from_secs(60));
-}
-
-#[test]
-fn closes_of_one_change_are_spread_over_the_window() {
-    let delays: Vec<Duration> = (0..200).map(|_| share_of(Duration::from_secs(60))).collect();
-    assert!(delays.iter().all(|d| *d <= Duration::from_secs(60)));
-    assert!(delays.iter().any(|d| *d < Duration::from_secs(20)), "some close early");
-    assert!(delays.iter().any(|d| *d > Duration::from_secs(40)), "some close late");
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_zero_spread_closes_at_once() {
-    let mut standing = Standing::new(&settings(Duration::ZERO), None, None);
-    assert_eq!(standing.rechecked(refused()), Some(Duration::ZERO));
-    let started = Instant::now();
-    assert_eq!(standing.next().await, Event::Close(CloseReason::Revoked));
-    assert_eq!(started.elapsed(), Duration::ZERO);
-}
-
-#[tokio::test(start_paused = true)]
-async fn trust_restored_before_the_close_cancels_it() {
-    let (tx, rx) = watch::channel(());
-    let mut standing = Standing::new(&settings(Duration::from_secs(60)), Some(rx), None);
-    standing.rechecked(refused());
-    assert_eq!(standing.rechecked(None), None);
-    let next = tokio::time::timeout(Duration::from_secs(3600), standing.next()).await;
-    assert!(next.is_err(), "no close is pending: {next:?}");
-    drop(tx);
+async fn next_with(standing: &mut Standing, spread: Duration) -> Event {
+    std::future::poll_fn(|cx| standing.poll_event(cx, spread)).await
 }
 
 fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64
 }
 
+/// A certificate valid for another year: no close of its own in these tests' time.
+fn a_year() -> Option<i64> {
+    Some(unix_now() + 365 * 24 * 3600)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trust_change_asks_for_a_recheck() {
+    let (registry, _timer) = registry();
+    let mut standing = Standing::new(&settings(), registry.register(), a_year());
+    registry.recheck_all();
+    assert_eq!(next(&mut standing).await, Event::Recheck);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_between_registration_and_the_first_wait_is_not_missed() {
+    let (registry, _timer) = registry();
+    let entry = registry.register();
+    registry.recheck_all();
+    let mut standing = Standing::new(&settings(), entry, a_year());
+    assert_eq!(next(&mut standing).await, Event::Recheck);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_recheck_comes_within_the_spread() {
+    let (registry, _timer) = registry();
+    let mut standing = Standing::new(&settings(), registry.register(), a_year());
+    registry.recheck_all();
+    let started = Instant::now();
+    assert_eq!(next_with(&mut standing, Duration::from_secs(60)).await, Event::Recheck);
+    assert!(started.elapsed() <= Duration::from_secs(60) + SCAN);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_change_while_a_recheck_is_pending_does_not_postpone_it() {
+    let (registry, _timer) = registry();
+    let mut standing = Standing::new(&settings(), registry.register(), a_year());
+    let started = Instant::now();
+    registry.recheck_all();
+    let spread = Duration::from_secs(60);
+    let first = tokio::time::timeout(Duration::from_millis(1), next_with(&mut standing, spread)).await;
+    if first.is_ok() {
+        return; // its share of the spread was under a millisecond: nothing left to postpone
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    registry.recheck_all();
+    assert_eq!(next_with(&mut standing, spread).await, Event::Recheck);
+    assert!(started.elapsed() <= spread + SCAN, "{:?}", started.elapsed());
+    let again = tokio::time::timeout(Duration::from_secs(3600), next_with(&mut standing, spread)).await;
+    assert!(again.is_err(), "one re-check for the two changes: {again:?}");
+}
+
+#[test]
+fn rechecks_of_one_change_are_spread_over_the_window() {
+    let delays: Vec<Duration> = (0..200).map(|_| share_of(Duration::from_secs(60))).collect();
+    assert!(delays.iter().all(|d| *d <= Duration::from_secs(60)));
+    assert!(delays.iter().any(|d| *d < Duration::from_secs(20)), "some early");
+    assert!(delays.iter().any(|d| *d > Duration::from_secs(40)), "some late");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_change_there_is_no_recheck() {
+    let (registry, _timer) = registry();
+    let mut standing = Standing::new(&settings(), registry.register(), a_year());
+    let event = tokio::time::timeout(Duration::from_secs(3600), next(&mut standing)).await;
+    assert!(event.is_err(), "{event:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_expiring_certificate_closes_its_connection_just_after_not_after() {
-    let mut standing = Standing::new(&settings(DEFAULT_SPREAD), None, Some(unix_now() + 30));
+    let (registry, _timer) = registry();
+    let mut standing = Standing::new(&settings(), registry.register(), Some(unix_now() + 30));
     let started = Instant::now();
-    assert_eq!(standing.next().await, Event::Close(CloseReason::Expired));
+    assert_eq!(next(&mut standing).await, Event::Close(CloseReason::Expired));
     assert!(started.elapsed() >= Duration::from_secs(30) && started.elapsed() <= Duration::from_secs(32));
 }
 
 #[tokio::test(start_paused = true)]
 async fn with_close_at_cert_expiry_off_an_expiring_certificate_stays() {
+    let (registry, _timer) = registry();
     let settings = RecheckSettings { close_at_cert_expiry: false, ..RecheckSettings::default() };
-    let mut standing = Standing::new(&settings, None, Some(unix_now() + 30));
-    assert!(tokio::time::timeout(Duration::from_secs(3600), standing.next()).await.is_err());
+    let mut standing = Standing::new(&settings, registry.register(), Some(unix_now() + 30));
+    assert!(tokio::time::timeout(Duration::from_secs(3600), next(&mut standing)).await.is_err());
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_lifetime_closes_between_nine_tenths_and_all_of_it() {
+    let (registry, _timer) = registry();
     let settings = RecheckSettings { max_lifetime: Some(Duration::from_secs(1000)), ..RecheckSettings::default() };
-    let mut standing = Standing::new(&settings, None, Some(unix_now() + 100_000));
+    let mut standing = Standing::new(&settings, registry.register(), a_year());
     let started = Instant::now();
-    assert_eq!(standing.next().await, Event::Close(CloseReason::Lifetime));
-    assert!(started.elapsed() >= Duration::from_secs(900) && started.elapsed() <= Duration::from_secs(1000));
+    assert_eq!(next(&mut standing).await, Event::Close(CloseReason::Lifetime));
+    assert!(started.elapsed() >= Duration::from_secs(900) && started.elapsed() <= Duration::from_secs(1000) + SCAN);
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_earlier_of_expiry_and_lifetime_wins() {
+    let (registry, _timer) = registry();
     let settings = RecheckSettings { max_lifetime: Some(Duration::from_secs(1000)), ..RecheckSettings::default() };
-    let mut standing = Standing::new(&settings, None, Some(unix_now() + 10));
-    assert_eq!(standing.next().await, Event::Close(CloseReason::Expired));
+    let mut standing = Standing::new(&settings, registry.register(), Some(unix_now() + 10));
+    assert_eq!(next(&mut standing).await, Event::Close(CloseReason::Expired));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_without_certificate_or_lifetime_is_not_kept_in_the_registry() {
+    let (registry, _timer) = registry();
+    let standing = Standing::new(&settings(), registry.register(), None);
+    assert_eq!(registry.len(), 0);
+    drop(standing);
+    let watched = Standing::new(&settings(), registry.register(), a_year());
+    assert_eq!(registry.len(), 1);
+    drop(watched);
+    assert_eq!(registry.len(), 0, "a closed connection leaves nothing behind");
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_deadlines_are_met_by_one_scanning_task() {
+    let (registry, _timer) = registry();
+    let started = Instant::now();
+    let mut closes = Vec::new();
+    for secs in [50u64, 10, 30] {
+        let settings = RecheckSettings { max_lifetime: Some(Duration::from_secs(secs)), ..RecheckSettings::default() };
+        let mut standing = Standing::new(&settings, registry.register(), a_year());
+        closes.push(tokio::spawn(async move {
+            next(&mut standing).await;
+            (secs, started.elapsed())
+        }));
+    }
+    for close in closes {
+        let (secs, elapsed) = close.await.expect("join");
+        assert!(elapsed >= Duration::from_secs(secs) * 9 / 10, "{secs}s lifetime met at {elapsed:?}");
+        assert!(elapsed <= Duration::from_secs(secs) + SCAN, "{secs}s lifetime met at {elapsed:?}");
+    }
 }

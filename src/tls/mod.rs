@@ -526,7 +526,8 @@ pub(crate) struct TlsHandle {
     current: ArcSwap<ServerConfig>,
     certificates: ArcSwap<Certificates>,
     verifier: ArcSwap<ClientVerifier>,
-    trust_changes: tokio::sync::watch::Sender<()>,
+    /// The established connections served through this handle, told of trust changes.
+    connections: Arc<crate::recheck::Registry>,
 }
 
 /// The client verifier in force (a newtype: `ArcSwap` holds sized values).
@@ -538,7 +539,7 @@ impl TlsHandle {
             current: ArcSwap::new(loaded.config.clone()),
             certificates: ArcSwap::new(loaded.certificates.clone()),
             verifier: ArcSwap::from_pointee(ClientVerifier(loaded.verifier.clone())),
-            trust_changes: tokio::sync::watch::Sender::new(()),
+            connections: Arc::default(),
         }
     }
 
@@ -575,12 +576,13 @@ impl TlsHandle {
 
     /// Tells every established connection to re-check its certificate (also for new allow rules).
     pub(crate) fn announce_trust_change(&self) {
-        self.trust_changes.send_replace(());
+        self.connections.recheck_all();
     }
 
-    /// A subscription to trust changes, seen from now on.
-    pub(crate) fn trust_changes(&self) -> tokio::sync::watch::Receiver<()> {
-        self.trust_changes.subscribe()
+    /// The registry of this listener's connections (which see every trust change from their
+    /// registration on).
+    pub(crate) fn connections(&self) -> &Arc<crate::recheck::Registry> {
+        &self.connections
     }
 }
 

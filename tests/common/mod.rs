@@ -209,6 +209,7 @@ impl Pki {
             refuse_expired: false,
             threads: 1,
             busy_poll: None,
+            admission: Default::default(),
         };
         Config { file: None, global, listeners: vec![listener] }
     }

@@ -414,3 +414,20 @@ async fn proxy_protocol_in_and_out_work_over_websockets_as_on_8883() {
     assert_eq!(cn.as_deref(), Some("ws-behind-lb"));
     assert_eq!(&got[out.len()..], packet::connect(4, "lb", Some("ws-behind-lb"), None));
 }
+
+/// A client's close ends the session like a TCP FIN: the broker sees the connection go, and the close
+/// is answered (the close handshake completes) before TLS ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clients_close_is_answered_and_ends_the_session_at_the_broker() {
+    let rig = rig(websockets).await;
+    let leaf = rig.pki.ca.client("ws-leaving");
+    let mut ws = wss(&rig.pki, rig.proxy.port(), Some(&leaf), "mqtt").await.expect("upgrade");
+    ws.send(Message::Binary(packet::connect(4, "ws-leaving", None, None).into())).await.expect("send");
+    assert_eq!(next_packet(&mut ws).await, [0x20, 2, 0, 0]);
+    ws.close(None).await.expect("close sent");
+    match tokio::time::timeout(WAIT, ws.next()).await.expect("answer in time") {
+        Some(Ok(Message::Close(_))) => {}
+        other => panic!("expected the close answered, got {other:?}"),
+    }
+    rig.broker.expect_log("Client ws-leaving closed its connection").await;
+}

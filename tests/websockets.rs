@@ -118,6 +118,7 @@ async fn a_device_certificate_over_wss_is_the_brokers_username_in_mqtt_3_1_1_and
     let rig = rig(websockets).await;
     device_session(&rig, 4, "ws-device-4").await;
     device_session(&rig, 5, "ws-device-5").await;
+    assert!(rig.proxy.proxy.metrics.render().contains("mqtls_websocket_upgrades_total 2\n"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -286,6 +287,17 @@ async fn bad_frames_are_closed_with_their_close_codes_while_good_clients_keep_wo
         other => panic!("expected close 1003, got {other:?}"),
     }
     assert!(!rig.broker.usernames().iter().any(|u| u.starts_with("bad-")), "no bad client reached the broker");
+    // Counted by the close code each got (each connection's end is counted as its task ends).
+    let metrics = rig.proxy.proxy.metrics.clone();
+    eventually("the violations counted by close code", || {
+        let text = metrics.render();
+        async move {
+            [("1002", 2), ("1003", 2), ("1009", 1)]
+                .iter()
+                .all(|(code, n)| text.contains(&format!("mqtls_websocket_violations_total{{code=\"{code}\"}} {n}\n")))
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -137,6 +137,10 @@ pub(crate) async fn handle(
             }
             Err(err) => proxy.count_failure(err),
         }
+        // A WebSocket client's bad frame ends the splice or the CONNECT read with the close code it got.
+        if let Ok((_, Err(e))) | Err(ConnError::ConnectIo(e)) = &result {
+            websocket::stream::count_violation(&proxy.metrics, e);
+        }
         match result {
             Ok((stats, Ok(()))) => info!(
                 bytes_in = stats.client_to_upstream,
@@ -236,6 +240,7 @@ async fn prepare(
                 .await
                 .map_err(|_| ConnError::WebSocket(websocket::UpgradeError::Timeout))?
                 .map_err(ConnError::WebSocket)?;
+            proxy.metrics.websocket_upgrades.inc();
             ClientStream::WebSocket(Box::new(ws))
         }
     };

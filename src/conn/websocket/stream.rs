@@ -43,6 +43,18 @@ pub(crate) fn close_code_of(err: &io::Error) -> Option<u16> {
     err.get_ref().and_then(|e| e.downcast_ref::<FrameError>()).map(|e| e.code)
 }
 
+/// Counts a stream's end under `mqtls_websocket_violations_total{code}` when it was a client's bad frame.
+pub(crate) fn count_violation(metrics: &crate::ops::metrics::Metrics, err: &io::Error) {
+    let code = match close_code_of(err) {
+        Some(1002) => "1002",
+        Some(1003) => "1003",
+        Some(1007) => "1007",
+        Some(1009) => "1009",
+        _ => return,
+    };
+    metrics.websocket_violations.get_or_create(&crate::ops::metrics::CodeLabel { code }).inc();
+}
+
 /// A WebSocket as the byte stream its binary messages carry.
 pub(crate) struct WsStream<S> {
     ws: WebSocketStream<S>,

@@ -2,6 +2,7 @@
 //! connect the broker → forward the edited CONNECT and anything pipelined behind it → splice.
 //! The allow rules and the client-id policy are applied before the broker is contacted.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
@@ -75,33 +76,35 @@ impl Proxy {
     }
 }
 
-/// Keeps the active-connections gauge right however the connection's task ends (even when a drain
-/// deadline drops it mid-flight).
-struct ActiveGuard<'a>(&'a Metrics);
+/// Keeps the active-connections gauge right however the connection ends (even when a drain deadline
+/// drops it mid-flight).
+struct ActiveGuard(Arc<Metrics>);
 
-impl<'a> ActiveGuard<'a> {
-    fn new(m: &'a Metrics) -> Self {
+impl ActiveGuard {
+    fn new(m: Arc<Metrics>) -> Self {
         m.active_connections.inc();
         ActiveGuard(m)
     }
 }
 
-impl Drop for ActiveGuard<'_> {
+impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active_connections.dec();
     }
 }
 
-/// Runs one client connection to its end, logging its outcome once.
-/// `handshake` is this connection's place among the handshakes in flight, given back once TLS is done.
-/// `connect_bytes` is its share of the CONNECT budget, drawn on only while the CONNECT is read.
+/// The first part of a connection's life: PROXY header, TLS handshake, CONNECT and every check, run
+/// by the listener's pre-splice driver ([`crate::conn::accept`]). Returns the rest of its life (the
+/// broker and the splice), to run as the connection's own task, or `None` when it ended here (counted
+/// and logged once). `handshake` is this connection's place among the handshakes in flight, given
+/// back once TLS is done; `connect_bytes` its share of the CONNECT budget.
 pub(crate) async fn handle(
     proxy: Arc<Proxy>,
     tcp: TcpStream,
     peer: SocketAddr,
     handshake: OwnedSemaphorePermit,
     connect_bytes: Share,
-) {
+) -> Option<impl Future<Output = ()> + Send + 'static> {
     // With a trusted load balancer in front, `peer` is the client its PROXY header names (recorded once
     // read) and `proxied_by` the balancer.
     let span = info_span!(
@@ -119,47 +122,64 @@ pub(crate) async fn handle(
     if !proxy.listener.proxy_protocol.trusts(peer.ip()) {
         span.record("peer", field::display(peer));
     }
-    async move {
-        let started = Instant::now();
-        let _active = ActiveGuard::new(&proxy.metrics);
-        let result = serve_connection(&proxy, tcp, peer, handshake, connect_bytes).await;
-        match &result {
-            Ok((stats, _)) => {
-                let m = &proxy.metrics;
-                m.outcome("ok");
-                m.connection_duration.observe(started.elapsed().as_secs_f64());
-                m.bytes
-                    .get_or_create(&DirectionLabel { direction: "client_to_upstream" })
-                    .inc_by(stats.client_to_upstream);
-                m.bytes
-                    .get_or_create(&DirectionLabel { direction: "upstream_to_client" })
-                    .inc_by(stats.upstream_to_client);
+    let started = Instant::now();
+    let active = ActiveGuard::new(proxy.metrics.clone());
+    let prepared = prepare(&proxy, tcp, peer, handshake, connect_bytes).instrument(span.clone()).await;
+    let ready = match prepared {
+        Ok(ready) => ready,
+        Err(err) => {
+            span.in_scope(|| {
+                proxy.count_failure(&err);
+                err.log();
+            });
+            // A WebSocket client's bad frame ends the CONNECT read with the close code it got.
+            if let ConnError::ConnectIo(e) = &err {
+                websocket::stream::count_violation(&proxy.metrics, e);
             }
-            Err(err) => proxy.count_failure(err),
+            return None;
         }
-        // A WebSocket client's bad frame ends the splice or the CONNECT read with the close code it got.
-        if let Ok((_, Err(e))) | Err(ConnError::ConnectIo(e)) = &result {
-            websocket::stream::count_violation(&proxy.metrics, e);
+    };
+    Some(
+        async move {
+            let _active = active;
+            let result = forward(&proxy, ready).await;
+            match &result {
+                Ok((stats, _)) => {
+                    let m = &proxy.metrics;
+                    m.outcome("ok");
+                    m.connection_duration.observe(started.elapsed().as_secs_f64());
+                    m.bytes
+                        .get_or_create(&DirectionLabel { direction: "client_to_upstream" })
+                        .inc_by(stats.client_to_upstream);
+                    m.bytes
+                        .get_or_create(&DirectionLabel { direction: "upstream_to_client" })
+                        .inc_by(stats.upstream_to_client);
+                }
+                Err(err) => proxy.count_failure(err),
+            }
+            // A WebSocket client's bad frame ends the splice with the close code it got.
+            if let Ok((_, Err(e))) = &result {
+                websocket::stream::count_violation(&proxy.metrics, e);
+            }
+            match result {
+                Ok((stats, Ok(()))) => info!(
+                    bytes_in = stats.client_to_upstream,
+                    bytes_out = stats.upstream_to_client,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "closed"
+                ),
+                Ok((stats, Err(err))) => info!(
+                    bytes_in = stats.client_to_upstream,
+                    bytes_out = stats.upstream_to_client,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    %err,
+                    "closed"
+                ),
+                Err(err) => err.log(),
+            }
         }
-        match result {
-            Ok((stats, Ok(()))) => info!(
-                bytes_in = stats.client_to_upstream,
-                bytes_out = stats.upstream_to_client,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "closed"
-            ),
-            Ok((stats, Err(err))) => info!(
-                bytes_in = stats.client_to_upstream,
-                bytes_out = stats.upstream_to_client,
-                duration_ms = started.elapsed().as_millis() as u64,
-                %err,
-                "closed"
-            ),
-            Err(err) => err.log(),
-        }
-    }
-    .instrument(span)
-    .await
+        .instrument(span),
+    )
 }
 
 /// A client past every check, with the bytes to send the broker first.
@@ -172,20 +192,6 @@ struct Ready {
     standing: Standing,
     /// Its places under the admission limits, released when it ends.
     held: Option<Box<Held>>,
-}
-
-async fn serve_connection(
-    proxy: &Proxy,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    handshake: OwnedSemaphorePermit,
-    connect_bytes: Share,
-) -> Result<(SpliceStats, std::io::Result<()>), ConnError> {
-    // Everything before the broker is contacted runs in its own heap-allocated future, freed once done:
-    // a task's future is as large as its largest state for its whole life, and the checks' state
-    // (buffers, identity, rules' verdicts) must not stay pinned to tens of thousands of idle connections.
-    let ready = Box::pin(prepare(proxy, tcp, peer, handshake, connect_bytes)).await?;
-    forward(proxy, ready).await
 }
 
 /// TLS handshake, CONNECT, allow rules, identity and client-id policies, and the CONNECT edit.
@@ -592,8 +598,8 @@ mod tests {
     use crate::tls::{self, TlsFiles};
 
     /// Tens of thousands of idle connections each hold one of these futures for their whole life; the
-    /// TLS stream and the handshake live behind boxes so it stays small. (About 250 bytes of it are the
-    /// re-check's: the splice's resumable state and the connection's registration; see `recheck`.)
+    /// TLS stream lives behind a box and the checks before the splice run elsewhere (the listener's
+    /// drivers), so it holds only what the splice needs, the re-check's standing included.
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -619,7 +625,12 @@ mod tests {
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (tcp, peer) = listener.accept().await.expect("accept");
         let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
-        let task = handle(proxy, tcp, peer, permit, crate::conn::budget::ConnectBudget::new(0).share());
-        assert!(std::mem::size_of_val(&task) <= 1616, "connection future is {} bytes", std::mem::size_of_val(&task));
+        let prepare = handle(proxy, tcp, peer, permit, crate::conn::budget::ConnectBudget::new(0).share());
+        /// The size of the connection's own task: the future `handle` returns when the checks pass.
+        fn rest_size<F: Future<Output = Option<G>>, G>(_: &F) -> usize {
+            std::mem::size_of::<G>()
+        }
+        let size = rest_size(&prepare);
+        assert!(size <= 1300, "connection task future is {size} bytes");
     }
 }

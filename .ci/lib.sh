@@ -28,6 +28,8 @@ ensure_cargo() {
 ensure_npm() {
   local dir=$1 src=$2
   if [ -d "$dir/node_modules" ] && cmp -s "$src/package-lock.json" "$dir/package-lock.installed"; then return 0; fi
+  # An npm already on the PATH (e.g. with a Node.js from elsewhere) is used; Debian's otherwise.
+  command -v npm >/dev/null || ensure_packages npm
   echo "installing npm packages into $dir from $src/package-lock.json"
   rm -rf "$dir"
   mkdir -p "$dir"

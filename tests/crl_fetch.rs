@@ -176,6 +176,7 @@ async fn a_crl_served_over_http_is_fetched_at_start_and_revokes_its_devices() {
 
     assert!(!s.stolen_accepted().await, "revoked by the fetched CRL");
     assert!(s.good_accepted().await, "other devices still connect");
+    s.wait_metric(r#"mqtls_tls_handshake_failures_total{reason="revoked"}"#, 1.0).await;
     assert_eq!(s.metric(r#"mqtls_tls_handshake_failures_total{reason="revoked"}"#), 1.0, "{}", s.metrics());
 
     let metrics = s.metrics();
@@ -326,7 +327,7 @@ async fn stale(policy: CrlStale) -> Setup {
 async fn crl_stale_refuse_refuses_new_handshakes_past_next_update() {
     let s = stale(CrlStale::Refuse).await;
     assert!(!s.good_accepted_in_a_full_handshake().await, "the CRL is past its nextUpdate");
-    assert!(s.metric(r#"mqtls_tls_handshake_failures_total{reason="crl_expired"}"#) >= 1.0, "{}", s.metrics());
+    s.wait_metric(r#"mqtls_tls_handshake_failures_total{reason="crl_expired"}"#, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,10 +8,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-#[path = "../fuzz/checks/connect_roundtrip.rs"]
-mod connect_roundtrip;
+// `connect_roundtrip.rs` comes in through `websocket_frames.rs`, which includes it (a file may be a
+// module only once).
+#[path = "../fuzz/checks/websocket_frames.rs"]
+mod websocket_frames;
 
-use connect_roundtrip::check_connect_roundtrip;
+use websocket_frames::connect_roundtrip::check_connect_roundtrip;
 
 /// The files directly inside `fuzz/<dir>`, sorted. A missing or empty directory fails the test that
 /// asked: a replay of nothing would pass having checked nothing.
@@ -54,4 +56,30 @@ fn connect_raw_corpus_holds_every_captured_connect() {
 #[test]
 fn crash_reproducers_pass_the_fuzz_checks() {
     replay(&inputs("regressions/connect_raw"));
+}
+
+#[test]
+fn websocket_frames_corpus_passes_the_fuzz_checks() {
+    for path in inputs("corpus/websocket_frames") {
+        let data = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let outcome = std::panic::catch_unwind(|| websocket_frames::check_websocket_frames(&data));
+        assert!(outcome.is_ok(), "{} fails the websocket_frames checks ({data:02x?})", path.display());
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// The websocket_frames checks on arbitrary bytes, and on bytes that start like a client's binary
+    /// frame (so that lengths, masks and continuation frames are explored, not only garbage), on stable
+    /// Rust in every `cargo test`.
+    #[test]
+    fn websocket_frames_checks_hold_for_any_bytes(
+        data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+        head in proptest::sample::select(vec![vec![], vec![0x82u8, 0x8a], vec![0x02, 0x84], vec![0x89, 0x80], vec![0x82, 0xfe, 0x00]]),
+    ) {
+        let mut wire = head;
+        wire.extend_from_slice(&data);
+        websocket_frames::check_websocket_frames(&wire);
+    }
 }

@@ -118,6 +118,7 @@ async fn a_device_certificate_over_wss_is_the_brokers_username_in_mqtt_3_1_1_and
     let rig = rig(websockets).await;
     device_session(&rig, 4, "ws-device-4").await;
     device_session(&rig, 5, "ws-device-5").await;
+    assert!(rig.proxy.proxy.metrics.render().contains("mqtls_websocket_upgrades_total 2\n"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -286,6 +287,17 @@ async fn bad_frames_are_closed_with_their_close_codes_while_good_clients_keep_wo
         other => panic!("expected close 1003, got {other:?}"),
     }
     assert!(!rig.broker.usernames().iter().any(|u| u.starts_with("bad-")), "no bad client reached the broker");
+    // Counted by the close code each got (each connection's end is counted as its task ends).
+    let metrics = rig.proxy.proxy.metrics.clone();
+    eventually("the violations counted by close code", || {
+        let text = metrics.render();
+        async move {
+            [("1002", 2), ("1003", 2), ("1009", 1)]
+                .iter()
+                .all(|(code, n)| text.contains(&format!("mqtls_websocket_violations_total{{code=\"{code}\"}} {n}\n")))
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -361,4 +373,73 @@ async fn paho_mqtt_over_wss_with_a_certificate_is_its_cn_in_mqtt_3_1_1_and_5() {
         assert_eq!(payload, format!("paho v{version} over wss").as_bytes());
         assert!(rig.broker.usernames().contains(&cn), "{:?}", rig.broker.usernames());
     }
+}
+
+/// Behind a load balancer that sends PROXY v2, the broker gets a PROXY v2 header naming the balancer's
+/// client and the certificate's CN, then the CONNECT with the CN as username: the same as on 8883.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_in_and_out_work_over_websockets_as_on_8883() {
+    use mqtls::conn::proxy_protocol::UpstreamProxyProtocol;
+    use ppp::v2::{Addresses, Builder, Command, Header, Protocol, Version};
+    let pki = Pki::new();
+    let (upstream, captured) = capturing_upstream().await;
+    let mut config = pki.config(upstream);
+    websockets(&mut config);
+    config.listeners[0].proxy_protocol.accept_from = vec!["127.0.0.0/8".parse().expect("range")];
+    config.listeners[0].proxy_protocol.upstream = UpstreamProxyProtocol::V2;
+    let proxy = Mqtls::start(config).await;
+    let (client, frontend): (std::net::SocketAddr, std::net::SocketAddr) =
+        ("203.0.113.7:40000".parse().expect("addr"), "198.51.100.1:443".parse().expect("addr"));
+    let header = Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (client, frontend))
+        .build()
+        .expect("v2 header");
+    let mut tcp = TcpStream::connect(("127.0.0.1", proxy.port())).await.expect("connect");
+    tcp.write_all(&header).await.expect("header");
+    let leaf = pki.ca.client("ws-behind-lb");
+    let tls = tokio_rustls::TlsConnector::from(client_tls(&pki, Some(&leaf)))
+        .connect(rustls::pki_types::ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("tls");
+    let mut request = format!("wss://localhost:{}/mqtt", proxy.port()).into_client_request().expect("request");
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await.expect("upgrade");
+    ws.send(Message::Binary(packet::connect(4, "lb", None, None).into())).await.expect("send");
+    assert_eq!(next_packet(&mut ws).await, [0x20, 2, 0, 0]);
+    let got = captured.await.expect("captured");
+    let out = Header::try_from(got.as_slice()).expect("a v2 header first");
+    assert_eq!(out.addresses, Addresses::from((client, frontend)));
+    let cn = out.tlvs().filter_map(Result::ok).find_map(|tlv| match tlv {
+        ppp::v2::TypeLengthValue { kind: 0x20, value } => {
+            // The SSL TLV: client flags, verify, then sub-TLVs; the CN is sub-TLV 0x22.
+            let mut subs = value.get(5..).unwrap_or_default();
+            while let [kind, hi, lo, rest @ ..] = subs {
+                let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+                if *kind == 0x22 {
+                    return Some(String::from_utf8_lossy(&rest[..len]).to_string());
+                }
+                subs = &rest[len..];
+            }
+            None
+        }
+        _ => None,
+    });
+    assert_eq!(cn.as_deref(), Some("ws-behind-lb"));
+    assert_eq!(&got[out.len()..], packet::connect(4, "lb", Some("ws-behind-lb"), None));
+}
+
+/// A client's close ends the session like a TCP FIN: the broker sees the connection go, and the close
+/// is answered (the close handshake completes) before TLS ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clients_close_is_answered_and_ends_the_session_at_the_broker() {
+    let rig = rig(websockets).await;
+    let leaf = rig.pki.ca.client("ws-leaving");
+    let mut ws = wss(&rig.pki, rig.proxy.port(), Some(&leaf), "mqtt").await.expect("upgrade");
+    ws.send(Message::Binary(packet::connect(4, "ws-leaving", None, None).into())).await.expect("send");
+    assert_eq!(next_packet(&mut ws).await, [0x20, 2, 0, 0]);
+    ws.close(None).await.expect("close sent");
+    match tokio::time::timeout(WAIT, ws.next()).await.expect("answer in time") {
+        Some(Ok(Message::Close(_))) => {}
+        other => panic!("expected the close answered, got {other:?}"),
+    }
+    rig.broker.expect_log("Client ws-leaving closed its connection").await;
 }

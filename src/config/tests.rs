@@ -453,3 +453,36 @@ fn rewrite_connect_off_needs_the_v2_header_and_the_cn() {
     ok.extend(["--rewrite-connect", "false", "--upstream-proxy-protocol", "v2"]);
     assert!(!load(&args(&ok), None).expect("valid").listeners[0].proxy_protocol.rewrite_connect);
 }
+
+#[test]
+fn a_websockets_listener_beside_an_mqtt_one_reads_its_ws_settings_and_round_trips_through_check() {
+    let text = "cert = \"c.pem\"\nkey = \"k.pem\"\nclient_auth = \"none\"\n\
+                [[listener]]\nname = \"mqtts\"\nlisten = \"127.0.0.1:8883\"\n\
+                [[listener]]\nname = \"wss\"\nlisten = \"127.0.0.1:443\"\nprotocol = \"websockets\"\n\
+                ws_path = \"/ws/mqtt\"\nws_allowed_origins = [\"https://*.example.org\"]\nws_max_message_size = 65536\n";
+    let cfg = load(&args(&[]), file(text)).expect("valid");
+    let (mqtts, wss) = (&cfg.listeners[0].websocket, &cfg.listeners[1].websocket);
+    assert_eq!(mqtts.protocol, ListenerProtocol::Mqtt);
+    assert_eq!(wss.protocol, ListenerProtocol::Websockets);
+    assert_eq!((wss.ws_path.as_str(), wss.ws_max_message_size), ("/ws/mqtt", 65536));
+    assert!(wss.ws_allowed_origins.admit(Some("https://dash.example.org")));
+    assert!(!wss.ws_allowed_origins.admit(Some("https://evil.example")));
+    let again = back(&cfg.to_string());
+    assert_eq!(again.listeners[1].websocket, cfg.listeners[1].websocket);
+    assert_eq!(again.listeners[0].websocket, WebSocketSettings::default());
+}
+
+#[test]
+fn bad_websocket_settings_name_the_setting_and_file() {
+    for (line, setting) in [
+        ("ws_path = \"mqtt\"", "ws_path"),
+        ("ws_path = \"/mqtt?x=1\"", "ws_path"),
+        ("ws_allowed_origins = [\"https://[a\"]", "ws_allowed_origins"),
+        ("ws_max_message_size = 1", "ws_max_message_size"),
+    ] {
+        let err = load(&args(&base()), file(&format!("protocol = \"websockets\"\n{line}"))).expect_err(line);
+        assert!(err.to_string().starts_with(&format!("{setting} (in /etc/mqtls/mqtls.toml)")), "{line}: {err}");
+    }
+    let err = toml::from_str::<Layer>("protocol = \"ws\"").expect_err("unknown protocol");
+    assert!(err.to_string().contains("websockets"), "{err}");
+}

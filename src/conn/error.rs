@@ -100,6 +100,12 @@ impl Reason {
     pub(crate) fn closed_before_tls(&self) -> bool {
         self.reason == "eof" && matches!(self.family, Family::ProxyProtocolErrors | Family::HandshakeFailures)
     }
+
+    /// Closed after TLS without a WebSocket request: a browser's spare connection (browsers open
+    /// connections ahead of need and close those they don't use), logged at debug level too.
+    pub(crate) fn closed_before_upgrade(&self) -> bool {
+        self.reason == "eof" && self.family == Family::WebSocketRefusals
+    }
 }
 
 /// The target the log line has always had, which operators' filters (`RUST_LOG`, `log_level`) name.
@@ -165,6 +171,8 @@ impl ConnError {
         let Reason { outcome, reason, .. } = why;
         if why.closed_before_tls() {
             debug!(target: LOG_TARGET, outcome, reason, "closed before TLS");
+        } else if why.closed_before_upgrade() {
+            debug!(target: LOG_TARGET, outcome, reason, "closed before the WebSocket upgrade");
         } else {
             warn!(target: LOG_TARGET, outcome, reason, err = %self, "refused");
         }
@@ -202,6 +210,7 @@ mod tests {
                 r("websocket_refused", WebSocketRefusals, "wrong_path"),
             ),
             (ConnError::WebSocket(UpgradeError::Timeout), r("websocket_refused", WebSocketRefusals, "timeout")),
+            (ConnError::WebSocket(UpgradeError::Closed), r("websocket_refused", WebSocketRefusals, "eof")),
             (ConnError::ConnectTimeout(ms), r("connect_timeout", ConnectRefusals, "timeout")),
             (ConnError::ClosedBeforeConnect, r("connect_eof", ConnectRefusals, "eof")),
             (ConnError::ConnectIo(io(ErrorKind::UnexpectedEof)), r("connect_eof", ConnectRefusals, "eof")),
@@ -375,9 +384,16 @@ mod tests {
                 assert_eq!(line["reason"], expected.reason, "{err:?}: {line}");
                 assert_eq!(line["target"], "mqtls::conn::handle", "{line}");
                 // Closed before TLS (no PROXY header, no ClientHello) is a probe: debug, not a warning.
-                let quiet = expected.reason == "eof"
+                // So is a browser's spare connection, closed after TLS without a WebSocket request.
+                let before_tls = expected.reason == "eof"
                     && matches!(expected.family, Family::ProxyProtocolErrors | Family::HandshakeFailures);
-                let (level, message) = if quiet { ("DEBUG", "closed before TLS") } else { ("WARN", "refused") };
+                let before_upgrade = expected.reason == "eof" && expected.family == Family::WebSocketRefusals;
+                let quiet = before_tls || before_upgrade;
+                let (level, message) = match (before_tls, before_upgrade) {
+                    (true, _) => ("DEBUG", "closed before TLS"),
+                    (_, true) => ("DEBUG", "closed before the WebSocket upgrade"),
+                    _ => ("WARN", "refused"),
+                };
                 assert_eq!((line["level"].as_str(), line["message"].as_str()), (Some(level), Some(message)), "{err:?}");
                 if !quiet {
                     assert_eq!(line["err"], err.to_string(), "{line}");

@@ -137,6 +137,10 @@ pub(crate) async fn handle(
                 proxy.count_failure(&err);
                 err.log();
             });
+            // A WebSocket client's bad frame ends the CONNECT read with the close code it got.
+            if let ConnError::ConnectIo(e) = &err {
+                websocket::stream::count_violation(&proxy.metrics, e);
+            }
             return None;
         }
     };
@@ -158,6 +162,10 @@ pub(crate) async fn handle(
                         .inc_by(stats.upstream_to_client);
                 }
                 Err(err) => proxy.count_failure(err),
+            }
+            // A WebSocket client's bad frame ends the splice with the close code it got.
+            if let Ok((_, Err(e))) = &result {
+                websocket::stream::count_violation(&proxy.metrics, e);
             }
             match result {
                 Ok((stats, Ok(()))) => info!(
@@ -244,6 +252,7 @@ async fn prepare(
                 .await
                 .map_err(|_| ConnError::WebSocket(websocket::UpgradeError::Timeout))?
                 .map_err(ConnError::WebSocket)?;
+            proxy.metrics.websocket_upgrades.inc();
             ClientStream::WebSocket(Box::new(ws))
         }
     };

@@ -24,6 +24,12 @@ pub(crate) struct ReasonLabel {
     pub(crate) reason: &'static str,
 }
 
+/// A WebSocket close code mqtls sent for a client's bad frame (one of four).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CodeLabel {
+    pub(crate) code: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DirectionLabel {
     pub(crate) direction: &'static str,
@@ -70,6 +76,8 @@ pub struct Metrics {
     pub(crate) handshakes: Family<HandshakeLabel, Counter>,
     pub(crate) connect_refusals: Family<ReasonLabel, Counter>,
     pub(crate) websocket_refusals: Family<ReasonLabel, Counter>,
+    pub(crate) websocket_upgrades: Counter,
+    pub(crate) websocket_violations: Family<CodeLabel, Counter>,
     pub(crate) upstream_errors: Family<ReasonLabel, Counter>,
     pub(crate) handshake_duration: Histogram,
     pub(crate) connection_duration: Histogram,
@@ -104,6 +112,8 @@ impl Metrics {
             handshakes: Family::default(),
             connect_refusals: Family::default(),
             websocket_refusals: Family::default(),
+            websocket_upgrades: Counter::default(),
+            websocket_violations: Family::default(),
             upstream_errors: Family::default(),
             // 1 ms … ~16 s: a handshake is milliseconds unless the machine is drowning.
             handshake_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
@@ -142,6 +152,12 @@ impl Metrics {
             "websocket_refusals",
             "WebSocket upgrade requests refused by reason (wrong_path, not_upgrade, subprotocol, origin, timeout, ...)",
             m.websocket_refusals.clone(),
+        );
+        registry.register("websocket_upgrades", "WebSocket upgrades answered with 101", m.websocket_upgrades.clone());
+        registry.register(
+            "websocket_violations",
+            "WebSocket connections closed for a client's bad frame, by close code (1002 protocol, 1003 text, 1007 UTF-8, 1009 too big)",
+            m.websocket_violations.clone(),
         );
         registry.register(
             "tls_handshakes",

@@ -150,6 +150,81 @@ pub(crate) fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What a client's bytes after the upgrade unwrap to, read to their end with a `max_message_size` cap:
+/// the byte stream its binary frames carry, or the close code a violation got (with the bytes unwrapped
+/// before it). Synchronous, over memory: for the fuzz targets (frames → stream → CONNECT reader) and
+/// tests.
+pub fn unwrap_frames(wire: &[u8], max_message_size: usize) -> (Vec<u8>, Option<u16>) {
+    use std::future::Future;
+    use std::task::{Context, Poll, Wake, Waker};
+    use tokio::io::{AsyncRead, ReadBuf};
+
+    struct Noop;
+    impl Wake for Noop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    let waker = Waker::from(std::sync::Arc::new(Noop));
+    let mut cx = Context::from_waker(&waker);
+    // Memory never waits, so every poll below is ready at once.
+    let mut new = std::pin::pin!(stream::WsStream::new(memory::Wire::new(wire), Vec::new(), max_message_size));
+    let mut ws = match new.as_mut().poll(&mut cx) {
+        Poll::Ready(ws) => ws,
+        Poll::Pending => return (Vec::new(), None),
+    };
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut buf = ReadBuf::new(&mut chunk);
+        match std::pin::Pin::new(&mut ws).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => return (out, None),
+            Poll::Ready(Ok(())) => out.extend_from_slice(buf.filled()),
+            Poll::Ready(Err(e)) => return (out, stream::close_code_of(&e)),
+            Poll::Pending => return (out, None),
+        }
+    }
+}
+
+/// A client's wire bytes in memory, for [`unwrap_frames`]; what mqtls writes back is discarded.
+mod memory {
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    pub(super) struct Wire<'a> {
+        rest: &'a [u8],
+    }
+
+    impl<'a> Wire<'a> {
+        pub(super) fn new(rest: &'a [u8]) -> Wire<'a> {
+            Wire { rest }
+        }
+    }
+
+    impl AsyncRead for Wire<'_> {
+        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            let n = self.rest.len().min(buf.remaining());
+            let (now, later) = self.rest.split_at(n);
+            buf.put_slice(now);
+            self.rest = later;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Wire<'_> {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +251,15 @@ mod tests {
     fn an_invalid_origin_glob_is_an_error_naming_it() {
         let err = Origins::new(&["https://[a".into()]).expect_err("invalid");
         assert!(err.to_string().contains("https://[a"), "{err}");
+    }
+
+    #[test]
+    fn frames_unwrap_to_their_stream_and_a_violation_to_its_close_code() {
+        // "ab" in a masked binary frame, then "c" in another, then a text frame.
+        let wire = [0x82, 0x82, 0, 0, 0, 0, b'a', b'b', 0x82, 0x81, 0, 0, 0, 0, b'c', 0x81, 0x80, 0, 0, 0, 0];
+        assert_eq!(unwrap_frames(&wire, 1024), (b"abc".to_vec(), Some(1003)));
+        assert_eq!(unwrap_frames(wire.get(..15).expect("two frames"), 1024), (b"abc".to_vec(), None));
+        assert_eq!(unwrap_frames(&[0x82, 0x05, 1, 2, 3, 4, 5], 1024), (Vec::new(), Some(1002)), "unmasked");
     }
 
     #[test]

@@ -38,6 +38,23 @@ pub(crate) struct FrameError {
     why: String,
 }
 
+/// The close code a read error of a [`WsStream`] was answered with, if it was a violation.
+pub(crate) fn close_code_of(err: &io::Error) -> Option<u16> {
+    err.get_ref().and_then(|e| e.downcast_ref::<FrameError>()).map(|e| e.code)
+}
+
+/// Counts a stream's end under `mqtls_websocket_violations_total{code}` when it was a client's bad frame.
+pub(crate) fn count_violation(metrics: &crate::ops::metrics::Metrics, err: &io::Error) {
+    let code = match close_code_of(err) {
+        Some(1002) => "1002",
+        Some(1003) => "1003",
+        Some(1007) => "1007",
+        Some(1009) => "1009",
+        _ => return,
+    };
+    metrics.websocket_violations.get_or_create(&crate::ops::metrics::CodeLabel { code }).inc();
+}
+
 /// A WebSocket as the byte stream its binary messages carry.
 pub(crate) struct WsStream<S> {
     ws: WebSocketStream<S>,
@@ -124,6 +141,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
             if !this.pending.is_empty() {
                 let n = this.pending.len().min(buf.remaining());
                 buf.put_slice(&this.pending.split_to(n));
+                if this.pending.is_empty() {
+                    // An empty view still shares the frame's allocation with tungstenite's read buffer.
+                    this.pending = Bytes::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             match ready!(Pin::new(&mut this.ws).poll_next(cx)) {

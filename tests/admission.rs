@@ -63,16 +63,6 @@ async fn hold_from(
     connected(&mut tls, client_id).await.then_some(tls)
 }
 
-fn metric(proxy: &Mqtls, name_and_labels: &str) -> f64 {
-    proxy
-        .proxy
-        .metrics
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 
@@ -84,7 +74,7 @@ async fn the_n_plus_first_connection_from_one_source_is_closed_at_accept_while_a
     let _second = hold_from(A, proxy.port(), b"", client.clone(), "a2").await.expect("2nd from A");
     assert!(hold_from(A, proxy.port(), b"", client.clone(), "a3").await.is_none(), "3rd from A refused");
     assert!(hold_from(B, proxy.port(), b"", client.clone(), "b1").await.is_some(), "B is not affected");
-    assert_eq!(metric(&proxy, r#"mqtls_connections_total{outcome="rate_limited"}"#), 1.0);
+    assert_eq!(proxy.metric(r#"mqtls_connections_total{outcome="rate_limited"}"#), 1.0);
     drop(_first);
     let port = proxy.port();
     eventually("A's closed connection frees its place", || {
@@ -106,7 +96,7 @@ async fn a_source_reconnecting_in_a_tight_loop_gets_its_rate_and_no_more() {
     }
     // Two at once (the bucket), plus what refilled at 2/s while the loop ran.
     assert!((2..=6).contains(&admitted), "{admitted} of 20 admitted");
-    assert!(metric(&proxy, r#"mqtls_connections_total{outcome="rate_limited"}"#) >= 14.0);
+    assert!(proxy.metric(r#"mqtls_connections_total{outcome="rate_limited"}"#) >= 14.0);
     assert!(hold_from(B, proxy.port(), b"", client, "b").await.is_some(), "another source is not affected");
 }
 
@@ -166,8 +156,7 @@ async fn a_certificate_over_its_connection_limit_gets_quota_exceeded_and_others_
     let (ok, _, err) = run_tool("mosquitto_pub", &publish("mqttv311", &cert, &key)).await;
     assert!(!ok && err.to_lowercase().contains("unavailable"), "MQTT 3.1.1 clone: {err}");
     // Counted once the refused connection is closed, which may be just after the client saw its CONNACK.
-    eventually("both refusals counted", || async { metric(&proxy, "mqtls_identity_limit_refusals_total") == 2.0 })
-        .await;
+    eventually("both refusals counted", || async { proxy.metric("mqtls_identity_limit_refusals_total") == 2.0 }).await;
 
     let (cert, key) = pki.ca.client("other-device").write(pki.dir.path(), "other");
     let (ok, _, err) = run_tool("mosquitto_pub", &publish("mqttv5", &cert, &key)).await;

@@ -196,26 +196,14 @@ async fn a_crl_served_over_http_is_fetched_at_start_and_revokes_its_devices() {
     assert!(crls[0]["this_update"].as_str().is_some_and(|t| t.ends_with('Z')), "{body}");
 }
 
-/// A device with its own session store: connects, CONNECTs, waits for the CONNACK, disconnects.
-async fn session(port: u16, client: Arc<rustls::ClientConfig>) -> std::io::Result<HandshakeKind> {
-    let mut tls = tls_connect(port, client).await?;
-    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
-    tls.write_all(&packet::connect(4, "resumer", None, None)).await?;
-    let ack = read_exact_within(&mut tls, 4).await?;
-    assert_eq!(ack, [0x20, 2, 0, 0]);
-    tls.write_all(&packet::DISCONNECT).await?;
-    read_to_close(&mut tls).await;
-    Ok(kind)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_updated_crl_is_picked_up_after_crl_refresh_and_resumption_cannot_bring_the_device_back() {
     let pki = Pki::new();
     let server = CrlServer::start(Answer::Body(crl(&pki.ca, 1, HOUR, YEAR, &[]))).await;
     let s = setup_with_pki(pki, &server, |c| c.refresh = Duration::from_millis(300)).await;
     // The device holds a session from before the revocation.
-    assert_eq!(session(s.proxy.port(), s.stolen.clone()).await.expect("first"), HandshakeKind::Full);
-    assert_eq!(session(s.proxy.port(), s.stolen.clone()).await.expect("resumes"), HandshakeKind::Resumed);
+    assert_eq!(mqtt_session(s.proxy.port(), s.stolen.clone()).await.expect("first"), HandshakeKind::Full);
+    assert_eq!(mqtt_session(s.proxy.port(), s.stolen.clone()).await.expect("resumes"), HandshakeKind::Resumed);
 
     server.serve(Answer::Body(crl(&s.pki.ca, 2, Duration::ZERO, YEAR, &[STOLEN])));
     // A device without a session shows when the new CRL is in force.
@@ -227,7 +215,10 @@ async fn an_updated_crl_is_picked_up_after_crl_refresh_and_resumption_cannot_bri
         })),
     );
     wait_accepted(s.proxy.port(), &stolen_again, false, Duration::from_secs(5)).await;
-    assert!(session(s.proxy.port(), s.stolen.clone()).await.is_err(), "no resumption, and the full handshake fails");
+    assert!(
+        mqtt_session(s.proxy.port(), s.stolen.clone()).await.is_err(),
+        "no resumption, and the full handshake fails"
+    );
     assert!(s.good_accepted().await, "other devices still connect");
 }
 

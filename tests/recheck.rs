@@ -24,16 +24,6 @@ fn device_leaf(ca: &Ca, cn: &str, serial: u64) -> Leaf {
     })
 }
 
-fn metric(proxy: &Mqtls, name_and_labels: &str) -> f64 {
-    proxy
-        .proxy
-        .metrics
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 /// Waits for `n` wills; returns each device's name with the time since `from` its will arrived.
 async fn wills(monitor: &mut Monitor, n: usize, from: Instant) -> Vec<(String, Duration)> {
     let mut got = Vec::new();
@@ -95,13 +85,13 @@ async fn a_device_revoked_by_a_new_crl_is_closed_within_the_spread_and_refused_o
     assert_eq!(closed[0].0, "stolen");
     assert!(closed[0].1 <= SPREAD + SLACK, "closed {:?} after the CRL change", closed[0].1);
     println!("CRL change to close: {:?} (spread {SPREAD:?})", closed[0].1);
-    assert_eq!(metric(&rig.proxy, r#"mqtls_connections_closed_total{reason="revoked"}"#), 1.0);
+    assert_eq!(rig.proxy.metric(r#"mqtls_connections_closed_total{reason="revoked"}"#), 1.0);
 
     assert!(!mqtt_accepted(port, client_tls(&rig.pki, Some(&stolen_leaf))).await, "the reconnect is refused");
     // Counted once the server side of the refused handshake has ended.
     let proxy = &rig.proxy;
     eventually("the refused reconnect is counted", || async {
-        metric(proxy, r#"mqtls_tls_handshake_failures_total{reason="revoked"}"#) >= 1.0
+        proxy.metric(r#"mqtls_tls_handshake_failures_total{reason="revoked"}"#) >= 1.0
     })
     .await;
     good.round_trip(&rig.broker, "after").await;
@@ -139,7 +129,7 @@ async fn replacing_the_ca_bundle_closes_the_removed_cas_devices_over_the_spread_
     assert!(last <= SPREAD + SLACK, "last close {last:?} after the change");
     assert!(last - first >= Duration::from_millis(100), "closes spread, not at once: {closed:?}");
     println!("CA change to closes: {closed:?} (spread {SPREAD:?})");
-    assert_eq!(metric(&proxy, r#"mqtls_connections_closed_total{reason="untrusted"}"#), 6.0);
+    assert_eq!(proxy.metric(r#"mqtls_connections_closed_total{reason="untrusted"}"#), 6.0);
     kept.round_trip(&broker, "still here").await;
     monitor.expect_nothing(Duration::from_millis(500)).await;
 }
@@ -195,7 +185,7 @@ async fn a_certificate_expiring_while_connected_closes_its_connection() {
     assert_eq!(closed[0].0, "short");
     assert!(closed[0].1 >= lifetime - Duration::from_secs(1), "closed {:?} after issue, before expiry", closed[0].1);
     assert!(closed[0].1 <= lifetime + SLACK, "closed {:?} after issue", closed[0].1);
-    assert_eq!(metric(&proxy, r#"mqtls_connections_closed_total{reason="expired"}"#), 1.0);
+    assert_eq!(proxy.metric(r#"mqtls_connections_closed_total{reason="expired"}"#), 1.0);
     assert!(!mqtt_accepted(proxy.port(), client_tls(&pki, Some(&short))).await, "an expired certificate is refused");
     long.round_trip(&broker, "still valid").await;
 }
@@ -213,7 +203,7 @@ async fn max_conn_lifetime_closes_a_connection_and_the_device_comes_back() {
     let mut device = Device::connect(&pki, proxy.port(), "dev", &device_leaf(&pki.ca, "dev", 3)).await;
     let closed = wills(&mut monitor, 1, connected).await;
     assert!(closed[0].1 >= Duration::from_millis(1800), "closed after {:?}", closed[0].1);
-    assert_eq!(metric(&proxy, r#"mqtls_connections_closed_total{reason="lifetime"}"#), 1.0);
+    assert_eq!(proxy.metric(r#"mqtls_connections_closed_total{reason="lifetime"}"#), 1.0);
     device.expect_line("SUBACK").await;
     device.round_trip(&broker, "back again").await;
 }

@@ -14,7 +14,6 @@ use mqtls::conn::upstream::Upstream;
 use mqtls::reload::{ReloadReason, Reloader};
 use rustls::version::{TLS12, TLS13};
 use rustls::{HandshakeKind, SupportedProtocolVersion};
-use tokio::io::AsyncWriteExt;
 
 /// A fresh key, made the way the documentation says (`openssl rand -base64 80 | tr -d '\n'`).
 fn new_key() -> String {
@@ -40,19 +39,6 @@ fn device(pki: &Pki, leaf: &Leaf, version: &'static SupportedProtocolVersion) ->
         .with_client_auth_cert(vec![leaf.der.clone()], leaf.key_der())
         .expect("client cert");
     Arc::new(config)
-}
-
-/// Connects, sends a CONNECT, waits for the CONNACK (which also delivers the ticket) and returns how
-/// the handshake went.
-async fn session(port: u16, config: Arc<rustls::ClientConfig>) -> std::io::Result<HandshakeKind> {
-    let mut tls = tls_connect(port, config).await?;
-    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
-    tls.write_all(&packet::connect(4, "resumer", None, None)).await?;
-    let ack = read_exact_within(&mut tls, 4).await?;
-    assert_eq!(ack, [0x20, 2, 0, 0]);
-    tls.write_all(&packet::DISCONNECT).await?;
-    read_to_close(&mut tls).await;
-    Ok(kind)
 }
 
 /// Two replicas with the same settings (the same key file, CA bundle and CRLs) in front of one broker,
@@ -114,9 +100,9 @@ async fn a_tls12_ticket_from_one_replica_resumes_on_the_other() {
 async fn resumes_across_replicas(version: &'static SupportedProtocolVersion) {
     let r = Replicas::start(Some(&[&new_key()]), |_, _| {}).await;
     let client = device(&r.pki, &r.pki.ca.client("device-42"), version);
-    assert_eq!(session(r.a(), client.clone()).await.expect("first"), HandshakeKind::Full);
-    assert_eq!(session(r.b(), client.clone()).await.expect("on B"), HandshakeKind::Resumed);
-    assert_eq!(session(r.a(), client.clone()).await.expect("back on A"), HandshakeKind::Resumed);
+    assert_eq!(mqtt_session(r.a(), client.clone()).await.expect("first"), HandshakeKind::Full);
+    assert_eq!(mqtt_session(r.b(), client.clone()).await.expect("on B"), HandshakeKind::Resumed);
+    assert_eq!(mqtt_session(r.a(), client.clone()).await.expect("back on A"), HandshakeKind::Resumed);
     assert_eq!(r.broker.usernames(), ["device-42"; 3], "a resumed session maps the same certificate");
 }
 
@@ -125,8 +111,8 @@ async fn without_shared_keys_a_ticket_resumes_only_on_its_own_replica() {
     for version in [&TLS13, &TLS12] {
         let r = Replicas::start(None, |_, _| {}).await;
         let client = device(&r.pki, &r.pki.ca.client("device-42"), version);
-        assert_eq!(session(r.a(), client.clone()).await.expect("first"), HandshakeKind::Full);
-        assert_eq!(session(r.b(), client.clone()).await.expect("on B"), HandshakeKind::Full, "{version:?}");
+        assert_eq!(mqtt_session(r.a(), client.clone()).await.expect("first"), HandshakeKind::Full);
+        assert_eq!(mqtt_session(r.b(), client.clone()).await.expect("on B"), HandshakeKind::Full, "{version:?}");
     }
 }
 
@@ -147,7 +133,7 @@ async fn rotation(version: &'static SupportedProtocolVersion) {
     let (resumer, idle) =
         (device(pki, &pki.ca.client("resumer"), version), device(pki, &pki.ca.client("idle"), version));
     for client in [&resumer, &idle] {
-        assert_eq!(session(r.a(), client.clone()).await.expect("first"), HandshakeKind::Full);
+        assert_eq!(mqtt_session(r.a(), client.clone()).await.expect("first"), HandshakeKind::Full);
     }
 
     // Rotation: the new key first, the old one kept for the tickets sealed under it.
@@ -160,17 +146,17 @@ async fn rotation(version: &'static SupportedProtocolVersion) {
             other => panic!("the key file change was not loaded: {other:?}"),
         }
     }
-    assert_eq!(session(r.b(), resumer.clone()).await.expect("old ticket"), HandshakeKind::Resumed);
+    assert_eq!(mqtt_session(r.b(), resumer.clone()).await.expect("old ticket"), HandshakeKind::Resumed);
     let fresh = device(pki, &pki.ca.client("fresh"), version);
-    assert_eq!(session(r.a(), fresh.clone()).await.expect("after rotation"), HandshakeKind::Full);
+    assert_eq!(mqtt_session(r.a(), fresh.clone()).await.expect("after rotation"), HandshakeKind::Full);
 
     // The old key dropped: tickets sealed since the rotation resume (they are under the new key), the
     // one sealed before it does not.
     write_keys(&r.keys, &[&new]);
     r.reload_both();
-    assert_eq!(session(r.b(), fresh.clone()).await.expect("new ticket"), HandshakeKind::Resumed);
-    assert_eq!(session(r.a(), resumer.clone()).await.expect("renewed ticket"), HandshakeKind::Resumed);
-    assert_eq!(session(r.b(), idle.clone()).await.expect("old key gone"), HandshakeKind::Full);
+    assert_eq!(mqtt_session(r.b(), fresh.clone()).await.expect("new ticket"), HandshakeKind::Resumed);
+    assert_eq!(mqtt_session(r.a(), resumer.clone()).await.expect("renewed ticket"), HandshakeKind::Resumed);
+    assert_eq!(mqtt_session(r.b(), idle.clone()).await.expect("old key gone"), HandshakeKind::Full);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -190,18 +176,18 @@ async fn ca_change(version: &'static SupportedProtocolVersion) {
     let pki = &r.pki;
     let (one, two) = (device(pki, &pki.ca.client("one"), version), device(pki, &pki.ca.client("two"), version));
     for client in [&one, &two] {
-        assert_eq!(session(r.a(), client.clone()).await.expect("first"), HandshakeKind::Full);
+        assert_eq!(mqtt_session(r.a(), client.clone()).await.expect("first"), HandshakeKind::Full);
     }
 
     let other = Ca::new("second CA");
     replace_by_rename(&pki.ca_file, &format!("{}{}", pki.ca.pem, other.pem));
     r.b.1.reload(ReloadReason::Sighup).expect("reload B");
-    assert_eq!(session(r.b(), one.clone()).await.expect("on B"), HandshakeKind::Full, "B refuses A's old ticket");
+    assert_eq!(mqtt_session(r.b(), one.clone()).await.expect("on B"), HandshakeKind::Full, "B refuses A's old ticket");
     r.a.1.reload(ReloadReason::Sighup).expect("reload A");
-    assert_eq!(session(r.a(), two.clone()).await.expect("on A"), HandshakeKind::Full, "A refuses its own");
+    assert_eq!(mqtt_session(r.a(), two.clone()).await.expect("on A"), HandshakeKind::Full, "A refuses its own");
     // Tickets minted under the new trust are shared again.
-    assert_eq!(session(r.a(), one.clone()).await.expect("new ticket"), HandshakeKind::Resumed);
-    assert_eq!(session(r.b(), two.clone()).await.expect("new ticket"), HandshakeKind::Resumed);
+    assert_eq!(mqtt_session(r.a(), one.clone()).await.expect("new ticket"), HandshakeKind::Resumed);
+    assert_eq!(mqtt_session(r.b(), two.clone()).await.expect("new ticket"), HandshakeKind::Resumed);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -231,14 +217,14 @@ async fn revocation(version: &'static SupportedProtocolVersion) {
     // The same certificate on two boxes, each with a ticket from A; both resume anywhere.
     let (first, second) = (device(pki, &stolen, version), device(pki, &stolen, version));
     for client in [&first, &second] {
-        assert_eq!(session(r.a(), client.clone()).await.expect("first"), HandshakeKind::Full);
-        assert_eq!(session(r.b(), client.clone()).await.expect("shared"), HandshakeKind::Resumed);
+        assert_eq!(mqtt_session(r.a(), client.clone()).await.expect("first"), HandshakeKind::Full);
+        assert_eq!(mqtt_session(r.b(), client.clone()).await.expect("shared"), HandshakeKind::Resumed);
     }
 
     replace_by_rename(&pki.path("ca.crl"), &pki.ca.crl(&[4242]));
     r.reload_both();
-    assert!(session(r.b(), first.clone()).await.is_err(), "no resumption on B, and the full handshake fails");
-    assert!(session(r.a(), second.clone()).await.is_err(), "no resumption on A, and the full handshake fails");
+    assert!(mqtt_session(r.b(), first.clone()).await.is_err(), "no resumption on B, and the full handshake fails");
+    assert!(mqtt_session(r.a(), second.clone()).await.is_err(), "no resumption on A, and the full handshake fails");
     eventually("B counts the refused handshake as revoked", || async {
         r.b.0.proxy.metrics.render().lines().any(|l| l == r#"mqtls_tls_handshake_failures_total{reason="revoked"} 1"#)
     })
@@ -297,7 +283,7 @@ async fn a_bad_rewrite_keeps_the_keys_in_service_and_the_watch_loads_the_next_go
     config.listeners[0].tls.ticket_keys = Some(path.clone());
     let (proxy, _reloader) = Mqtls::start_reloading(config).await;
     let client = device(&pki, &pki.ca.client("device-42"), &TLS13);
-    assert_eq!(session(proxy.port(), client.clone()).await.expect("first"), HandshakeKind::Full);
+    assert_eq!(mqtt_session(proxy.port(), client.clone()).await.expect("first"), HandshakeKind::Full);
 
     let reloads = |result: &str| {
         let line = format!("mqtls_tls_reloads_total{{result=\"{result}\"}} 1");
@@ -306,9 +292,9 @@ async fn a_bad_rewrite_keeps_the_keys_in_service_and_the_watch_loads_the_next_go
     };
     replace_by_rename(&path, "not a key\n");
     eventually("the bad key file is refused", || reloads("error")).await;
-    assert_eq!(session(proxy.port(), client.clone()).await.expect("kept"), HandshakeKind::Resumed);
+    assert_eq!(mqtt_session(proxy.port(), client.clone()).await.expect("kept"), HandshakeKind::Resumed);
 
     write_keys(&path, &[&new, &old]);
     eventually("the rotated key file is loaded", || reloads("ok")).await;
-    assert_eq!(session(proxy.port(), client.clone()).await.expect("rotated"), HandshakeKind::Resumed);
+    assert_eq!(mqtt_session(proxy.port(), client.clone()).await.expect("rotated"), HandshakeKind::Resumed);
 }

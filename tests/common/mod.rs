@@ -441,6 +441,16 @@ impl Mqtls {
         self.addr.port()
     }
 
+    /// The value of the sample `name_and_labels` (e.g. `mqtls_connections_total{outcome="ok"}`), 0 if absent.
+    pub fn metric(&self, name_and_labels: &str) -> f64 {
+        self.proxy
+            .metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
     /// Stops accepting, drains, and waits for the server task.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
@@ -757,6 +767,19 @@ pub fn mosquitto_tls_args(pki: &Pki, port: u16, leaf: Option<(&Path, &Path)>) ->
         args.extend(["--cert".into(), c.display().to_string(), "--key".into(), k.display().to_string()]);
     }
     args
+}
+
+/// A device with its own session store: connects, CONNECTs, waits for the CONNACK (which also
+/// delivers the ticket), disconnects; returns how the handshake went.
+pub async fn mqtt_session(port: u16, client: Arc<rustls::ClientConfig>) -> std::io::Result<rustls::HandshakeKind> {
+    let mut tls = tls_connect(port, client).await?;
+    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
+    tls.write_all(&packet::connect(4, "resumer", None, None)).await?;
+    let ack = read_exact_within(&mut tls, 4).await?;
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    tls.write_all(&packet::DISCONNECT).await?;
+    read_to_close(&mut tls).await;
+    Ok(kind)
 }
 
 /// Runs a command to completion within WAIT; returns (success, stdout, stderr).

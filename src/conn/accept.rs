@@ -46,7 +46,7 @@ impl Caps {
 type Unit = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Polls of pre-splice phases one driver makes before it yields to the runtime.
-const DRIVER_BUDGET: usize = 8;
+const DRIVER_BUDGET: usize = 4;
 
 /// Where the pre-splice phases (TLS handshake, CONNECT, checks) of a listener's connections run: a few
 /// tasks (one per worker thread), each driving many connections, instead of one task per connection.

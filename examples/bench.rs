@@ -978,7 +978,7 @@ async fn ping(target: Target, count: usize, warmup: usize) -> io::Result<serde_j
     }
     close(conn).await;
     samples.sort_by(f64::total_cmp);
-    let pct = |p: f64| samples.get(((samples.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    let pct = |p: f64| percentile(&samples, p);
     let mean = samples.iter().sum::<f64>() / samples.len().max(1) as f64;
     Ok(json!({
         "mode": "ping",
@@ -989,6 +989,11 @@ async fn ping(target: Target, count: usize, warmup: usize) -> io::Result<serde_j
         "mean_us": mean,
         "max_us": samples.last().copied().unwrap_or(0.0),
     }))
+}
+
+/// The `p` quantile (0..=1) of sorted samples, nearest rank; 0 when there are none.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0)
 }
 
 /// How long a device of the reconnect storm keeps trying before it counts as not back.
@@ -1086,7 +1091,7 @@ async fn reconnect(target: Target, count: usize, concurrency: usize) -> io::Resu
     let samples = watcher.join().map_err(|_| other("watcher panicked"))??;
     drop(again);
     back.sort_by(f64::total_cmp);
-    let pct = |v: &[f64], p: f64| v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    let pct = percentile;
     let mut quiet: Vec<f64> = samples.iter().filter(|(t, _)| *t < start).map(|(_, us)| *us).collect();
     let mut during: Vec<f64> =
         samples.iter().filter(|(t, _)| *t >= start && *t <= start + all_back).map(|(_, us)| *us).collect();

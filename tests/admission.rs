@@ -8,20 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use common::*;
-use mqtls::config::Config;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-async fn start(edit: impl FnOnce(&mut Config)) -> (Pki, Mosquitto, Mqtls) {
-    init_logs();
-    let pki = Pki::new();
-    let broker = Mosquitto::start();
-    let mut config = pki.config(broker.upstream());
-    edit(&mut config);
-    let proxy = Mqtls::start(config).await;
-    (pki, broker, proxy)
-}
 
 /// TCP from `source` (a loopback address), then `prefix` (a PROXY header, or nothing), then TLS.
 async fn tls_from(
@@ -68,7 +57,7 @@ const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_n_plus_first_connection_from_one_source_is_closed_at_accept_while_another_source_connects() {
-    let (pki, _broker, proxy) = start(|c| c.global.admission.per_source = Some(2)).await;
+    let Rig { pki, broker: _broker, proxy } = rig(|c| c.global.admission.per_source = Some(2)).await;
     let client = client_tls(&pki, Some(&pki.ca.client("device-1")));
     let _first = hold_from(A, proxy.port(), b"", client.clone(), "a1").await.expect("1st from A");
     let _second = hold_from(A, proxy.port(), b"", client.clone(), "a2").await.expect("2nd from A");
@@ -86,7 +75,7 @@ async fn the_n_plus_first_connection_from_one_source_is_closed_at_accept_while_a
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_reconnecting_in_a_tight_loop_gets_its_rate_and_no_more() {
-    let (pki, _broker, proxy) = start(|c| c.global.admission.rate_per_source = Some(2)).await;
+    let Rig { pki, broker: _broker, proxy } = rig(|c| c.global.admission.rate_per_source = Some(2)).await;
     let client = client_tls(&pki, Some(&pki.ca.client("device-1")));
     let mut admitted = 0;
     for i in 0..20 {
@@ -102,7 +91,7 @@ async fn a_source_reconnecting_in_a_tight_loop_gets_its_rate_and_no_more() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_a_trusted_load_balancer_the_source_is_the_address_its_proxy_header_names() {
-    let (pki, _broker, proxy) = start(|c| {
+    let Rig { pki, broker: _broker, proxy } = rig(|c| {
         c.global.admission.per_source = Some(1);
         c.listeners[0].proxy_protocol.accept_from =
             vec![mqtls::conn::proxy_protocol::parse_source_range("127.0.0.2").expect("range")];
@@ -123,7 +112,7 @@ async fn behind_a_trusted_load_balancer_the_source_is_the_address_its_proxy_head
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_process_rate_closes_connections_past_its_burst() {
-    let (pki, _broker, proxy) = start(|c| {
+    let Rig { pki, broker: _broker, proxy } = rig(|c| {
         c.global.admission.rate = Some(1);
         c.global.admission.burst = Some(3);
     })
@@ -141,7 +130,7 @@ async fn the_process_rate_closes_connections_past_its_burst() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_over_its_connection_limit_gets_quota_exceeded_and_others_are_unaffected() {
-    let (pki, broker, proxy) = start(|c| c.global.admission.per_identity = Some(1)).await;
+    let Rig { pki, broker, proxy } = rig(|c| c.global.admission.per_identity = Some(1)).await;
     let cloned = pki.ca.client("cloned-device");
     let _first = Device::connect(&pki, proxy.port(), "cloned-device", &cloned).await;
 

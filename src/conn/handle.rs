@@ -29,7 +29,7 @@ use crate::mqtt::connect::{self, Connect, Edit, ProtocolVersion, Refusal};
 use crate::ops::health::Health;
 use crate::ops::metrics::{DirectionLabel, Metrics};
 use crate::recheck::{self, Event, PeerChain, Standing};
-use crate::tls::TlsHandle;
+use crate::tls::{ClientAuth, TlsHandle};
 use crate::x509::identity;
 use crate::x509::policy::{ClientIdPolicy, ClientUsername, PasswordPolicy};
 use crate::x509::rules::{self as authorize, Rules};
@@ -148,40 +148,21 @@ pub(crate) async fn handle(
     Some(
         async move {
             let _active = active;
-            let result: Result<_, ConnError> = Ok(splice_opened(&proxy, opened).await);
-            match &result {
-                Ok((stats, _)) => {
-                    let m = &proxy.metrics;
-                    m.outcome("ok");
-                    m.connection_duration.observe(started.elapsed().as_secs_f64());
-                    m.bytes
-                        .get_or_create(&DirectionLabel { direction: "client_to_upstream" })
-                        .inc_by(stats.client_to_upstream);
-                    m.bytes
-                        .get_or_create(&DirectionLabel { direction: "upstream_to_client" })
-                        .inc_by(stats.upstream_to_client);
-                }
-                Err(err) => proxy.count_failure(err),
-            }
-            // A WebSocket client's bad frame ends the splice with the close code it got.
-            if let Ok((_, Err(e))) = &result {
-                websocket::stream::count_violation(&proxy.metrics, e);
-            }
+            let (stats, result) = splice_opened(&proxy, opened).await;
+            let m = &proxy.metrics;
+            m.outcome("ok");
+            m.connection_duration.observe(started.elapsed().as_secs_f64());
+            m.bytes.get_or_create(&DirectionLabel { direction: "client_to_upstream" }).inc_by(stats.client_to_upstream);
+            m.bytes.get_or_create(&DirectionLabel { direction: "upstream_to_client" }).inc_by(stats.upstream_to_client);
+            let (bytes_in, bytes_out) = (stats.client_to_upstream, stats.upstream_to_client);
+            let duration_ms = started.elapsed().as_millis() as u64;
             match result {
-                Ok((stats, Ok(()))) => info!(
-                    bytes_in = stats.client_to_upstream,
-                    bytes_out = stats.upstream_to_client,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    "closed"
-                ),
-                Ok((stats, Err(err))) => info!(
-                    bytes_in = stats.client_to_upstream,
-                    bytes_out = stats.upstream_to_client,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    %err,
-                    "closed"
-                ),
-                Err(err) => err.log(),
+                Ok(()) => info!(bytes_in, bytes_out, duration_ms, "closed"),
+                Err(err) => {
+                    // A WebSocket client's bad frame ends the splice with the close code it got.
+                    websocket::stream::count_violation(m, &err);
+                    info!(bytes_in, bytes_out, duration_ms, %err, "closed");
+                }
             }
         }
         .instrument(span),
@@ -228,8 +209,10 @@ async fn prepare(
             }
         }
     }
-    // Registered before the configuration is taken, so a trust change published after it is seen.
-    let registration = proxy.tls.connections().register();
+    // Registered before the configuration is taken, so a trust change published after it is seen; only
+    // where there can be something to watch (a client certificate, or a lifetime).
+    let watchable = proxy.listener.tls.client_auth != ClientAuth::None || proxy.listener.recheck.max_lifetime.is_some();
+    let registration = watchable.then(|| proxy.tls.connections().register());
     let acceptor = proxy.tls.acceptor();
     let handshake_started = Instant::now();
     // The handshake future and the TLS stream (each over 1 KiB) live on the heap, so this task's own

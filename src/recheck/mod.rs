@@ -173,9 +173,9 @@ pub(crate) struct Standing {
 
 impl Standing {
     /// `entry` is the connection's registration with its listener, made before the handshake began
-    /// (so no trust change after it is missed); `not_after` is the client certificate's, in Unix
+    /// (so no trust change after it is missed), `None` where nothing can need watching; `not_after` is the client certificate's, in Unix
     /// seconds (`None` without one).
-    pub(crate) fn new(settings: &RecheckSettings, entry: Entry, not_after: Option<i64>) -> Standing {
+    pub(crate) fn new(settings: &RecheckSettings, entry: Option<Entry>, not_after: Option<i64>) -> Standing {
         let now = Instant::now();
         let expiry = not_after
             .filter(|_| settings.close_at_cert_expiry)
@@ -187,7 +187,7 @@ impl Standing {
             .map(|at| (at, CloseReason::Lifetime));
         let limit = earliest(expiry, lifetime);
         let watched = not_after.is_some() || limit.is_some();
-        Standing { entry: watched.then_some(entry), limit, recheck_at: None }
+        Standing { entry: entry.filter(|_| watched), limit, recheck_at: None }
     }
 
     /// Ready with the next thing to do: re-check (at this connection's share of `spread` after a trust

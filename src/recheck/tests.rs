@@ -117,7 +117,7 @@ fn a_year() -> Option<i64> {
 #[tokio::test(start_paused = true)]
 async fn a_trust_change_asks_for_a_recheck() {
     let (registry, _timer) = registry();
-    let mut standing = Standing::new(&settings(), registry.register(), a_year());
+    let mut standing = Standing::new(&settings(), Some(registry.register()), a_year());
     registry.recheck_all();
     assert_eq!(next(&mut standing).await, Event::Recheck);
 }
@@ -127,14 +127,14 @@ async fn a_change_between_registration_and_the_first_wait_is_not_missed() {
     let (registry, _timer) = registry();
     let entry = registry.register();
     registry.recheck_all();
-    let mut standing = Standing::new(&settings(), entry, a_year());
+    let mut standing = Standing::new(&settings(), Some(entry), a_year());
     assert_eq!(next(&mut standing).await, Event::Recheck);
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_recheck_comes_within_the_spread() {
     let (registry, _timer) = registry();
-    let mut standing = Standing::new(&settings(), registry.register(), a_year());
+    let mut standing = Standing::new(&settings(), Some(registry.register()), a_year());
     registry.recheck_all();
     let started = Instant::now();
     assert_eq!(next_with(&mut standing, Duration::from_secs(60)).await, Event::Recheck);
@@ -144,7 +144,7 @@ async fn the_recheck_comes_within_the_spread() {
 #[tokio::test(start_paused = true)]
 async fn a_second_change_while_a_recheck_is_pending_does_not_postpone_it() {
     let (registry, _timer) = registry();
-    let mut standing = Standing::new(&settings(), registry.register(), a_year());
+    let mut standing = Standing::new(&settings(), Some(registry.register()), a_year());
     let started = Instant::now();
     registry.recheck_all();
     let spread = Duration::from_secs(60);
@@ -171,7 +171,7 @@ fn rechecks_of_one_change_are_spread_over_the_window() {
 #[tokio::test(start_paused = true)]
 async fn without_a_change_there_is_no_recheck() {
     let (registry, _timer) = registry();
-    let mut standing = Standing::new(&settings(), registry.register(), a_year());
+    let mut standing = Standing::new(&settings(), Some(registry.register()), a_year());
     let event = tokio::time::timeout(Duration::from_secs(3600), next(&mut standing)).await;
     assert!(event.is_err(), "{event:?}");
 }
@@ -179,7 +179,7 @@ async fn without_a_change_there_is_no_recheck() {
 #[tokio::test(start_paused = true)]
 async fn an_expiring_certificate_closes_its_connection_just_after_not_after() {
     let (registry, _timer) = registry();
-    let mut standing = Standing::new(&settings(), registry.register(), Some(unix_now() + 30));
+    let mut standing = Standing::new(&settings(), Some(registry.register()), Some(unix_now() + 30));
     let started = Instant::now();
     assert_eq!(next(&mut standing).await, Event::Close(CloseReason::Expired));
     assert!(started.elapsed() >= Duration::from_secs(30) && started.elapsed() <= Duration::from_secs(32));
@@ -189,7 +189,7 @@ async fn an_expiring_certificate_closes_its_connection_just_after_not_after() {
 async fn with_close_at_cert_expiry_off_an_expiring_certificate_stays() {
     let (registry, _timer) = registry();
     let settings = RecheckSettings { close_at_cert_expiry: false, ..RecheckSettings::default() };
-    let mut standing = Standing::new(&settings, registry.register(), Some(unix_now() + 30));
+    let mut standing = Standing::new(&settings, Some(registry.register()), Some(unix_now() + 30));
     assert!(tokio::time::timeout(Duration::from_secs(3600), next(&mut standing)).await.is_err());
 }
 
@@ -197,7 +197,7 @@ async fn with_close_at_cert_expiry_off_an_expiring_certificate_stays() {
 async fn the_lifetime_closes_between_nine_tenths_and_all_of_it() {
     let (registry, _timer) = registry();
     let settings = RecheckSettings { max_lifetime: Some(Duration::from_secs(1000)), ..RecheckSettings::default() };
-    let mut standing = Standing::new(&settings, registry.register(), a_year());
+    let mut standing = Standing::new(&settings, Some(registry.register()), a_year());
     let started = Instant::now();
     assert_eq!(next(&mut standing).await, Event::Close(CloseReason::Lifetime));
     assert!(started.elapsed() >= Duration::from_secs(900) && started.elapsed() <= Duration::from_secs(1000) + SCAN);
@@ -207,17 +207,17 @@ async fn the_lifetime_closes_between_nine_tenths_and_all_of_it() {
 async fn the_earlier_of_expiry_and_lifetime_wins() {
     let (registry, _timer) = registry();
     let settings = RecheckSettings { max_lifetime: Some(Duration::from_secs(1000)), ..RecheckSettings::default() };
-    let mut standing = Standing::new(&settings, registry.register(), Some(unix_now() + 10));
+    let mut standing = Standing::new(&settings, Some(registry.register()), Some(unix_now() + 10));
     assert_eq!(next(&mut standing).await, Event::Close(CloseReason::Expired));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_without_certificate_or_lifetime_is_not_kept_in_the_registry() {
     let (registry, _timer) = registry();
-    let standing = Standing::new(&settings(), registry.register(), None);
+    let standing = Standing::new(&settings(), Some(registry.register()), None);
     assert_eq!(registry.len(), 0);
     drop(standing);
-    let watched = Standing::new(&settings(), registry.register(), a_year());
+    let watched = Standing::new(&settings(), Some(registry.register()), a_year());
     assert_eq!(registry.len(), 1);
     drop(watched);
     assert_eq!(registry.len(), 0, "a closed connection leaves nothing behind");
@@ -230,7 +230,7 @@ async fn many_deadlines_are_met_by_one_scanning_task() {
     let mut closes = Vec::new();
     for secs in [50u64, 10, 30] {
         let settings = RecheckSettings { max_lifetime: Some(Duration::from_secs(secs)), ..RecheckSettings::default() };
-        let mut standing = Standing::new(&settings, registry.register(), a_year());
+        let mut standing = Standing::new(&settings, Some(registry.register()), a_year());
         closes.push(tokio::spawn(async move {
             next(&mut standing).await;
             (secs, started.elapsed())

@@ -2,8 +2,9 @@
 //!
 //! [`App::bind`] loads every listener's TLS files (through its [`Reloader`]), builds one metrics
 //! registry, one [`Proxy`] per listener and binds every socket; [`App::run`] serves them with the
-//! process-wide caps, one SIGHUP handler, the reloaders' watch loops, the admin endpoints and the
-//! broker checks behind `/readyz`, until `shutdown` is cancelled and every listener's drain is over.
+//! process-wide caps, one SIGHUP handler, the reloaders' watch loops, the admin endpoints (with
+//! `POST /reload`, which reloads as SIGHUP does and answers with the outcome) and the broker checks
+//! behind `/readyz`, until `shutdown` is cancelled and every listener's drain is over.
 //! The binary, the tests and the benchmark all start mqtls this way.
 
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use crate::crl::CrlCache;
 use crate::ops::health::check_upstream;
 use crate::ops::metrics::Metrics;
 use crate::ops::{admin, service_manager};
-use crate::reload::{ConfigReload, Reloader};
+use crate::reload::{ConfigReload, ProcessReload, ReloadReason, Reloader};
 use crate::tls::TlsError;
 
 /// Why the application could not start. Each names the setting and where it was set.
@@ -31,8 +32,9 @@ use crate::tls::TlsError;
 pub enum AppError {
     #[error("{err} (settings from {origin})")]
     Tls { err: TlsError, origin: String },
-    #[error("{setting}: cannot bind {addr} (in {origin}): {source}")]
-    Bind { setting: &'static str, addr: SocketAddr, origin: String, source: std::io::Error },
+    /// Not a `#[source]`: the message already ends with it, and the binary prints the chain.
+    #[error("{setting}: cannot bind {addr} (in {origin}): {err}")]
+    Bind { setting: &'static str, addr: SocketAddr, origin: String, err: std::io::Error },
     #[error("installing the SIGHUP handler: {0}")]
     Signal(std::io::Error),
 }
@@ -78,11 +80,11 @@ impl App {
             };
             let reloader = Reloader::with_crls(listener.tls.clone(), global.reload, metrics.clone(), crls.clone())
                 .map_err(|err| AppError::Tls { err, origin: origin.clone() })?;
-            let socket = TcpListener::bind(listener.listen).await.map_err(|source| AppError::Bind {
+            let socket = TcpListener::bind(listener.listen).await.map_err(|err| AppError::Bind {
                 setting: "listen",
                 addr: listener.listen,
                 origin,
-                source,
+                err,
             })?;
             let mut proxy = Proxy::new(listener.clone(), global.clone(), reloader.handle(), metrics.clone());
             proxy.crls = crls;
@@ -90,11 +92,11 @@ impl App {
             listeners.push(Served { socket, proxy: Arc::new(proxy), reloader: Arc::new(reloader) });
         }
         let admin = match global.admin {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| AppError::Bind {
                 setting: "admin",
                 addr,
                 origin: config.origin(),
-                source,
+                err,
             })?),
             None => None,
         };
@@ -145,28 +147,29 @@ impl App {
             }
         }
         let rules = listeners.iter().map(|l| (l.proxy.rules.clone(), l.proxy.tls.clone())).collect();
-        let config_reload = args.map(|args| Arc::new(ConfigReload::new(args, config.clone(), rules)));
+        let config_reload = args.map(|args| Arc::new(ConfigReload::new(args, config.clone(), rules, metrics.clone())));
+        let labels = listeners.iter().map(|l| l.proxy.listener.label());
+        let reload = Arc::new(ProcessReload::new(config_reload, labels.zip(reloaders).collect()));
         let stop = side_stop.clone();
+        let on_hup = reload.clone();
         side_tasks.spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = hup.recv() => {}
                 }
-                info!("SIGHUP: reloading TLS files");
-                if let Some(config_reload) = config_reload.clone() {
-                    if let Err(err) = tokio::task::spawn_blocking(move || config_reload.reload()).await {
-                        error!(%err, "configuration reload task failed");
-                    }
-                }
-                for reloader in &reloaders {
-                    reloader.sighup();
+                info!("SIGHUP: reloading the configuration file and the TLS files");
+                // Each part logs its own outcome; SIGHUP has no one to answer.
+                let report = on_hup.run(ReloadReason::Sighup).await;
+                if report.refused() {
+                    error!(reason = %report.refusals(), "SIGHUP reload refused; what is in service stays");
                 }
             }
         });
         if let Some(admin) = admin {
             let view = admin::View {
                 metrics: metrics.clone(),
+                reload,
                 listeners: listeners
                     .iter()
                     .map(|l| (l.proxy.listener.label(), l.proxy.health.clone(), l.proxy.tls.clone()))

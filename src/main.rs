@@ -1,4 +1,7 @@
-//! The binary: parse the command line, load the configuration, build the application, run it.
+//! The binary: parse the command line, load the configuration, build the application, run it; or
+//! `check`, `identity`, `reload`. The exit status says whose move it is: 1 for a failure at run time
+//! (a restart may cure it), 2 when the configuration must change (a restart would fail the same way,
+//! so the systemd unit's `RestartPreventExitStatus=2` does not restart).
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
@@ -6,8 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use mqtls::config::{Cli, Command, Config, RunArgs};
+use mqtls::app::AppError;
+use mqtls::config::{Cli, Command, Config, ConfigError, RunArgs};
 use mqtls::ops::logging;
+use mqtls::ops::reload_command::{self, ReloadCommandError};
 use mqtls::x509::cert::Validity;
 use mqtls::x509::identity;
 use mqtls::{tls, App};
@@ -20,17 +25,70 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
-        Some(Command::Check(args)) => check(args),
-        Some(Command::Identity { cert, username_from }) => print_identity(&cert, username_from),
+        Some(Command::Check(args)) => check(args).map_err(Failure::Config),
+        Some(Command::Reload(args)) => reload(args),
+        Some(Command::Identity { cert, username_from }) => {
+            print_identity(&cert, username_from).map_err(Failure::Config)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+        Err(failure) => {
+            let (code, err) = match failure {
+                Failure::Runtime(err) => (1, err),
+                Failure::Config(err) => (2, err),
+            };
             // One line: the setting, the file, the reason.
             eprintln!("mqtls: error: {err:#}");
-            ExitCode::from(2)
+            ExitCode::from(code)
         }
     }
+}
+
+/// Why the binary stops with an error; the variant is the exit status.
+enum Failure {
+    /// Exit status 1: the environment failed (a port in use, no process to reload); a retry may work.
+    Runtime(anyhow::Error),
+    /// Exit status 2: the configuration or the command line must change.
+    Config(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(err: ConfigError) -> Failure {
+        Failure::Config(err.into())
+    }
+}
+
+impl From<AppError> for Failure {
+    fn from(err: AppError) -> Failure {
+        match err {
+            AppError::Tls { .. } => Failure::Config(err.into()),
+            // An address in use or not (yet) assigned, a signal handler: the host, not the settings.
+            AppError::Bind { .. } | AppError::Signal(_) => Failure::Runtime(err.into()),
+        }
+    }
+}
+
+impl From<ReloadCommandError> for Failure {
+    fn from(err: ReloadCommandError) -> Failure {
+        if err.is_configuration() {
+            Failure::Config(err.into())
+        } else {
+            Failure::Runtime(err.into())
+        }
+    }
+}
+
+/// `mqtls reload`: asks the running process and prints what it put in service.
+fn reload(args: RunArgs) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+        .map_err(Failure::Runtime)?;
+    let taken = runtime.block_on(reload_command::reload(&args))?;
+    println!("{taken}");
+    Ok(())
 }
 
 /// Validates the configuration and every listener's TLS files, then prints the effective settings.
@@ -115,7 +173,7 @@ fn print_identity(cert: &std::path::Path, from: identity::UsernameFrom) -> anyho
     Ok(())
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
+fn run(args: RunArgs) -> Result<(), Failure> {
     let config = Config::load(&args)?;
     let global = config.global.clone();
     // Logging first, so an expired certificate's warning at start-up reaches the log.
@@ -135,7 +193,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .event_interval(8)
         .enable_all()
         .build()
-        .context("starting the runtime")?;
+        .context("starting the runtime")
+        .map_err(Failure::Runtime)?;
     runtime.block_on(async move {
         let app = App::bind(config, Some(args)).await?;
         let shutdown = CancellationToken::new();
@@ -144,6 +203,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         // the one worker instead of waking a second thread for every connection.
         let served = tokio::spawn(app.run(shutdown)).await;
         signals.abort();
-        Ok(served.context("the server task failed")??)
+        served.context("the server task failed").map_err(Failure::Runtime)??;
+        Ok(())
     })
 }

@@ -17,7 +17,7 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// Start-up failed with exit code 2 and exactly one line on stderr; returns that line.
+/// Start-up failed with exit code 2 (a configuration error) and exactly one line on stderr; returns that line.
 fn one_error_line(out: &Output) -> String {
     assert_eq!(out.status.code(), Some(2), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -80,6 +80,30 @@ fn bad_listen_address_in_the_file_stops_startup_naming_it() {
     write_file(&conf, "listen = \"localhost\"\ncert = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.crt\"\n");
     let line = one_error_line(&mqtls(&["--config", s(&conf)]));
     assert!(line.contains("listen") && line.contains(s(&conf)), "{line}");
+}
+
+/// A failure of the host rather than the settings exits 1, so systemd restarts it (the unit's
+/// `RestartPreventExitStatus=2` only holds back configuration errors).
+#[test]
+fn a_port_in_use_stops_startup_with_exit_status_1_naming_the_address() {
+    let pki = Pki::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = mqtls(&[
+        "--listen",
+        &addr,
+        "--cert",
+        s(&pki.server_cert),
+        "--key",
+        s(&pki.server_key),
+        "--client-ca",
+        s(&pki.ca_file),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    let line = err.lines().last().unwrap_or_default();
+    assert!(line.starts_with("mqtls: error: listen: cannot bind") && line.contains(&addr), "{err}");
+    assert_eq!(line.matches("in use").count(), 1, "the reason once: {line}");
 }
 
 #[test]

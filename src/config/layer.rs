@@ -298,6 +298,11 @@ settings! {
 /// Reads and parses a configuration file. Unknown keys are errors: a typo must not silently fall back
 /// to a default.
 pub(crate) fn read_file(path: &std::path::Path) -> Result<Layer, super::ConfigError> {
+    parse_file(path)
+}
+
+/// Reads `path` as TOML into `T`; a syntax or type error is one line naming the file and the line.
+pub(crate) fn parse_file<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, super::ConfigError> {
     use super::ConfigError;
     let text =
         std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile { path: path.to_path_buf(), source })?;

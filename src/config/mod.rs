@@ -37,6 +37,9 @@ pub(crate) use crate::x509::rules::Rules;
 #[derive(Debug, Parser)]
 #[command(name = "mqtls", version, about = "MQTT-over-TLS proxy that maps client certificates to MQTT usernames")]
 #[command(args_conflicts_with_subcommands = true)]
+#[command(after_help = "Exit status: 0 done; 1 failure at run time (a port in use, no running mqtls to reload, a \
+second signal during the drain); 2 configuration or command-line error, or a reload refused (the files or settings \
+in service are kept).")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -50,6 +53,10 @@ pub enum Command {
     Run(RunArgs),
     /// Validate the configuration (including every certificate and key) and print the effective settings.
     Check(RunArgs),
+    /// Ask the running mqtls to reload (as SIGHUP does) and wait for the outcome: exits 0 when the new
+    /// files and settings are in service, 2 with the reason when they are refused. The running process is
+    /// found through the admin address (`admin` in the file, or --admin), which must be set.
+    Reload(RunArgs),
     /// Print the MQTT username a certificate maps to.
     Identity {
         /// PEM file whose first certificate is the client's leaf certificate.
@@ -147,6 +154,39 @@ impl Config {
             None => None,
         };
         validate::config(&args.settings, file)
+    }
+
+    /// The admin address alone, for `mqtls reload`: the flag, else the file's top-level `admin` key read
+    /// on its own, so that a file broken elsewhere still leads to the running process (which then refuses
+    /// it with the message start-up would give). `None` when neither sets it.
+    pub fn admin_address(args: &RunArgs) -> Result<Option<(SocketAddr, Origin)>, ConfigError> {
+        let (text, origin) = match (&args.settings.admin, &args.config) {
+            (Some(flag), _) => (flag.clone(), Origin::CommandLine),
+            (None, Some(path)) => {
+                let table: toml::Table = layer::parse_file(path)?;
+                let origin = Origin::File(path.clone());
+                match table.get("admin") {
+                    None => return Ok(None),
+                    Some(toml::Value::String(s)) => (s.clone(), origin),
+                    Some(other) => {
+                        return Err(ConfigError::Invalid {
+                            setting: "admin",
+                            origin,
+                            reason: format!("{other} is not a string"),
+                        })
+                    }
+                }
+            }
+            (None, None) => return Ok(None),
+        };
+        match text.parse() {
+            Ok(addr) => Ok(Some((addr, origin))),
+            Err(e) => Err(ConfigError::Invalid {
+                setting: "admin",
+                origin,
+                reason: format!("{text:?} is not an IP:port address ({e})"),
+            }),
+        }
     }
 
     #[cfg(test)]

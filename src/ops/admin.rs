@@ -1,9 +1,15 @@
-//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/certs`. Off unless `admin` is set.
+//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/certs`, and `POST /reload` (what
+//! `mqtls reload` asks). Off unless `admin` is set.
 //!
 //! It keeps serving while the proxy drains, so the orchestrator sees `/readyz` turn 503 for the whole
 //! drain, and it stops after the drain.
+//!
+//! `/reload` is the one route that changes anything, so it answers only requests from this host: the
+//! admin address is often bound to every address for probes and scrapes (a pod's), and whoever can
+//! reach those must not be able to make the process re-read its files at will.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +24,7 @@ use tracing::{debug, info};
 
 use super::health::Health;
 use super::metrics::Metrics;
+use crate::reload::{ProcessReload, ReloadReason};
 use crate::tls::TlsHandle;
 
 /// How long one admin request may take end to end; probes must never pile up.
@@ -27,6 +34,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// views, so the admin server depends on nothing of the connection path.
 pub(crate) struct View {
     pub(crate) metrics: Arc<Metrics>,
+    /// What `POST /reload` runs: the same reload as SIGHUP, with its outcome.
+    pub(crate) reload: Arc<ProcessReload>,
     /// Per listener: its name (or address) for `/certs`, its readiness, its TLS configuration.
     pub(crate) listeners: Vec<(String, Arc<Health>, Arc<TlsHandle>)>,
 }
@@ -35,11 +44,11 @@ pub(crate) struct View {
 pub(crate) async fn serve(listener: TcpListener, view: View, shutdown: CancellationToken) {
     let view = Arc::new(view);
     if let Ok(addr) = listener.local_addr() {
-        info!(admin = %addr, "admin endpoints: /metrics /healthz /readyz /certs");
+        info!(admin = %addr, "admin endpoints: /metrics /healthz /readyz /certs, POST /reload from this host");
     }
     let tracker = TaskTracker::new();
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -51,10 +60,12 @@ pub(crate) async fn serve(listener: TcpListener, view: View, shutdown: Cancellat
             },
         };
         let view = view.clone();
+        let local = tcp.local_addr().unwrap_or(peer);
         tracker.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let view = view.clone();
-                async move { Ok::<_, Infallible>(route(&view, &req)) }
+                let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                async move { Ok::<_, Infallible>(route(&view, &method, &path, peer, local).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn).await;
@@ -64,14 +75,17 @@ pub(crate) async fn serve(listener: TcpListener, view: View, shutdown: Cancellat
     tracker.wait().await;
 }
 
-fn route<B>(view: &View, req: &Request<B>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+async fn route(view: &View, method: &Method, path: &str, peer: SocketAddr, local: SocketAddr) -> Response<Full<Bytes>> {
+    if path == "/reload" {
+        return reload(view, method, peer, local).await;
+    }
+    if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }
     let Some((_, _, first_tls)) = view.listeners.first() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "no listeners\n".into());
     };
-    match req.uri().path() {
+    match path {
         "/metrics" => {
             let mut r = text(StatusCode::OK, view.metrics.render());
             r.headers_mut().insert(
@@ -107,8 +121,55 @@ fn route<B>(view: &View, req: &Request<B>) -> Response<Full<Bytes>> {
     }
 }
 
+/// `POST /reload`: reloads as SIGHUP does and answers when it is over: 200 with what is in service,
+/// or 422 with the refusal on one line (what was in service stays).
+async fn reload(view: &View, method: &Method, peer: SocketAddr, local: SocketAddr) -> Response<Full<Bytes>> {
+    if method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n".into());
+    }
+    if !from_this_host(peer.ip(), local.ip()) {
+        debug!(%peer, "POST /reload refused: not from this host");
+        return text(StatusCode::FORBIDDEN, "reload is answered only for clients on this host\n".into());
+    }
+    info!(%peer, "reload requested (mqtls reload): reloading the configuration file and the TLS files");
+    let report = view.reload.run(ReloadReason::Command).await;
+    if report.refused() {
+        text(StatusCode::UNPROCESSABLE_ENTITY, format!("{}\n", report.refusals()))
+    } else {
+        text(StatusCode::OK, format!("{}\n", report.summary()))
+    }
+}
+
+/// Whether a peer is on this host: a loopback address, or the very address it connected to (Linux
+/// drops packets from outside that claim a local source address, unless `accept_local` is set).
+fn from_this_host(peer: IpAddr, local: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    peer.is_loopback() || peer == local.to_canonical()
+}
+
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_this_host;
+
+    fn ip(s: &str) -> std::net::IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn reload_is_answered_for_loopback_and_same_address_peers_only() {
+        assert!(from_this_host(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(from_this_host(ip("127.0.0.1"), ip("10.0.0.5")), "loopback peer, admin on every address");
+        assert!(from_this_host(ip("::1"), ip("::1")));
+        assert!(from_this_host(ip("::ffff:127.0.0.1"), ip("::ffff:127.0.0.1")), "IPv4 on an IPv6 socket");
+        assert!(from_this_host(ip("10.0.0.5"), ip("10.0.0.5")), "admin bound to the host's own address");
+        assert!(!from_this_host(ip("10.0.0.7"), ip("10.0.0.5")));
+        assert!(!from_this_host(ip("::ffff:10.0.0.7"), ip("::ffff:10.0.0.5")));
+        assert!(!from_this_host(ip("2001:db8::7"), ip("2001:db8::5")));
+    }
 }

@@ -13,10 +13,11 @@
 //! what pairs a certificate with its key: while only one of them is new the key does not match the
 //! leaf, the build fails, and the write of the other half triggers the retry that succeeds.
 //!
-//! SIGHUP also re-reads the configuration file ([`ConfigReload`]): the allow rules are swapped in;
-//! every other setting keeps its start-up value, and a log line names the ones that changed and need
-//! a restart. One handler per process ([`crate::app`]) does that once, then asks every listener's
-//! reloader to reload ([`Reloader::sighup`]).
+//! SIGHUP and `mqtls reload` also re-read the configuration file ([`ConfigReload`]): the allow rules
+//! are swapped in; every other setting keeps its start-up value, and a log line names the ones that
+//! changed and need a restart. One [`ProcessReload`] per process ([`crate::app`]) does that once, then
+//! asks every listener's reloader ([`Reloader::request`]) and collects the outcomes, so that
+//! `mqtls reload` can tell the operator whether the new files are in service.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,9 @@ use crate::ops::metrics::{Metrics, ResultLabel};
 use crate::tls::{self, TlsError, TlsFiles, TlsHandle, TlsSettings};
 use crate::x509::cert::{CertInfo, Validity};
 use crate::x509::rules::Rules;
+
+mod process;
+pub(crate) use process::ProcessReload;
 
 /// However busy a directory is, a burst of events delays the reload by at most this many debounce
 /// periods: keeps "new files in use within 2 s" true next to a file that is rewritten continuously.
@@ -84,6 +88,8 @@ pub enum ReloadReason {
     /// A file event in a watched directory, after the debounce.
     Watch,
     Sighup,
+    /// `mqtls reload`, through the admin endpoint's `POST /reload`.
+    Command,
     /// The periodic content-hash re-check.
     Poll,
     /// A new CRL fetched over HTTP ([`Reloader::refresh`]).
@@ -96,6 +102,7 @@ impl fmt::Display for ReloadReason {
             ReloadReason::Startup => "startup",
             ReloadReason::Watch => "watch",
             ReloadReason::Sighup => "sighup",
+            ReloadReason::Command => "command",
             ReloadReason::Poll => "poll",
             ReloadReason::Crl => "crl",
         })
@@ -115,6 +122,24 @@ pub enum ReloadOutcome {
     },
 }
 
+/// Why a reload that was asked for (SIGHUP, `mqtls reload`) put nothing new in service. The files and
+/// settings in service stay.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    /// A listener's TLS files don't validate.
+    #[error("{0}")]
+    Tls(Arc<TlsError>),
+    /// The configuration file doesn't validate.
+    #[error("{0}")]
+    Config(Arc<ConfigError>),
+    /// The reload ended without an outcome: its task failed, or the process is shutting down.
+    #[error("the reload did not finish: {0}")]
+    Unfinished(String),
+}
+
+/// Where a requested reload's outcome is sent.
+type Waiter = oneshot::Sender<Result<ReloadOutcome, ReloadError>>;
+
 /// What the reloader remembers between attempts.
 struct State {
     /// (path, SHA-256) of every file of the configuration in service, in `TlsFiles::iter` order.
@@ -131,8 +156,10 @@ pub struct Reloader {
     handle: Arc<TlsHandle>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
-    /// Set by [`Reloader::sighup`]; the loop reloads when it is.
-    sighup: Notify,
+    /// Set by [`Reloader::request`]; the loop reloads when it is and answers every waiter.
+    requested: Notify,
+    /// Who asked for a reload since the loop last took the list, and why.
+    waiters: Mutex<Vec<(ReloadReason, Waiter)>>,
     /// CRLs fetched over HTTP, part of the client trust; set by [`Reloader::refresh`].
     crls: Option<Arc<crate::crl::CrlCache>>,
     refresh: Notify,
@@ -164,7 +191,8 @@ impl Reloader {
             handle: Arc::new(TlsHandle::new(&loaded)),
             metrics,
             state: Mutex::new(State { loaded: digests(&files), last_error: None }),
-            sighup: Notify::new(),
+            requested: Notify::new(),
+            waiters: Mutex::new(Vec::new()),
             crls,
             refresh: Notify::new(),
         })
@@ -175,9 +203,15 @@ impl Reloader {
         self.refresh.notify_one();
     }
 
-    /// Asks the running loop (see [`Reloader::start`]) to reload as for SIGHUP.
-    pub(crate) fn sighup(&self) {
-        self.sighup.notify_one();
+    /// Asks the running loop (see [`Reloader::start`]) to reload now and waits for the outcome. Through
+    /// the loop rather than straight to [`Reloader::reload`], so the directory watch is brought up to
+    /// date first, as for every other trigger. The reload starts after this call: a change written
+    /// before it is always seen.
+    pub(crate) async fn request(&self, reason: ReloadReason) -> Result<ReloadOutcome, ReloadError> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push((reason, tx));
+        self.requested.notify_one();
+        rx.await.unwrap_or_else(|_| Err(ReloadError::Unfinished("the TLS reloader stopped".into())))
     }
 
     /// The handle to give the proxy: it always holds the newest good configuration.
@@ -263,7 +297,7 @@ impl Reloader {
         if watch.is_some() {
             // A write between the initial load and the watch being in place produced no event: look
             // once before saying we are watching, so every write after that line is seen by an event.
-            self.clone().reload_off_runtime(ReloadReason::Watch).await;
+            let _ = self.clone().reload_off_runtime(ReloadReason::Watch).await;
         }
         // (first event of the burst, reload at).
         let mut pending: Option<(Instant, Instant)> = None;
@@ -275,9 +309,14 @@ impl Reloader {
         );
         loop {
             let due = pending.map(|(_, at)| at);
+            let mut waiters = Vec::new();
             let reason = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.sighup.notified() => ReloadReason::Sighup,
+                _ = self.requested.notified() => {
+                    // Taken before the reload starts: whoever asks after this gets the next one.
+                    waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|p| p.into_inner()));
+                    waiters.first().map_or(ReloadReason::Sighup, |(reason, _)| *reason)
+                }
                 _ = self.refresh.notified() => ReloadReason::Crl,
                 Some(event) = events.recv() => {
                     if watch.as_ref().is_some_and(|w| w.is_relevant(&event)) {
@@ -297,16 +336,23 @@ impl Reloader {
                 // write landing during the reload still produces an event.
                 w.sync(&self.tls);
             }
-            self.clone().reload_off_runtime(reason).await;
+            let outcome = self.clone().reload_off_runtime(reason).await;
+            for (_, waiter) in waiters {
+                let _ = waiter.send(outcome.clone());
+            }
         }
         debug!("TLS reloader stopped");
     }
 
     /// File reads and certificate parsing block; this keeps them off the runtime's worker threads.
-    async fn reload_off_runtime(self: Arc<Self>, reason: ReloadReason) {
+    async fn reload_off_runtime(self: Arc<Self>, reason: ReloadReason) -> Result<ReloadOutcome, ReloadError> {
         let work = move || self.reload(reason);
-        if let Err(err) = tokio::task::spawn_blocking(work).await {
-            error!(%err, "TLS reload task failed");
+        match tokio::task::spawn_blocking(work).await {
+            Ok(outcome) => outcome.map_err(|err| ReloadError::Tls(Arc::new(err))),
+            Err(err) => {
+                error!(%err, "TLS reload task failed");
+                Err(ReloadError::Unfinished(err.to_string()))
+            }
         }
     }
 
@@ -317,8 +363,7 @@ impl Reloader {
     }
 }
 
-/// The result of a successful [`ConfigReload::reload`].
-/// What a re-read of the configuration file did.
+/// What a successful re-read of the configuration file ([`ConfigReload::reload`]) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ConfigReloadOutcome {
     /// The listeners whose allow rules changed (and were swapped in).
@@ -331,6 +376,9 @@ pub(crate) struct ConfigReloadOutcome {
 pub(crate) struct ConfigReload {
     args: RunArgs,
     in_service: Config,
+    /// Counts a refused file (and new allow rules) in `mqtls_tls_reloads_total`, the counter that
+    /// alerts on failed reloads watch.
+    metrics: Arc<Metrics>,
     /// Each listener's allow rules and its TLS handle (whose connections re-check when the rules
     /// change), in the order of `in_service.listeners`.
     rules: Vec<(Arc<ArcSwap<Rules>>, Arc<TlsHandle>)>,
@@ -341,8 +389,14 @@ impl ConfigReload {
         args: RunArgs,
         in_service: Config,
         rules: Vec<(Arc<ArcSwap<Rules>>, Arc<TlsHandle>)>,
+        metrics: Arc<Metrics>,
     ) -> ConfigReload {
-        ConfigReload { args, in_service, rules }
+        ConfigReload { args, in_service, rules, metrics }
+    }
+
+    /// The file this re-reads, if any.
+    pub(crate) fn file(&self) -> Option<&Path> {
+        self.in_service.file.as_deref()
     }
 
     /// Re-reads the file and swaps in every listener's new allow rules; logs what needs a restart.
@@ -368,6 +422,7 @@ impl ConfigReload {
         let new = match new {
             Ok(c) => c,
             Err(err) => {
+                self.metrics.reloads.get_or_create(&ResultLabel { result: "error" }).inc();
                 error!(file = %file.display(), %err, "configuration reload failed; keeping the allow rules in service");
                 return Err(err);
             }
@@ -389,6 +444,8 @@ impl ConfigReload {
         }
         if rules_changed.is_empty() {
             info!(file = %file.display(), "configuration re-read; allow rules unchanged");
+        } else {
+            self.metrics.reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
         }
         let needs_restart = self.in_service.needs_restart(&new);
         if !needs_restart.is_empty() {

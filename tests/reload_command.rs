@@ -44,7 +44,12 @@ fn serve(extra: &str) -> Served {
             args.extend([flag.to_string(), path.display().to_string()]);
         }
         match Binary::try_spawn(&args, pki.dir.path(), port) {
-            Ok(mqtls) => return Served { pki, broker, file, mqtls, admin },
+            Ok(mqtls) => {
+                // Logged after the admin endpoint is bound and the start-up catch-up look at the files:
+                // from here on, only the command or SIGHUP loads a change.
+                mqtls.wait_for_log("watching TLS files");
+                return Served { pki, broker, file, mqtls, admin };
+            }
             Err(log) if log.contains("cannot bind") => continue,
             Err(log) => panic!("mqtls did not start: {log}"),
         }

@@ -23,6 +23,17 @@ ensure_cargo() {
   command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup) first" >&2; exit 1; }
 }
 
+# ensure_cargo_tool COMMAND CRATE VERSION: `cargo COMMAND` (a cargo subcommand such as `deb`), installed
+# with `cargo install --locked`, only when `cargo COMMAND --version` fails.
+ensure_cargo_tool() {
+  local command=$1 crate=$2 version=$3
+  cargo "$command" --version >/dev/null 2>&1 && return 0
+  echo "installing $crate $version (cargo install --locked)"
+  local started=$SECONDS
+  cargo install --quiet --locked "$crate" --version "$version"
+  echo "installed $crate in $((SECONDS - started)) s"
+}
+
 # ensure_npm DIR PACKAGE_DIR: the npm packages PACKAGE_DIR/package.json and package-lock.json pin, installed
 # into DIR with `npm ci`; reinstalled only when the lock file changes.
 ensure_npm() {

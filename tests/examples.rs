@@ -170,11 +170,12 @@ fn dockerfile_passes_hadolint() {
     }
 }
 
-/// The unit with ExecStart pointing at this build's binary (verify checks that the program exists).
+/// The unit with ExecStart and ExecReload pointing at this build's binary (verify checks that the
+/// programs exist).
 fn unit_for_this_build(dir: &std::path::Path) -> PathBuf {
     let unit = read("examples/systemd/mqtls.service");
     assert!(unit.contains("ExecStart=/usr/local/bin/mqtls "), "ExecStart changed: update this test");
-    let unit = unit.replace("ExecStart=/usr/local/bin/mqtls ", &format!("ExecStart={} ", env!("CARGO_BIN_EXE_mqtls")));
+    let unit = unit.replace("=/usr/local/bin/mqtls ", &format!("={} ", env!("CARGO_BIN_EXE_mqtls")));
     let path = dir.join("mqtls.service");
     write_file(&path, &unit);
     path
@@ -201,7 +202,9 @@ fn systemd_unit_verifies_and_is_hardened() {
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
         "CapabilityBoundingSet=\n",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        // A refused reload fails `systemctl reload`; a configuration error is not restarted in a loop.
+        "ExecReload=/usr/local/bin/mqtls reload --config /etc/mqtls/mqtls.toml\n",
+        "RestartPreventExitStatus=2\n",
     ] {
         assert!(text.contains(line), "the unit lacks {line:?}");
     }

@@ -59,6 +59,7 @@ impl App {
     /// With `args`, SIGHUP re-reads the file they name and swaps in its allow rules.
     pub async fn bind(config: Config, args: Option<RunArgs>) -> Result<App, AppError> {
         let metrics = Arc::new(Metrics::new());
+        metrics.max_connections.set(config.global.limits.max_connections as i64);
         let global = Arc::new(config.global.clone());
         // One for the process: its limits count every listener's connections.
         let admission = Admission::new(global.admission, global.limits.max_connections);
@@ -180,6 +181,7 @@ impl App {
                     config.global.upstream_check_interval,
                     config.global.limits.upstream_connect_timeout,
                     l.proxy.health.clone(),
+                    metrics.upstream_ready(&settings.metrics_label()),
                     side_stop.clone(),
                 ));
             }

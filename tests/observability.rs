@@ -318,8 +318,9 @@ async fn send_and_close(pki: &Pki, port: u16, leaf: &Leaf, bytes: &[u8]) {
 
 /// Running mqtls processes driven until every metric family has a sample (prometheus-client leaves a
 /// family without samples out of the exposition, `# TYPE` line included): a device's round trip to a
-/// real Mosquitto, then closed by a CRL revoking it; a handshake without a certificate; a PINGREQ for a
-/// CONNECT; a fetched CRL; a TLS reload of a broken key; the broker down; and, on a `websockets` listener
+/// real Mosquitto, then closed by a CRL revoking it; its certificate over `max_conn_per_identity`; a
+/// handshake without a certificate; a PINGREQ for a CONNECT; a fetched CRL; a TLS reload of a broken
+/// key; the broker down; and, on a `websockets` listener
 /// and on a PROXY-protocol listener, a refused upgrade, a text frame and a connection without a header.
 /// Returns the union of their expositions.
 async fn expositions_with_every_family() -> String {
@@ -334,6 +335,7 @@ async fn expositions_with_every_family() -> String {
         c.listeners[0].tls.crls = vec![crl.clone()];
         c.listeners[0].tls.crl_fetch.urls = vec![fetched.url.clone()];
         c.listeners[0].recheck.spread = Duration::ZERO;
+        c.global.admission.per_identity = Some(1);
     })
     .await;
     let (ws, _) = with_admin(&pki, broker.upstream(), |c| {
@@ -350,6 +352,8 @@ async fn expositions_with_every_family() -> String {
     });
     let mut device = Device::connect(&pki, tcp.port(), "device-1", &device_leaf).await;
     device.round_trip(&broker, "metrics").await;
+    // The same certificate again, over max_conn_per_identity.
+    send_and_close(&pki, tcp.port(), &device_leaf, &packet::connect(4, "clone", None, None)).await;
     if let Ok(mut anonymous) = tls_connect(tcp.port(), client_tls(&pki, None)).await {
         read_to_close(&mut anonymous).await;
     }
@@ -382,6 +386,7 @@ async fn expositions_with_every_family() -> String {
         (&tcp, "mqtls_crl_fetches_total"),
         (&tcp, "mqtls_bytes_total"),
         (&tcp, "mqtls_tls_reloads_total"),
+        (&tcp, "mqtls_identity_limit_refusals_total"),
         (&ws, "mqtls_websocket_refusals_total"),
         (&ws, "mqtls_websocket_violations_total"),
         (&proxied, "mqtls_proxy_protocol_errors_total"),

@@ -123,6 +123,15 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// The failures by message, e.g. `; 41 × "Error: Connection refused"`.
+    fn kinds(&self) -> String {
+        let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+        for (_, message) in &self.failures {
+            *kinds.entry(message.as_str()).or_default() += 1;
+        }
+        kinds.iter().map(|(message, n)| format!("; {n} × {message:?}")).collect()
+    }
+
     /// From the first failed publish to the last.
     fn failing_for(&self) -> Duration {
         match (self.failures.first(), self.failures.last()) {
@@ -350,7 +359,7 @@ async fn measure_failed_connections_during_an_upgrade() {
                     swap.took.as_millis(),
                     swap.through_a,
                     swap.through_b,
-                    clients.failures.first().map(|(_, f)| format!("; e.g. {f:?}")).unwrap_or_default(),
+                    clients.kinds(),
                 );
             }
         }

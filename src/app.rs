@@ -71,6 +71,7 @@ impl App {
     /// listener takes is an error.
     pub async fn bind_with(config: Config, args: Option<RunArgs>, mut passed: PassedSockets) -> Result<App, AppError> {
         let metrics = Arc::new(Metrics::new());
+        metrics.max_connections.set(config.global.limits.max_connections as i64);
         let global = Arc::new(config.global.clone());
         // One for the process: its limits count every listener's connections.
         let admission = Admission::new(global.admission, global.limits.max_connections);
@@ -202,6 +203,7 @@ impl App {
                     config.global.upstream_check_interval,
                     config.global.limits.upstream_connect_timeout,
                     l.proxy.health.clone(),
+                    metrics.upstream_ready(&settings.metrics_label()),
                     side_stop.clone(),
                 ));
             }

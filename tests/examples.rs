@@ -1,6 +1,7 @@
 //! Every deployment example checked by the tool that knows its format:
-//! - examples/kubernetes/*.yaml: Kubernetes and cert-manager schemas, offline, plus what the manifests
-//!   promise across files (tests/validate_kubernetes.py, run with the venv tests/run makes);
+//! - examples/kubernetes/*.yaml: Kubernetes, cert-manager and prometheus-operator schemas, offline, plus
+//!   what the manifests promise across files (tests/validate_kubernetes.py, run with the venv tests/run
+//!   makes);
 //! - Dockerfile: hadolint;
 //! - examples/systemd/mqtls.service: `systemd-analyze verify` and `systemd-analyze security`; with
 //!   mqtls.socket: `systemd-analyze verify`, and its address is the example configuration's `listen`;
@@ -48,24 +49,40 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn kubernetes_manifests_validate_against_the_kubernetes_and_cert_manager_schemas() {
-    let python = pyenv_tool("python", "kubernetes-validate, cloudcoil-models-cert-manager");
-    // The sidecar example and the opt-in ticket-key rotation beside it (a subdirectory, so that
-    // `kubectl apply -f examples/kubernetes/` does not apply it), checked together.
-    let mut files: Vec<PathBuf> = ["examples/kubernetes", "examples/kubernetes/ticket-keys"]
-        .into_iter()
-        .flat_map(|dir| std::fs::read_dir(repo(dir)).unwrap_or_else(|e| panic!("{dir}: {e}")))
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
+    let python = pyenv_tool(
+        "python",
+        "kubernetes-validate, cloudcoil-models-cert-manager, cloudcoil-models-prometheus-operator",
+    );
+    // The sidecar example and the opt-in ticket-key rotation and monitoring beside it (subdirectories, so
+    // that `kubectl apply -f examples/kubernetes/` does not apply them), checked together.
+    let mut files: Vec<PathBuf> =
+        ["examples/kubernetes", "examples/kubernetes/ticket-keys", "examples/kubernetes/monitoring"]
+            .into_iter()
+            .flat_map(|dir| std::fs::read_dir(repo(dir)).unwrap_or_else(|e| panic!("{dir}: {e}")))
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
     files.sort();
     let mut cmd = Command::new(python);
     cmd.arg(repo("tests/validate_kubernetes.py")).arg("--mosquitto-dir").arg(repo("examples/mosquitto"));
+    cmd.arg("--prometheus-rules").arg(repo("examples/prometheus/mqtls-alerts.yaml"));
     for v in KUBERNETES_VERSIONS {
         cmd.args(["--k8s", v]);
     }
     let out = run(cmd.args(&files));
     assert!(out.status.success(), "the Kubernetes examples do not validate:\n{}", text(&out));
-    for kind in ["Certificate", "ConfigMap", "CronJob", "Deployment", "Issuer", "Role", "RoleBinding", "Service"] {
+    for kind in [
+        "Certificate",
+        "ConfigMap",
+        "CronJob",
+        "Deployment",
+        "Issuer",
+        "PodMonitor",
+        "PrometheusRule",
+        "Role",
+        "RoleBinding",
+        "Service",
+    ] {
         assert!(text(&out).contains(kind), "no {kind} was validated:\n{}", text(&out));
     }
 }

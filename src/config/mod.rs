@@ -129,6 +129,16 @@ impl Listener {
     pub(crate) fn label(&self) -> String {
         self.name.clone().unwrap_or_else(|| self.listen.to_string())
     }
+
+    /// For the metrics' `listener` label: the name the operator gave it, or its address when unnamed
+    /// (stable across reorderings of the blocks, unlike `#2`; `mqtls check` prints those names, so a
+    /// `#` name read back is taken as unnamed too).
+    pub(crate) fn metrics_label(&self) -> String {
+        match &self.name {
+            Some(name) if !name.starts_with('#') => name.clone(),
+            _ => self.listen.to_string(),
+        }
+    }
 }
 
 /// The validated configuration. Nothing in here is re-parsed per connection.

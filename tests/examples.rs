@@ -3,7 +3,8 @@
 //!   what the manifests promise across files (tests/validate_kubernetes.py, run with the venv tests/run
 //!   makes);
 //! - Dockerfile: hadolint;
-//! - examples/systemd/mqtls.service: `systemd-analyze verify` and `systemd-analyze security`;
+//! - examples/systemd/mqtls.service: `systemd-analyze verify` and `systemd-analyze security`; with
+//!   mqtls.socket: `systemd-analyze verify`, and its address is the example configuration's `listen`;
 //! - examples/mosquitto/: a real Mosquitto started with that configuration and ACL, behind mqtls;
 //! - the ticket-key rotation script of examples/kubernetes/ticket-keys/rotation.yaml: run against a stand-in
 //!   `kubectl`, its results loaded by `mqtls check`.
@@ -222,6 +223,22 @@ fn systemd_unit_verifies_and_is_hardened() {
     ] {
         assert!(text.contains(line), "the unit lacks {line:?}");
     }
+}
+
+#[test]
+fn systemd_socket_unit_verifies_and_listens_on_the_example_configurations_address() {
+    let analyze = require_tool("systemd-analyze", "systemd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = unit_for_this_build(dir.path());
+    let socket = dir.path().join("mqtls.socket");
+    write_file(&socket, &read("examples/systemd/mqtls.socket"));
+    let out = run(Command::new(&analyze).arg("verify").arg(&socket).arg(&service));
+    assert!(out.status.success() && text(&out).trim().is_empty(), "systemd-analyze verify:\n{}", text(&out));
+    // mqtls serves a passed socket on the listener whose `listen` is the same address.
+    let config: toml::Table = toml::from_str(&read("examples/mqtls.toml")).expect("examples/mqtls.toml");
+    let listen = config.get("listen").and_then(|v| v.as_str()).expect("examples/mqtls.toml sets listen");
+    let unit = read("examples/systemd/mqtls.socket");
+    assert!(unit.contains(&format!("\nListenStream={listen}\n")), "mqtls.socket must listen on {listen}");
 }
 
 /// Mosquitto started with examples/mosquitto/mosquitto.conf and acl, changed only where a test must:

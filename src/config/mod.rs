@@ -103,6 +103,8 @@ pub struct Listener {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub listen: SocketAddr,
+    /// Bind `listen` with SO_REUSEPORT: a successor may bind the same address while this process drains.
+    pub reuse_port: bool,
     #[serde(serialize_with = "serialize_display")]
     pub upstream: Upstream,
     #[serde(flatten)]

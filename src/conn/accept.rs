@@ -1,7 +1,8 @@
-//! The accept loop and the drain: every connection task is tracked so shutdown can wait for them.
+//! The accept loop and the drain: every connection task is tracked so shutdown can wait for them; a
+//! listener that hands its port over to a successor takes what its accept queue holds before closing.
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::conn::admission::{Limited, SourceGuard};
 use crate::conn::budget::ConnectBudget;
 use crate::conn::handle::{self as proxy, Proxy};
+use crate::conn::socket;
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop backs off instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -211,13 +213,142 @@ fn admit(proxy: &Proxy, peer: IpAddr) -> Result<Option<SourceGuard>, Limited> {
     proxy.admission.admit_source(peer)
 }
 
-/// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets established
-/// connections finish for up to the drain timeout before closing the rest. `caps` are shared with the
-/// process's other listeners.
-pub(crate) async fn serve(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, shutdown: CancellationToken) {
+/// What a listener does with its socket when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Close it at once: nobody else serves the address (or, for a socket systemd passed, the socket
+    /// stays open in systemd and what arrives waits in its queue for the next process).
+    Close,
+    /// Hand the address over to a successor bound with `SO_REUSEPORT`: refuse new handshakes, accept
+    /// for [`socket::HANDOVER`] the ones under way and what the accept queue holds, then close.
+    HandOver,
+}
+
+/// What a new connection goes through at accept: the admission limits and the process-wide caps,
+/// then the pre-splice drivers and the drain's tracker.
+struct Acceptor {
+    proxy: Arc<Proxy>,
+    connections: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+    connect_bytes: ConnectBudget,
+    drivers: Drivers,
+    tracker: TaskTracker,
+    force_close: CancellationToken,
+}
+
+impl Acceptor {
+    fn take(&mut self, tcp: TcpStream, peer: SocketAddr) {
+        let proxy = &self.proxy;
+        // The rate limits first, before any TLS work; a trusted load balancer's clients are
+        // admitted per source once its header names them (see `handle`).
+        let source = match admit(proxy, peer.ip()) {
+            Ok(source) => source,
+            Err(limited) => {
+                proxy.metrics.outcome("rate_limited");
+                proxy.admission.log_refusal(limited, peer.ip());
+                return;
+            }
+        };
+        // Past the limit, close at once: no TLS handshake, the cheapest answer when the
+        // process is saturated (a CONNACK would cost a full handshake first).
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            proxy.metrics.outcome("limit");
+            debug!(%peer, "connection limit reached; closed at accept");
+            return;
+        };
+        let Ok(handshake) = self.handshakes.clone().try_acquire_owned() else {
+            proxy.metrics.outcome("handshake_limit");
+            debug!(%peer, "handshake limit reached; closed at accept");
+            return;
+        };
+        let proxy = proxy.clone();
+        let force_close = self.force_close.clone();
+        let connect_bytes = self.connect_bytes.share();
+        // The connection's own task is made first and waits for its splice: long-lived
+        // allocations before the short-lived pre-splice phase, so that phase's memory is
+        // reused by the next connection's instead of leaving holes between idle ones.
+        let (rest_tx, rest_rx) = oneshot::channel();
+        self.tracker.spawn(async move {
+            let _permit = permit;
+            let _source = source;
+            let Ok(rest) = rest_rx.await else { return };
+            // A panic in one connection ends only that task: tokio catches it at the task boundary.
+            tokio::select! {
+                _ = force_close.cancelled() => {}
+                _ = rest => {}
+            }
+        });
+        let unit = async move {
+            if let Some(rest) = proxy::handle(proxy, tcp, peer, handshake, connect_bytes).await {
+                let _ = rest_tx.send(rest);
+            }
+        };
+        self.drivers.push(Box::pin(unit));
+    }
+
+    /// Accepts until `until` resolves. An accept error (e.g. out of file descriptors) backs off.
+    async fn accept_until(&mut self, listener: &TcpListener, until: impl Future<Output = ()>) {
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                _ = &mut until => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => self.take(tcp, peer),
+                    Err(err) => {
+                        warn!(%err, "accept failed; backing off");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes every connection the kernel has queued for `listener` (at most [`socket::MAX_QUEUED`]),
+    /// without waiting: asked of the socket itself, not of the runtime's last readiness event, so
+    /// nothing that completed its handshake a moment ago is left to be reset by the close.
+    fn take_queued(&mut self, listener: TcpListener) -> usize {
+        let listener = match listener.into_std() {
+            Ok(l) => l,
+            Err(err) => {
+                warn!(%err, "could not take the accept queue; closing");
+                return 0;
+            }
+        };
+        let mut taken = 0;
+        while taken < socket::MAX_QUEUED {
+            match listener.accept() {
+                Ok((tcp, peer)) => {
+                    taken += 1;
+                    match tcp.set_nonblocking(true).and_then(|()| TcpStream::from_std(tcp)) {
+                        Ok(tcp) => self.take(tcp, peer),
+                        Err(err) => debug!(%peer, %err, "queued connection lost at handover"),
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(err) => {
+                    warn!(%err, "accept failed while emptying the accept queue");
+                    break;
+                }
+            }
+        }
+        taken
+    }
+}
+
+/// Serves `listener` until `shutdown` is cancelled, then stops accepting (as `stop` says) and lets
+/// established connections finish for up to the drain timeout before closing the rest. `caps` are
+/// shared with the process's other listeners.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    proxy: Arc<Proxy>,
+    caps: Caps,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     let force_close = CancellationToken::new();
-    let mut drivers = Drivers::start(proxy.global.threads, &tracker, &force_close);
+    let drivers = Drivers::start(proxy.global.threads, &tracker, &force_close);
     let Caps { connections, handshakes, connect_bytes } = caps;
     proxy.health.set_listening(true);
     if let Ok(addr) = listener.local_addr() {
@@ -225,70 +356,32 @@ pub(crate) async fn serve(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, 
         let name = proxy.listener.name.as_deref();
         info!(listen = %addr, listener = name, upstream = %proxy.listener.upstream, "accepting connections");
     }
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    // The rate limits first, before any TLS work; a trusted load balancer's clients are
-                    // admitted per source once its header names them (see `handle`).
-                    let source = match admit(&proxy, peer.ip()) {
-                        Ok(source) => source,
-                        Err(limited) => {
-                            proxy.metrics.outcome("rate_limited");
-                            proxy.admission.log_refusal(limited, peer.ip());
-                            continue;
-                        }
-                    };
-                    // Past the limit, close at once: no TLS handshake, the cheapest answer when the
-                    // process is saturated (a CONNACK would cost a full handshake first).
-                    let Ok(permit) = connections.clone().try_acquire_owned() else {
-                        proxy.metrics.outcome("limit");
-                        debug!(%peer, "connection limit reached; closed at accept");
-                        continue;
-                    };
-                    let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
-                        proxy.metrics.outcome("handshake_limit");
-                        debug!(%peer, "handshake limit reached; closed at accept");
-                        continue;
-                    };
-                    let proxy = proxy.clone();
-                    let (force_close, connections) = (force_close.clone(), tracker.clone());
-                    let connect_bytes = connect_bytes.share();
-                    // The connection's own task is made first and waits for its splice: long-lived
-                    // allocations before the short-lived pre-splice phase, so that phase's memory is
-                    // reused by the next connection's instead of leaving holes between idle ones.
-                    let (rest_tx, rest_rx) = oneshot::channel();
-                    connections.spawn(async move {
-                        let _permit = permit;
-                        let _source = source;
-                        let Ok(rest) = rest_rx.await else { return };
-                        // A panic in one connection ends only that task: tokio catches it at the task boundary.
-                        tokio::select! {
-                            _ = force_close.cancelled() => {}
-                            _ = rest => {}
-                        }
-                    });
-                    let unit = async move {
-                        if let Some(rest) = proxy::handle(proxy, tcp, peer, handshake, connect_bytes).await {
-                            let _ = rest_tx.send(rest);
-                        }
-                    };
-                    drivers.push(Box::pin(unit));
-                }
-                Err(err) => {
-                    warn!(%err, "accept failed; backing off");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                }
-            }
-        }
-    }
+    let mut acceptor = Acceptor {
+        proxy: proxy.clone(),
+        connections,
+        handshakes,
+        connect_bytes,
+        drivers,
+        tracker: tracker.clone(),
+        force_close: force_close.clone(),
+    };
+    acceptor.accept_until(&listener, shutdown.cancelled()).await;
     proxy.health.set_draining();
-    drop(listener);
-    // The drivers end once their pending connections have (or been dropped by force_close).
-    drop(drivers);
-    tracker.close();
     let drain = proxy.global.drain_timeout;
+    if stop == Stop::HandOver {
+        match socket::refuse_new_handshakes(&listener) {
+            Ok(()) => info!(within = ?socket::HANDOVER.min(drain), "handing the port over: no new handshakes"),
+            Err(err) => warn!(%err, "could not stop new handshakes; closing the listener now"),
+        }
+        acceptor.accept_until(&listener, tokio::time::sleep(socket::HANDOVER.min(drain))).await;
+        let queued = acceptor.take_queued(listener);
+        debug!(queued, "accept queue emptied");
+    } else {
+        drop(listener);
+    }
+    // The drivers end once their pending connections have (or been dropped by force_close).
+    drop(acceptor);
+    tracker.close();
     info!(connections = tracker.len(), deadline = ?drain, "listener closed; draining");
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         warn!(connections = tracker.len(), "drain deadline passed; closing remaining connections");

@@ -174,6 +174,7 @@ impl Pki {
         let listener = Listener {
             name: None,
             listen: "127.0.0.1:0".parse().expect("addr"),
+            reuse_port: false,
             upstream,
             proxy_protocol: Default::default(),
             tls: TlsSettings {
@@ -564,6 +565,18 @@ impl Binary {
 
     pub fn running(&mut self) -> bool {
         self.child.try_wait().expect("wait").is_none()
+    }
+
+    /// Waits for the process to exit; its status, or a panic with its log after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "mqtls did not exit within {within:?}: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> u32 {

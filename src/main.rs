@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use mqtls::app::AppError;
 use mqtls::config::{Cli, Command, Config, ConfigError, RunArgs};
+use mqtls::conn::socket::{PassedError, PassedSockets};
 use mqtls::ops::logging;
 use mqtls::ops::reload_command::{self, ReloadCommandError};
 use mqtls::x509::cert::Validity;
@@ -65,6 +66,19 @@ impl From<AppError> for Failure {
             AppError::Tls { .. } => Failure::Config(err.into()),
             // An address in use or not (yet) assigned, a signal handler: the host, not the settings.
             AppError::Bind { .. } | AppError::Signal(_) => Failure::Runtime(err.into()),
+            AppError::Passed(err) => err.into(),
+        }
+    }
+}
+
+impl From<PassedError> for Failure {
+    fn from(err: PassedError) -> Failure {
+        match err {
+            // The .socket unit and the configuration disagree: a restart would too.
+            PassedError::NotTcp { .. } | PassedError::NotListening { .. } | PassedError::Unmatched { .. } => {
+                Failure::Config(err.into())
+            }
+            PassedError::Io { .. } => Failure::Runtime(err.into()),
         }
     }
 }
@@ -175,6 +189,8 @@ fn print_identity(cert: &std::path::Path, from: identity::UsernameFrom) -> anyho
 
 fn run(args: RunArgs) -> Result<(), Failure> {
     let config = Config::load(&args)?;
+    // Before the runtime's threads exist: taking them clears LISTEN_FDS and LISTEN_PID.
+    let passed = PassedSockets::from_env()?;
     let global = config.global.clone();
     // Logging first, so an expired certificate's warning at start-up reaches the log.
     logging::init(&global.log_level, global.log_format);
@@ -196,7 +212,7 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         .context("starting the runtime")
         .map_err(Failure::Runtime)?;
     runtime.block_on(async move {
-        let app = App::bind(config, Some(args)).await?;
+        let app = App::bind_with(config, Some(args), passed).await?;
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(mqtls::ops::signal::watch(shutdown.clone()));
         // On a worker, not on this (the main) thread: with `threads = 1` the accept loop then shares

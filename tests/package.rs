@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 /// Where systemd units of packages go (cargo-deb, like debhelper in Debian 13, uses /usr/lib).
 const UNIT: &str = "/usr/lib/systemd/system/mqtls.service";
+/// The socket-activation unit, installed beside it (not enabled).
+const SOCKET: &str = "/usr/lib/systemd/system/mqtls.socket";
 const CONFFILE: &str = "/etc/mqtls/mqtls.toml";
 /// Where postinst notes that it created the group (so that purge removes only a group it made).
 const GROUP_MARKER: &str = "/var/lib/mqtls/created-group";
@@ -186,7 +188,9 @@ fn the_package_installs_the_binary_the_unit_a_conffile_and_the_group() {
     let help = text(&run(Command::new("/usr/bin/mqtls").arg("--help")));
     assert!(help.contains("reload") && help.contains("Exit status"), "{help}");
 
-    for path in ["/usr/bin/mqtls", UNIT, CONFFILE, "/usr/share/doc/mqtls/README.md", "/usr/share/doc/mqtls/copyright"] {
+    for path in
+        ["/usr/bin/mqtls", UNIT, SOCKET, CONFFILE, "/usr/share/doc/mqtls/README.md", "/usr/share/doc/mqtls/copyright"]
+    {
         assert!(installed.files.contains(&PathBuf::from(path)), "{path} not in the package: {:?}", installed.files);
     }
     // An upgrade keeps the operator's edits: the file is a conffile, and it is the example, commented.
@@ -211,12 +215,12 @@ fn the_package_installs_the_binary_the_unit_a_conffile_and_the_group() {
 }
 
 #[test]
-fn the_installed_unit_passes_systemd_analyze_verify() {
+fn the_installed_units_pass_systemd_analyze_verify() {
     let _installed = Installed::new();
     let analyze = common::require_tool("systemd-analyze", "systemd");
-    let out = run(Command::new(analyze).arg("verify").arg(UNIT));
+    let out = run(Command::new(analyze).arg("verify").args([UNIT, SOCKET]));
     // verify exits 0 on an unknown key and only warns: any output is a failure here.
-    assert!(out.status.success() && text(&out).trim().is_empty(), "systemd-analyze verify {UNIT}:\n{}", text(&out));
+    assert!(out.status.success() && text(&out).trim().is_empty(), "systemd-analyze verify:\n{}", text(&out));
     let unit = std::fs::read_to_string(UNIT).expect("unit");
     for line in [
         "ExecStart=/usr/bin/mqtls --config /etc/mqtls/mqtls.toml\n",
@@ -331,10 +335,10 @@ fn purge_keeps_the_group_while_the_operators_files_remain_in_etc_mqtls() {
     assert!(!marker_left, "purge left /var/lib/mqtls");
 }
 
-/// The packaged unit differs from the example only in its header comment and the binary's path, so a
-/// change to one that misses the other fails here.
+/// The packaged units differ from the examples only in their header comments and the binary's path,
+/// so a change to one that misses the other fails here.
 #[test]
-fn the_packaged_unit_is_the_example_unit_with_the_package_paths() {
+fn the_packaged_units_are_the_example_units_with_the_package_paths() {
     let body = |path: &str| {
         let unit = std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         unit.find("\n[Unit]").map(|at| unit[at..].to_string()).unwrap_or_else(|| panic!("{path}: no [Unit]"))
@@ -342,6 +346,7 @@ fn the_packaged_unit_is_the_example_unit_with_the_package_paths() {
     let example = body("examples/systemd/mqtls.service");
     assert!(example.contains("/usr/local/bin/mqtls "), "the example's path changed: update this test");
     assert_eq!(body("debian/mqtls.service"), example.replace("/usr/local/bin/mqtls ", "/usr/bin/mqtls "));
+    assert_eq!(body("debian/mqtls.socket"), body("examples/systemd/mqtls.socket"));
 }
 
 /// Every path under `dir` (none if it does not exist); bounded by the tree's size.

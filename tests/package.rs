@@ -165,6 +165,7 @@ impl Drop for Installed {
 
 /// An exclusive lock on [`LOCK`], waited for at most [`LOCK_WAIT`].
 fn machine_lock() -> std::fs::File {
+    let _ = std::fs::create_dir_all(Path::new(LOCK).parent().unwrap_or(Path::new("/")));
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -268,7 +268,7 @@ impl Metrics {
         registry.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         // Both reload results exist from the start, at 0, so `increase()` sees the first failure.
         for result in ["ok", "error"] {
-            m.reloads.get_or_create(&ResultLabel { result });
+            let _ = m.reloads.get_or_create(&ResultLabel { result });
         }
         Metrics { registry, ..m }
     }

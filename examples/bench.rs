@@ -418,7 +418,7 @@ fn client_config(target: &Target) -> io::Result<ClientConfig> {
 }
 
 /// The terminator's configuration: what mqtls builds (aws-lc-rs, TLS 1.3 and 1.2, client certificates
-/// required through webpki, server suite order), with nothing behind it.
+/// required through webpki, server suite order, session tickets), with nothing behind it.
 fn server_config(certs: &Path) -> io::Result<ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = RootCertStore::empty();
@@ -433,6 +433,9 @@ fn server_config(certs: &Path) -> io::Result<ServerConfig> {
         .with_single_cert(vec![read_cert(&certs.join("server.crt"))?], read_key(&certs.join("server.key"))?)
         .map_err(|e| other(e.to_string()))?;
     config.ignore_client_order = true;
+    // Session tickets, as mqtls issues them: the default stateful cache holds 256 sessions, fewer than
+    // a storm's devices.
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| other(e.to_string()))?;
     Ok(config)
 }
 
@@ -1072,6 +1075,20 @@ fn fleet_source(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(base.saturating_add(u32::try_from(i).unwrap_or(u32::MAX))))
 }
 
+/// 0..n in a random order (Fisher–Yates with xorshift, seeded from the clock: no statistics rest on it).
+fn shuffled(n: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos());
+    let mut x = (nanos as u64) | 1;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
 async fn reconnect(
     target: Target,
     count: usize,
@@ -1136,14 +1153,18 @@ async fn reconnect(
             })
         })
     };
-    tokio::time::sleep(Duration::from_secs(2)).await; // quiet samples
-                                                      // Every device drops at once, then all reconnect at once with their tickets.
+    // Quiet samples first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Devices come back in no particular order: behind a round-robin balancer, the order they first
+    // connected in would otherwise send every one back to the same replica (or every one to the other).
+    let order = shuffled(count);
+    // Every device drops at once, then all reconnect at once with their tickets.
     drop(held);
     let start = Instant::now();
     let mut storm = tokio::task::JoinSet::new();
     let retries = std::rc::Rc::new(std::cell::Cell::new(0u64));
-    for (i, d) in dialers.iter().enumerate() {
-        let (d, retries) = (d.clone(), retries.clone());
+    for i in order {
+        let (d, retries) = (dialers[i].clone(), retries.clone());
         storm.spawn_local(async move {
             loop {
                 match d.open(&format!("storm-{}-{i}", std::process::id())).await {
@@ -1383,6 +1404,8 @@ mod chart {
     const GAP: i32 = 10;
     const TOP: i32 = 70;
     const FOOT: i32 = 34;
+    /// Each line of the note below its first.
+    const NOTE_LINE: i32 = 16;
 
     const MQTLS: RGBColor = RGBColor(31, 119, 180);
     const HAPROXY: RGBColor = RGBColor(214, 39, 40);
@@ -1410,7 +1433,9 @@ mod chart {
 
     pub fn render(d: &Data) -> io::Result<String> {
         let rows: i32 = d.groups.iter().map(|g| HEAD + ROW * g.bars.len() as i32 + GAP).sum();
-        let height = TOP + rows + FOOT;
+        let notes: Vec<&str> = d.note.lines().collect();
+        let top = TOP + NOTE_LINE * notes.len().saturating_sub(1) as i32;
+        let height = top + rows + FOOT;
         let max = d
             .groups
             .iter()
@@ -1424,14 +1449,17 @@ mod chart {
             let root = SVGBackend::with_string(&mut svg, (WIDTH as u32, height as u32)).into_drawing_area();
             root.fill(&WHITE).map_err(failed)?;
             root.draw(&Text::new(d.title.clone(), (12, 18), style(18, BASE, true, HPos::Left))).map_err(failed)?;
-            root.draw(&Text::new(d.note.clone(), (12, 42), style(12, NOTE, false, HPos::Left))).map_err(failed)?;
-            // The baseline: a dashed line at 1 through every group.
+            for (i, line) in notes.iter().enumerate() {
+                let at = (12, 42 + NOTE_LINE * i as i32);
+                root.draw(&Text::new(line.to_string(), at, style(12, NOTE, false, HPos::Left))).map_err(failed)?;
+            }
+            // The baseline: a dashed line at 1 through every group, under the bars and their labels.
             let one = x(1.0);
-            root.draw(&Text::new(format!("{} = 1", d.baseline), (one, TOP - 10), style(12, BASE, false, HPos::Center)))
+            root.draw(&Text::new(format!("{} = 1", d.baseline), (one, top - 10), style(12, BASE, false, HPos::Center)))
                 .map_err(failed)?;
-            root.draw(&DashedPathElement::new(vec![(one, TOP - 2), (one, TOP + rows)], 4, 3, BASE.stroke_width(1)))
+            root.draw(&DashedPathElement::new(vec![(one, top - 2), (one, top + rows)], 4, 3, BASE.stroke_width(1)))
                 .map_err(failed)?;
-            let mut y = TOP;
+            let mut y = top;
             for g in &d.groups {
                 root.draw(&Text::new(g.name.clone(), (12, y + HEAD / 2), style(14, BASE, true, HPos::Left)))
                     .map_err(failed)?;
@@ -1455,7 +1483,12 @@ mod chart {
                     root.draw(&Rectangle::new([(LEFT, mid - BAR / 2), (end, mid + BAR / 2)], color.filled()))
                         .map_err(failed)?;
                     let value = format!("{:.2}×  {}", b.ratio, b.label);
-                    root.draw(&Text::new(value, (end + 6, mid), style(11, BASE, bold, HPos::Left))).map_err(failed)?;
+                    let label = style(11, BASE, bold, HPos::Left);
+                    // A white ground, so that the baseline or a marker does not run through the text.
+                    let (w, _) = root.estimate_text_size(&value, &label).map_err(failed)?;
+                    let ground = [(end + 4, mid - ROW / 2 + 2), (end + 8 + w as i32, mid + ROW / 2 - 2)];
+                    root.draw(&Rectangle::new(ground, WHITE.filled())).map_err(failed)?;
+                    root.draw(&Text::new(value, (end + 6, mid), label)).map_err(failed)?;
                 }
                 let bottom = top + ROW * g.bars.len() as i32;
                 for m in &g.markers {
@@ -1730,8 +1763,8 @@ mod tests {
         {
             assert!(svg.contains(text), "{text} missing from {svg}");
         }
-        // The background and one rectangle per bar.
-        assert_eq!(svg.matches("<rect").count(), 1 + 4, "{svg}");
+        // The background, and per bar the bar and its label's ground.
+        assert_eq!(svg.matches("<rect").count(), 1 + 2 * 4, "{svg}");
     }
 
     #[test]

@@ -531,9 +531,9 @@ backend replicas
                     body = b""
                     while chunk := s.recv(65536):
                         body += chunk
-                for line in body.decode(errors="replace").splitlines():
-                    if line.startswith('mqtls_connections_closed_total{reason="revoked"}'):
-                        closed = float(line.split()[-1])
+                # Summed over the other labels (listener, transport).
+                closed = sum(float(line.split()[-1]) for line in body.decode(errors="replace").splitlines()
+                             if line.startswith("mqtls_connections_closed_total{") and 'reason="revoked"' in line)
             except OSError:
                 pass
             if closed >= n:

@@ -16,9 +16,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use crate::config::{Config, RunArgs};
-use crate::conn::accept::{self, Caps};
+use crate::conn::accept::{self, Caps, Stop};
 use crate::conn::admission::Admission;
 use crate::conn::handle::Proxy;
+use crate::conn::socket::{self, PassedError, PassedSockets};
 use crate::crl::CrlCache;
 use crate::ops::health::check_upstream;
 use crate::ops::metrics::Metrics;
@@ -35,11 +36,15 @@ pub enum AppError {
     Bind { setting: &'static str, addr: SocketAddr, origin: String, source: std::io::Error },
     #[error("installing the SIGHUP handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Passed(#[from] PassedError),
 }
 
 /// One listener, ready to serve.
 struct Served {
     socket: TcpListener,
+    /// What the listener does with `socket` when it stops.
+    stop: Stop,
     proxy: Arc<Proxy>,
     reloader: Arc<Reloader>,
 }
@@ -58,7 +63,15 @@ impl App {
     /// Loads every listener's TLS files and binds every socket (`listen`, and `admin` if set).
     /// With `args`, SIGHUP re-reads the file they name and swaps in its allow rules.
     pub async fn bind(config: Config, args: Option<RunArgs>) -> Result<App, AppError> {
+        App::bind_with(config, args, PassedSockets::default()).await
+    }
+
+    /// Like [`App::bind`], serving on the sockets systemd `passed` (socket activation) the listeners
+    /// whose `listen` is their address; the other listeners bind their own. A passed socket that no
+    /// listener takes is an error.
+    pub async fn bind_with(config: Config, args: Option<RunArgs>, mut passed: PassedSockets) -> Result<App, AppError> {
         let metrics = Arc::new(Metrics::new());
+        metrics.max_connections.set(config.global.limits.max_connections as i64);
         let global = Arc::new(config.global.clone());
         // One for the process: its limits count every listener's connections.
         let admission = Admission::new(global.admission, global.limits.max_connections);
@@ -78,16 +91,26 @@ impl App {
             };
             let reloader = Reloader::with_crls(listener.tls.clone(), global.reload, metrics.clone(), crls.clone())
                 .map_err(|err| AppError::Tls { err, origin: origin.clone() })?;
-            let socket = TcpListener::bind(listener.listen).await.map_err(|source| AppError::Bind {
-                setting: "listen",
-                addr: listener.listen,
-                origin,
-                source,
-            })?;
+            let bind_error =
+                |source| AppError::Bind { setting: "listen", addr: listener.listen, origin: origin.clone(), source };
+            let (socket, stop) = match passed.take(listener.listen) {
+                Some(socket) => {
+                    info!(listen = %listener.listen, "serving the socket systemd passed (socket activation)");
+                    (socket, Stop::Close)
+                }
+                None => {
+                    let socket = socket::bind(listener.listen, listener.reuse_port).map_err(bind_error)?;
+                    (socket, if listener.reuse_port { Stop::HandOver } else { Stop::Close })
+                }
+            };
+            let socket = TcpListener::from_std(socket).map_err(bind_error)?;
             let mut proxy = Proxy::new(listener.clone(), global.clone(), reloader.handle(), metrics.clone());
             proxy.crls = crls;
             proxy.admission = admission.clone();
-            listeners.push(Served { socket, proxy: Arc::new(proxy), reloader: Arc::new(reloader) });
+            listeners.push(Served { socket, stop, proxy: Arc::new(proxy), reloader: Arc::new(reloader) });
+        }
+        if let Some(addr) = passed.leftover() {
+            return Err(PassedError::Unmatched { addr, origin: config.origin() }.into());
         }
         let admin = match global.admin {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
@@ -180,6 +203,7 @@ impl App {
                     config.global.upstream_check_interval,
                     config.global.limits.upstream_connect_timeout,
                     l.proxy.health.clone(),
+                    metrics.upstream_ready(&settings.metrics_label()),
                     side_stop.clone(),
                 ));
             }
@@ -197,7 +221,7 @@ impl App {
         // The caps belong to the process: every listener draws on the same ones.
         let caps = Caps::new(&config.global.limits);
         for l in listeners {
-            servers.spawn(accept::serve(l.socket, l.proxy, caps.clone(), shutdown.clone()));
+            servers.spawn(accept::serve(l.socket, l.stop, l.proxy, caps.clone(), shutdown.clone()));
         }
         servers.close();
         // Listeners bound, handlers installed: a supervisor may send traffic and SIGHUP from here on.

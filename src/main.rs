@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use mqtls::config::{Cli, Command, Config, RunArgs};
+use mqtls::conn::socket::PassedSockets;
 use mqtls::ops::logging;
 use mqtls::x509::cert::Validity;
 use mqtls::x509::identity;
@@ -117,6 +118,8 @@ fn print_identity(cert: &std::path::Path, from: identity::UsernameFrom) -> anyho
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = Config::load(&args)?;
+    // Before the runtime's threads exist: taking them clears LISTEN_FDS and LISTEN_PID.
+    let passed = PassedSockets::from_env()?;
     let global = config.global.clone();
     // Logging first, so an expired certificate's warning at start-up reaches the log.
     logging::init(&global.log_level, global.log_format);
@@ -137,7 +140,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let app = App::bind(config, Some(args)).await?;
+        let app = App::bind_with(config, Some(args), passed).await?;
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(mqtls::ops::signal::watch(shutdown.clone()));
         // On a worker, not on this (the main) thread: with `threads = 1` the accept loop then shares

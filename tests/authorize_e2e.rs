@@ -84,9 +84,7 @@ async fn expect_alive(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpS
 }
 
 fn refusals(s: &Setup, reason: &str) -> u64 {
-    let text = s.proxy.proxy.metrics.render();
-    let prefix = format!("mqtls_connect_refusals_total{{reason=\"{reason}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.trim().parse().expect("counter"))
+    s.proxy.metric(&format!("mqtls_connect_refusals_total{{reason=\"{reason}\"}}")) as u64
 }
 
 /// The allow-rule matrix for one kind: every `allowed` certificate reaches the broker in 3.1.1 and

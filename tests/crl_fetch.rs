@@ -137,15 +137,12 @@ async fn setup_with_pki(pki: Pki, server: &CrlServer, edit: impl FnOnce(&mut Crl
 
 impl Setup {
     fn metrics(&self) -> String {
-        self.proxy.proxy.metrics.render()
+        self.proxy.metrics_text()
     }
 
-    /// The value of the sample `name_and_labels`, 0 if absent.
-    fn metric(&self, name_and_labels: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
+    /// The sum of the samples `query` selects (see [`sample`]).
+    fn metric(&self, query: &str) -> f64 {
+        self.proxy.metric(query)
     }
 
     async fn wait_metric(&self, name_and_labels: &str, at_least: f64) {
@@ -445,6 +442,5 @@ async fn a_connected_device_revoked_by_a_fetched_crl_is_closed_and_its_will_deli
     println!("fetched CRL served to close: {:?} (refresh 300ms, spread 2s)", served.elapsed());
     assert!(!mqtt_accepted(proxy.port(), client_tls(&pki, Some(&stolen_leaf))).await, "the reconnect is refused");
     good.round_trip(&broker, "still here").await;
-    let metrics = proxy.proxy.metrics.render();
-    assert!(metrics.contains(r#"mqtls_connections_closed_total{reason="revoked"} 1"#), "{metrics}");
+    assert_eq!(proxy.metric(r#"mqtls_connections_closed_total{reason="revoked"}"#), 1.0, "{}", proxy.metrics_text());
 }

@@ -1,8 +1,10 @@
 //! Every deployment example checked by the tool that knows its format:
-//! - examples/kubernetes/*.yaml: Kubernetes and cert-manager schemas, offline, plus what the manifests
-//!   promise across files (tests/validate_kubernetes.py, run with the venv tests/run makes);
+//! - examples/kubernetes/*.yaml: Kubernetes, cert-manager and prometheus-operator schemas, offline, plus
+//!   what the manifests promise across files (tests/validate_kubernetes.py, run with the venv tests/run
+//!   makes);
 //! - Dockerfile: hadolint;
-//! - examples/systemd/mqtls.service: `systemd-analyze verify` and `systemd-analyze security`;
+//! - examples/systemd/mqtls.service: `systemd-analyze verify` and `systemd-analyze security`; with
+//!   mqtls.socket: `systemd-analyze verify`, and its address is the example configuration's `listen`;
 //! - examples/mosquitto/: a real Mosquitto started with that configuration and ACL, behind mqtls;
 //! - the ticket-key rotation script of examples/kubernetes/ticket-keys/rotation.yaml: run against a stand-in
 //!   `kubectl`, its results loaded by `mqtls check`.
@@ -47,24 +49,40 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn kubernetes_manifests_validate_against_the_kubernetes_and_cert_manager_schemas() {
-    let python = pyenv_tool("python", "kubernetes-validate, cloudcoil-models-cert-manager");
-    // The sidecar example and the opt-in ticket-key rotation beside it (a subdirectory, so that
-    // `kubectl apply -f examples/kubernetes/` does not apply it), checked together.
-    let mut files: Vec<PathBuf> = ["examples/kubernetes", "examples/kubernetes/ticket-keys"]
-        .into_iter()
-        .flat_map(|dir| std::fs::read_dir(repo(dir)).unwrap_or_else(|e| panic!("{dir}: {e}")))
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
+    let python = pyenv_tool(
+        "python",
+        "kubernetes-validate, cloudcoil-models-cert-manager, cloudcoil-models-prometheus-operator",
+    );
+    // The sidecar example and the opt-in ticket-key rotation and monitoring beside it (subdirectories, so
+    // that `kubectl apply -f examples/kubernetes/` does not apply them), checked together.
+    let mut files: Vec<PathBuf> =
+        ["examples/kubernetes", "examples/kubernetes/ticket-keys", "examples/kubernetes/monitoring"]
+            .into_iter()
+            .flat_map(|dir| std::fs::read_dir(repo(dir)).unwrap_or_else(|e| panic!("{dir}: {e}")))
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
     files.sort();
     let mut cmd = Command::new(python);
     cmd.arg(repo("tests/validate_kubernetes.py")).arg("--mosquitto-dir").arg(repo("examples/mosquitto"));
+    cmd.arg("--prometheus-rules").arg(repo("examples/prometheus/mqtls-alerts.yaml"));
     for v in KUBERNETES_VERSIONS {
         cmd.args(["--k8s", v]);
     }
     let out = run(cmd.args(&files));
     assert!(out.status.success(), "the Kubernetes examples do not validate:\n{}", text(&out));
-    for kind in ["Certificate", "ConfigMap", "CronJob", "Deployment", "Issuer", "Role", "RoleBinding", "Service"] {
+    for kind in [
+        "Certificate",
+        "ConfigMap",
+        "CronJob",
+        "Deployment",
+        "Issuer",
+        "PodMonitor",
+        "PrometheusRule",
+        "Role",
+        "RoleBinding",
+        "Service",
+    ] {
         assert!(text(&out).contains(kind), "no {kind} was validated:\n{}", text(&out));
     }
 }
@@ -205,6 +223,22 @@ fn systemd_unit_verifies_and_is_hardened() {
     ] {
         assert!(text.contains(line), "the unit lacks {line:?}");
     }
+}
+
+#[test]
+fn systemd_socket_unit_verifies_and_listens_on_the_example_configurations_address() {
+    let analyze = require_tool("systemd-analyze", "systemd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = unit_for_this_build(dir.path());
+    let socket = dir.path().join("mqtls.socket");
+    write_file(&socket, &read("examples/systemd/mqtls.socket"));
+    let out = run(Command::new(&analyze).arg("verify").arg(&socket).arg(&service));
+    assert!(out.status.success() && text(&out).trim().is_empty(), "systemd-analyze verify:\n{}", text(&out));
+    // mqtls serves a passed socket on the listener whose `listen` is the same address.
+    let config: toml::Table = toml::from_str(&read("examples/mqtls.toml")).expect("examples/mqtls.toml");
+    let listen = config.get("listen").and_then(|v| v.as_str()).expect("examples/mqtls.toml sets listen");
+    let unit = read("examples/systemd/mqtls.socket");
+    assert!(unit.contains(&format!("\nListenStream={listen}\n")), "mqtls.socket must listen on {listen}");
 }
 
 /// Mosquitto started with examples/mosquitto/mosquitto.conf and acl, changed only where a test must:

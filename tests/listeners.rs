@@ -211,7 +211,7 @@ async fn alpn_negotiates_a_configured_protocol_and_refuses_others() {
     let err = tls_connect(mqtls.port(), with_alpn(&device, &[b"h2"])).await.expect_err("h2 only is refused");
     assert!(err.to_string().contains("NoApplicationProtocol") || err.to_string().contains("protocol"), "{err}");
     eventually("the refusal is counted as a handshake failure", || async {
-        mqtls.proxy.metrics.render().contains("mqtls_tls_handshake_failures_total{reason=\"incompatible\"} 1")
+        mqtls.metric(r#"mqtls_tls_handshake_failures_total{reason="incompatible"}"#) == 1.0
     })
     .await;
 }
@@ -297,6 +297,58 @@ key = "a.key"
     assert!(v["one"].get("sni").is_none(), "{body}");
     let (_, metrics) = http_get(addr, "/metrics").await;
     assert!(metrics.contains("role=\"sni\""), "{metrics}");
+}
+
+/// Connection metrics carry the listener (its name, or its address when unnamed) and its transport, so
+/// a dashboard can tell listeners apart; the limit and each listener's broker readiness are exported too.
+#[tokio::test]
+async fn each_listeners_connections_are_counted_under_its_own_labels() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start();
+    let (p1, p2, admin) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+admin = "127.0.0.1:{admin}"
+cert = "server.crt"
+key = "server.key"
+client_auth = "none"
+upstream = "127.0.0.1:{}"
+upstream_check_interval = "100ms"
+max_connections = 777
+
+[[listener]]
+name = "devices"
+listen = "127.0.0.1:{p1}"
+
+[[listener]]
+listen = "127.0.0.1:{p2}"
+"#,
+        broker.port
+    );
+    let _mqtls = start_binary(pki.dir.path(), &config, &[p1, p2, admin]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
+    eventually("ready once every listener is", || async { http_get(addr, "/readyz").await.0 == 200 }).await;
+    let client = client_tls(&pki, None);
+    for port in [p1, p1, p2] {
+        mqtt_session(port, client.clone()).await.expect("session");
+    }
+    let second = format!("127.0.0.1:{p2}");
+    let ok =
+        |listener: &str| format!(r#"mqtls_connections_total{{listener="{listener}",transport="mqtt",outcome="ok"}}"#);
+    eventually("both listeners' sessions counted", || async {
+        let metrics = http_get(addr, "/metrics").await.1;
+        sample(&metrics, &ok("devices")) == 2.0 && sample(&metrics, &ok(&second)) == 1.0
+    })
+    .await;
+    let metrics = http_get(addr, "/metrics").await.1;
+    let handshakes =
+        |listener: &str| format!(r#"mqtls_tls_handshakes_total{{listener="{listener}",transport="mqtt"}}"#);
+    assert_eq!(sample(&metrics, &handshakes("devices")), 2.0, "{metrics}");
+    assert_eq!(sample(&metrics, &handshakes(&second)), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"mqtls_active_connections{listener="devices"}"#), 0.0, "{metrics}");
+    assert_eq!(sample(&metrics, "mqtls_max_connections"), 777.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"mqtls_upstream_ready{listener="devices"}"#), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, &format!(r#"mqtls_upstream_ready{{listener="{second}"}}"#)), 1.0, "{metrics}");
 }
 
 /// `max_connections` is the process's: a connection held on one listener fills it for the other.

@@ -20,7 +20,13 @@ async fn scrape(proxy: &Mqtls) -> HashMap<String, f64> {
         .samples
         .into_iter()
         .map(|s| {
-            let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            // One listener here: its `listener` and `transport` labels are left out of the keys.
+            let mut labels: Vec<String> = s
+                .labels
+                .iter()
+                .filter(|(k, _)| !["listener", "transport"].contains(&k.as_str()))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             labels.sort();
             let value = match s.value {
                 prometheus_parse::Value::Counter(v)

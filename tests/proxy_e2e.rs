@@ -256,10 +256,10 @@ async fn a_refusal_is_logged_with_the_reason_it_is_counted_under() {
     for (line, (outcome, reason)) in lines.iter().zip(expected) {
         assert_eq!((line["outcome"].as_str(), line["reason"].as_str()), (Some(outcome), Some(reason)), "{line}");
         assert_eq!(line["level"], "WARN", "{line}");
-        let counted = format!("mqtls_connect_refusals_total{{reason=\"{reason}\"}} 1");
-        assert!(metrics.contains(&counted), "{counted} not in\n{metrics}");
-        let outcome = format!("mqtls_connections_total{{outcome=\"{outcome}\"}} 1");
-        assert!(metrics.contains(&outcome), "{outcome} not in\n{metrics}");
+        let counted = format!("mqtls_connect_refusals_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&metrics, &counted), 1.0, "{counted} in\n{metrics}");
+        let outcome = format!("mqtls_connections_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(sample(&metrics, &outcome), 1.0, "{outcome} in\n{metrics}");
     }
 }
 

@@ -112,11 +112,10 @@ async fn connect_accepted<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpi
     matches!(read_exact_within(tls, 4).await, Ok(ack) if ack == [0x20, 2, 0, 0])
 }
 
-async fn expect_metric(proxy: &Mqtls, line: &str) {
-    let metrics = proxy.proxy.metrics.clone();
-    eventually(line, || {
-        let text = metrics.render();
-        async move { text.lines().any(|l| l == line) }
+async fn expect_metric(proxy: &Mqtls, query: &str, value: f64) {
+    eventually(&format!("{query} = {value}"), || {
+        let now = proxy.metric(query);
+        async move { now == value }
     })
     .await;
 }
@@ -390,8 +389,8 @@ async fn a_header_from_an_untrusted_source_is_refused_and_a_plain_client_still_w
         let refused = tls_with_prefix(proxy.port(), &header, client_tls(&pki, Some(&device))).await;
         assert!(refused.is_err(), "a forged client address must not get a handshake");
     }
-    expect_metric(&proxy, "mqtls_connections_total{outcome=\"proxy_protocol\"} 2").await;
-    expect_metric(&proxy, "mqtls_proxy_protocol_errors_total{reason=\"untrusted\"} 2").await;
+    expect_metric(&proxy, "mqtls_connections_total{outcome=\"proxy_protocol\"}", 2.0).await;
+    expect_metric(&proxy, "mqtls_proxy_protocol_errors_total{reason=\"untrusted\"}", 2.0).await;
     // 127.0.0.1 is not a load balancer here: its clients connect as usual.
     assert!(mqtt_accepted(proxy.port(), client_tls(&pki, Some(&device))).await);
     broker.expect_log("u'device-42'").await;
@@ -407,9 +406,9 @@ async fn a_header_sent_to_a_listener_without_proxy_protocol_is_reported_as_untru
         let refused = tls_with_prefix(proxy.port(), &header, client_tls(&pki, Some(&device))).await;
         assert!(refused.is_err(), "no handshake behind a header the listener does not read");
     }
-    expect_metric(&proxy, "mqtls_connections_total{outcome=\"proxy_protocol\"} 2").await;
-    expect_metric(&proxy, "mqtls_proxy_protocol_errors_total{reason=\"untrusted\"} 2").await;
-    let text = proxy.proxy.metrics.render();
+    expect_metric(&proxy, "mqtls_connections_total{outcome=\"proxy_protocol\"}", 2.0).await;
+    expect_metric(&proxy, "mqtls_proxy_protocol_errors_total{reason=\"untrusted\"}", 2.0).await;
+    let text = proxy.metrics_text();
     assert!(!text.contains("outcome=\"tls_failed\""), "not a TLS failure:\n{text}");
     assert!(mqtt_accepted(proxy.port(), client_tls(&pki, Some(&device))).await);
 }
@@ -421,8 +420,8 @@ async fn a_trusted_source_without_a_header_is_refused() {
     let proxy = start(&pki, broker.upstream(), trusting(&["127.0.0.0/8"])).await;
     let device = pki.ca.client("device-42");
     assert!(!mqtt_accepted(proxy.port(), client_tls(&pki, Some(&device))).await);
-    expect_metric(&proxy, "mqtls_connections_total{outcome=\"proxy_protocol\"} 1").await;
-    expect_metric(&proxy, "mqtls_proxy_protocol_errors_total{reason=\"missing\"} 1").await;
+    expect_metric(&proxy, "mqtls_connections_total{outcome=\"proxy_protocol\"}", 1.0).await;
+    expect_metric(&proxy, "mqtls_proxy_protocol_errors_total{reason=\"missing\"}", 1.0).await;
     // Through the load balancer the same client gets in.
     let mut tls = tls_with_prefix(proxy.port(), &v2_header(LB_CLIENT, LB_FRONTEND), client_tls(&pki, Some(&device)))
         .await
@@ -451,7 +450,7 @@ async fn malformed_oversized_and_stalled_headers_are_refused() {
         let mut tcp = TcpStream::connect(("127.0.0.1", proxy.port())).await.expect("connect");
         tcp.write_all(bytes).await.expect("write");
         assert!(read_to_close(&mut tcp).await.is_empty(), "{reason}: closed without a byte");
-        expect_metric(&proxy, &format!("mqtls_proxy_protocol_errors_total{{reason=\"{reason}\"}} 1")).await;
+        expect_metric(&proxy, &format!("mqtls_proxy_protocol_errors_total{{reason=\"{reason}\"}}"), 1.0).await;
     }
 }
 

@@ -226,7 +226,7 @@ async fn revocation(version: &'static SupportedProtocolVersion) {
     assert!(mqtt_session(r.b(), first.clone()).await.is_err(), "no resumption on B, and the full handshake fails");
     assert!(mqtt_session(r.a(), second.clone()).await.is_err(), "no resumption on A, and the full handshake fails");
     eventually("B counts the refused handshake as revoked", || async {
-        r.b.0.proxy.metrics.render().lines().any(|l| l == r#"mqtls_tls_handshake_failures_total{reason="revoked"} 1"#)
+        r.b.0.metric(r#"mqtls_tls_handshake_failures_total{reason="revoked"}"#) == 1.0
     })
     .await;
 }
@@ -286,9 +286,8 @@ async fn a_bad_rewrite_keeps_the_keys_in_service_and_the_watch_loads_the_next_go
     assert_eq!(mqtt_session(proxy.port(), client.clone()).await.expect("first"), HandshakeKind::Full);
 
     let reloads = |result: &str| {
-        let line = format!("mqtls_tls_reloads_total{{result=\"{result}\"}} 1");
-        let text = proxy.proxy.metrics.render();
-        async move { text.lines().any(|l| l == line) }
+        let n = proxy.metric(&format!("mqtls_tls_reloads_total{{result=\"{result}\"}}"));
+        async move { n == 1.0 }
     };
     replace_by_rename(&path, "not a key\n");
     eventually("the bad key file is refused", || reloads("error")).await;

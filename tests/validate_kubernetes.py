@@ -1,29 +1,39 @@
-"""Validates the Kubernetes example manifests offline (the sidecar and the ticket-key rotation); run by tests/examples.rs.
+"""Validates the Kubernetes example manifests offline (the sidecar, the ticket-key rotation and the
+prometheus-operator monitoring); run by tests/examples.rs.
 
 1. Every object against its schema, strictly (unknown fields are errors):
    - built-in kinds with kubernetes-validate's copy of the Kubernetes OpenAPI schemas, for each
      Kubernetes version given with --k8s (oldest and newest supported);
-   - cert-manager kinds with cloudcoil's pydantic models generated from the cert-manager CRDs' OpenAPI
-     schemas (types, enums, required fields); a field the model does not know is reported as unknown.
+   - cert-manager and prometheus-operator kinds with cloudcoil's pydantic models generated from their
+     CRDs' OpenAPI schemas (types, enums, required fields); a field the model does not know is reported
+     as unknown.
    A kind neither knows is an error, never a warning.
 2. What the example promises across files: the Secret mounted is the one cert-manager writes, mqtls.toml
    points at files in that mount, the probes hit the admin port, the grace period covers the drain, the
    security context is restrictive, the Service reaches the pod, the Mosquitto files are those of
-   examples/mosquitto.
+   examples/mosquitto; the PodMonitor scrapes the pod's admin port, and the PrometheusRule holds the rules
+   of the plain rule file (examples/prometheus/mqtls-alerts.yaml), whose MqtlsTargetDown matches the
+   PodMonitor's job.
 
-usage: validate_kubernetes.py --k8s 1.30 --k8s 1.37 --mosquitto-dir DIR FILE.yaml...
+usage: validate_kubernetes.py --k8s 1.30 --k8s 1.37 --mosquitto-dir DIR --prometheus-rules FILE FILE.yaml...
 """
 
 import argparse
 import os
+import re
 import sys
 import tomllib
 
 import kubernetes_validate
 import yaml
 from cloudcoil.models.cert_manager import v1 as cm
+from cloudcoil.models.prometheus_operator import v1 as pm
 
-CERT_MANAGER = {"Issuer": cm.Issuer, "ClusterIssuer": cm.ClusterIssuer, "Certificate": cm.Certificate}
+# The custom resources' apiVersion -> kind -> model generated from the CRD's schema.
+CRD_MODELS = {
+    "cert-manager.io/v1": {"Issuer": cm.Issuer, "ClusterIssuer": cm.ClusterIssuer, "Certificate": cm.Certificate},
+    "monitoring.coreos.com/v1": {"PodMonitor": pm.PodMonitor, "PrometheusRule": pm.PrometheusRule},
+}
 
 errors = []
 
@@ -49,17 +59,18 @@ def unknown_fields(given, kept, path=""):
 
 def validate_schema(where, doc, versions):
     kind, api = doc.get("kind"), doc.get("apiVersion", "")
-    if api.startswith("cert-manager.io/"):
-        model = CERT_MANAGER.get(kind)
-        if model is None or api != "cert-manager.io/v1":
-            return fail(where, f"no cert-manager schema for {api} {kind}")
+    group = api.split("/")[0]
+    if any(group == known.split("/")[0] for known in CRD_MODELS):
+        model = CRD_MODELS.get(api, {}).get(kind)
+        if model is None:
+            return fail(where, f"no schema for {api} {kind}")
         try:
             obj = model.model_validate(doc)
         except Exception as e:  # pydantic.ValidationError
-            return fail(where, f"cert-manager {kind} does not validate: {e}")
+            return fail(where, f"{api} {kind} does not validate: {e}")
         kept = obj.model_dump(mode="json", by_alias=True, exclude_unset=True)
         for field in unknown_fields(doc, kept):
-            fail(where, f"cert-manager {kind}: unknown field {field}")
+            fail(where, f"{api} {kind}: unknown field {field}")
         return
     for v in versions:
         try:
@@ -133,7 +144,45 @@ def check_cronjobs(by_kind, configmaps):
                 fail(where, f"ConfigMap {name} is in no manifest")
 
 
-def check_consistency(objs, mosquitto_dir):
+def check_monitoring(by_kind, pod_labels, mq, admin_port, rules_file):
+    """The PodMonitor scrapes /metrics on mqtls' admin port of the Deployment's pods; the PrometheusRule
+    holds exactly the groups of the plain rule file, and its target-down alert matches the PodMonitor's job
+    (NAMESPACE/NAME: the example assumes the default namespace, like certificates.yaml)."""
+    monitors = by_kind.get("PodMonitor", [])
+    if len(monitors) != 1:
+        return fail("manifests", f"expected one PodMonitor, found {len(monitors)}")
+    where, pmon = monitors[0]
+    sel = pmon["spec"].get("selector", {}).get("matchLabels", {})
+    if not sel or any(pod_labels.get(k) != v for k, v in sel.items()):
+        fail(where, f"selector {sel} does not select the Deployment's pods {pod_labels}")
+    ports = {p["name"]: p["containerPort"] for p in mq["ports"]}
+    for ep in pmon["spec"].get("podMetricsEndpoints", []):
+        if ports.get(ep.get("port")) != admin_port:
+            fail(where, f"endpoint port {ep.get('port')} is not mqtls' admin port ({admin_port})")
+        if ep.get("path", "/metrics") != "/metrics":
+            fail(where, f"endpoint path {ep.get('path')} is not /metrics")
+    if not pmon["spec"].get("podMetricsEndpoints"):
+        fail(where, "no podMetricsEndpoints")
+
+    with open(rules_file) as f:
+        plain = yaml.safe_load(f)
+    rules = by_kind.get("PrometheusRule", [])
+    if len(rules) != 1:
+        return fail("manifests", f"expected one PrometheusRule, found {len(rules)}")
+    rwhere, rule = rules[0]
+    if rule["spec"] != plain:
+        fail(rwhere, f"spec differs from {rules_file}: keep them identical")
+    job = f"{pmon['metadata'].get('namespace', 'default')}/{pmon['metadata']['name']}"
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            if r.get("alert") != "MqtlsTargetDown":
+                continue
+            m = re.search(r'up\{job=~"([^"]*)"\}', r["expr"])
+            if not m or not re.fullmatch(m.group(1), job):
+                fail(rwhere, f"MqtlsTargetDown does not match the PodMonitor's job {job}: {r['expr']}")
+
+
+def check_consistency(objs, mosquitto_dir, rules_file):
     by_kind = {}
     for where, doc in objs:
         by_kind.setdefault(doc["kind"], []).append((where, doc))
@@ -233,6 +282,8 @@ def check_consistency(objs, mosquitto_dir):
     if mo.get("ports"):
         fail(where, "Mosquitto must not expose ports: devices reach it only through mqtls")
 
+    check_monitoring(by_kind, labels, mq, admin_port, rules_file)
+
     # The Service sends 8883 to this pod's mqtls.
     services = by_kind.get("Service", [])
     if not services:
@@ -250,6 +301,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--k8s", action="append", required=True)
     ap.add_argument("--mosquitto-dir", required=True)
+    ap.add_argument("--prometheus-rules", required=True)
     ap.add_argument("files", nargs="+")
     a = ap.parse_args()
     objs = []
@@ -259,7 +311,7 @@ def main():
                 where = f"{path}#{i} {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
                 validate_schema(where, doc, a.k8s)
                 objs.append((where, doc))
-    check_consistency(objs, a.mosquitto_dir)
+    check_consistency(objs, a.mosquitto_dir, a.prometheus_rules)
     for e in errors:
         print(f"ERROR {e}")
     kinds = sorted({d["kind"] for _, d in objs})

@@ -90,6 +90,10 @@ settings! {
         /// Address to accept MQTT-over-TLS connections on [default: 0.0.0.0:8883].
         #[arg(long)]
         listen: Option<String>,
+        /// Bind `listen` with SO_REUSEPORT, so a new mqtls can start on the same address while this one
+        /// drains (an upgrade without refused connections) [default: false].
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        reuse_port: Option<bool>,
         /// Broker address: host:port (resolved at each connect) or unix:/path [default: 127.0.0.1:1883].
         #[arg(long)]
         upstream: Option<String>,

@@ -103,6 +103,8 @@ pub struct Listener {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub listen: SocketAddr,
+    /// Bind `listen` with SO_REUSEPORT: a successor may bind the same address while this process drains.
+    pub reuse_port: bool,
     #[serde(serialize_with = "serialize_display")]
     pub upstream: Upstream,
     #[serde(flatten)]
@@ -126,6 +128,16 @@ impl Listener {
     /// For log lines and messages: the name, or the address when unnamed.
     pub(crate) fn label(&self) -> String {
         self.name.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// For the metrics' `listener` label: the name the operator gave it, or its address when unnamed
+    /// (stable across reorderings of the blocks, unlike `#2`; `mqtls check` prints those names, so a
+    /// `#` name read back is taken as unnamed too).
+    pub(crate) fn metrics_label(&self) -> String {
+        match &self.name {
+            Some(name) if !name.starts_with('#') => name.clone(),
+            _ => self.listen.to_string(),
+        }
     }
 }
 

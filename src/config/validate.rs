@@ -272,6 +272,7 @@ fn listener(l: &Layer, src: &Sources<'_>, global: &Global) -> Result<Listener, C
     Ok(Listener {
         name: None,
         listen,
+        reuse_port: l.reuse_port.unwrap_or(false),
         upstream,
         proxy_protocol: proxy_protocol_settings(l, src, &identity)?,
         tls: tls_settings(l, src, global)?,

@@ -1,15 +1,16 @@
-//! The accept loop and the drain: every connection task is tracked so shutdown can wait for them.
+//! The accept loop and the drain: every connection task is tracked so shutdown can wait for them; a
+//! listener that hands its port over to a successor takes what its accept queue holds before closing.
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::conn::admission::{Limited, SourceGuard};
 use crate::conn::budget::ConnectBudget;
 use crate::conn::handle::{self as proxy, Proxy};
+use crate::conn::socket;
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop backs off instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -86,48 +88,116 @@ impl Drivers {
 
 /// Runs the pre-splice phases handed to it until its queue is closed and they are all done, or until
 /// `force_close`, which drops those still running.
+///
+/// When a turn has spent its budget the driver yields with [`tokio::task::yield_now`], which tokio
+/// defers until it has run the other ready tasks and looked for I/O: an established connection's
+/// traffic that arrived during the turn is seen before the next handshake step, not after
+/// `event_interval` more turns. (A self-wake would not do: tokio runs a task that woke itself again
+/// without looking for I/O first.)
 async fn drive(mut queue: mpsc::UnboundedReceiver<Unit>, force_close: CancellationToken) {
-    let budget = Arc::new(AtomicUsize::new(DRIVER_BUDGET));
+    let turn = Arc::new(Turn::default());
+    let waker = Waker::from(turn.clone());
     let mut running = FuturesUnordered::new();
     let mut open = true;
-    let work = std::future::poll_fn(|cx| {
-        // A fresh budget each time the runtime polls this task.
-        budget.store(DRIVER_BUDGET, Ordering::Relaxed);
-        while open {
-            match queue.poll_recv(cx) {
-                Poll::Ready(Some(unit)) => running.push(Budgeted { unit, budget: budget.clone() }),
-                Poll::Ready(None) => open = false,
-                Poll::Pending => break,
-            }
-        }
+    let work = async {
         loop {
-            match running.poll_next_unpin(cx) {
-                Poll::Ready(Some(())) => continue,
-                Poll::Ready(None) if !open => return Poll::Ready(()),
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            let finished = std::future::poll_fn(|cx| {
+                turn.budget.store(DRIVER_BUDGET, Ordering::Relaxed);
+                turn.set_task(cx.waker());
+                while open {
+                    match queue.poll_recv(cx) {
+                        Poll::Ready(Some(unit)) => running.push(Budgeted { unit, turn: turn.clone() }),
+                        Poll::Ready(None) => open = false,
+                        Poll::Pending => break,
+                    }
+                }
+                // The phases wake the task through `turn`, which can be told to stay quiet.
+                let mut phases = Context::from_waker(&waker);
+                loop {
+                    match running.poll_next_unpin(&mut phases) {
+                        Poll::Ready(Some(())) => continue,
+                        Poll::Ready(None) if !open => return Poll::Ready(true),
+                        Poll::Ready(None) | Poll::Pending if turn.has_starved() => return Poll::Ready(false),
+                        Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+                    }
+                }
+            })
+            .await;
+            if finished {
+                return;
             }
+            tokio::task::yield_now().await;
+            turn.requeue_starved();
         }
-    });
+    };
     tokio::select! {
         _ = force_close.cancelled() => {}
         _ = work => {}
     }
 }
 
-/// A pre-splice phase polled only while its driver has budget left this turn; otherwise it asks to
-/// be polled again (after the driver has yielded to the runtime).
+/// One driver's turn: the polls left, the phases that were ready but found none left, and the
+/// driver task's waker.
+#[derive(Default)]
+struct Turn {
+    budget: AtomicUsize,
+    starved: Mutex<Vec<Waker>>,
+    task: Mutex<Option<Waker>>,
+    /// Set while the starved phases are put back in the ready queue: the driver is running then and
+    /// polls them next, so waking its task would only make the runtime run it again before any I/O.
+    quiet: AtomicBool,
+}
+
+impl Turn {
+    fn set_task(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if !task.as_ref().is_some_and(|t| t.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+
+    fn has_starved(&self) -> bool {
+        !self.starved.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// Makes the phases that were left over ready again, for the turn that follows at once.
+    fn requeue_starved(&self) {
+        let starved = std::mem::take(&mut *self.starved.lock().unwrap_or_else(|p| p.into_inner()));
+        self.quiet.store(true, Ordering::Relaxed);
+        starved.into_iter().for_each(Waker::wake);
+        self.quiet.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Wake for Turn {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // A phase woken while quiet is in the ready queue, which the running driver polls next.
+        if !self.quiet.load(Ordering::Relaxed) {
+            if let Some(task) = &*self.task.lock().unwrap_or_else(|p| p.into_inner()) {
+                task.wake_by_ref();
+            }
+        }
+    }
+}
+
+/// A pre-splice phase polled only while its driver's turn has budget left; otherwise it waits for the
+/// driver's next turn (after the driver has yielded to the runtime).
 struct Budgeted {
     unit: Unit,
-    budget: Arc<AtomicUsize>,
+    turn: Arc<Turn>,
 }
 
 impl Future for Budgeted {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let spent = self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_err();
+        let spent = self.turn.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_err();
         if spent {
-            cx.waker().wake_by_ref();
+            self.turn.starved.lock().unwrap_or_else(|p| p.into_inner()).push(cx.waker().clone());
             return Poll::Pending;
         }
         self.unit.as_mut().poll(cx)
@@ -143,13 +213,142 @@ fn admit(proxy: &Proxy, peer: IpAddr) -> Result<Option<SourceGuard>, Limited> {
     proxy.admission.admit_source(peer)
 }
 
-/// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets established
-/// connections finish for up to the drain timeout before closing the rest. `caps` are shared with the
-/// process's other listeners.
-pub(crate) async fn serve(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, shutdown: CancellationToken) {
+/// What a listener does with its socket when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Close it at once: nobody else serves the address (or, for a socket systemd passed, the socket
+    /// stays open in systemd and what arrives waits in its queue for the next process).
+    Close,
+    /// Hand the address over to a successor bound with `SO_REUSEPORT`: refuse new handshakes, accept
+    /// for [`socket::HANDOVER`] the ones under way and what the accept queue holds, then close.
+    HandOver,
+}
+
+/// What a new connection goes through at accept: the admission limits and the process-wide caps,
+/// then the pre-splice drivers and the drain's tracker.
+struct Acceptor {
+    proxy: Arc<Proxy>,
+    connections: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+    connect_bytes: ConnectBudget,
+    drivers: Drivers,
+    tracker: TaskTracker,
+    force_close: CancellationToken,
+}
+
+impl Acceptor {
+    fn take(&mut self, tcp: TcpStream, peer: SocketAddr) {
+        let proxy = &self.proxy;
+        // The rate limits first, before any TLS work; a trusted load balancer's clients are
+        // admitted per source once its header names them (see `handle`).
+        let source = match admit(proxy, peer.ip()) {
+            Ok(source) => source,
+            Err(limited) => {
+                proxy.metrics.outcome("rate_limited");
+                proxy.admission.log_refusal(limited, peer.ip());
+                return;
+            }
+        };
+        // Past the limit, close at once: no TLS handshake, the cheapest answer when the
+        // process is saturated (a CONNACK would cost a full handshake first).
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            proxy.metrics.outcome("limit");
+            debug!(%peer, "connection limit reached; closed at accept");
+            return;
+        };
+        let Ok(handshake) = self.handshakes.clone().try_acquire_owned() else {
+            proxy.metrics.outcome("handshake_limit");
+            debug!(%peer, "handshake limit reached; closed at accept");
+            return;
+        };
+        let proxy = proxy.clone();
+        let force_close = self.force_close.clone();
+        let connect_bytes = self.connect_bytes.share();
+        // The connection's own task is made first and waits for its splice: long-lived
+        // allocations before the short-lived pre-splice phase, so that phase's memory is
+        // reused by the next connection's instead of leaving holes between idle ones.
+        let (rest_tx, rest_rx) = oneshot::channel();
+        self.tracker.spawn(async move {
+            let _permit = permit;
+            let _source = source;
+            let Ok(rest) = rest_rx.await else { return };
+            // A panic in one connection ends only that task: tokio catches it at the task boundary.
+            tokio::select! {
+                _ = force_close.cancelled() => {}
+                _ = rest => {}
+            }
+        });
+        let unit = async move {
+            if let Some(rest) = proxy::handle(proxy, tcp, peer, handshake, connect_bytes).await {
+                let _ = rest_tx.send(rest);
+            }
+        };
+        self.drivers.push(Box::pin(unit));
+    }
+
+    /// Accepts until `until` resolves. An accept error (e.g. out of file descriptors) backs off.
+    async fn accept_until(&mut self, listener: &TcpListener, until: impl Future<Output = ()>) {
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                _ = &mut until => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => self.take(tcp, peer),
+                    Err(err) => {
+                        warn!(%err, "accept failed; backing off");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes every connection the kernel has queued for `listener` (at most [`socket::MAX_QUEUED`]),
+    /// without waiting: asked of the socket itself, not of the runtime's last readiness event, so
+    /// nothing that completed its handshake a moment ago is left to be reset by the close.
+    fn take_queued(&mut self, listener: TcpListener) -> usize {
+        let listener = match listener.into_std() {
+            Ok(l) => l,
+            Err(err) => {
+                warn!(%err, "could not take the accept queue; closing");
+                return 0;
+            }
+        };
+        let mut taken = 0;
+        while taken < socket::MAX_QUEUED {
+            match listener.accept() {
+                Ok((tcp, peer)) => {
+                    taken += 1;
+                    match tcp.set_nonblocking(true).and_then(|()| TcpStream::from_std(tcp)) {
+                        Ok(tcp) => self.take(tcp, peer),
+                        Err(err) => debug!(%peer, %err, "queued connection lost at handover"),
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(err) => {
+                    warn!(%err, "accept failed while emptying the accept queue");
+                    break;
+                }
+            }
+        }
+        taken
+    }
+}
+
+/// Serves `listener` until `shutdown` is cancelled, then stops accepting (as `stop` says) and lets
+/// established connections finish for up to the drain timeout before closing the rest. `caps` are
+/// shared with the process's other listeners.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    stop: Stop,
+    proxy: Arc<Proxy>,
+    caps: Caps,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     let force_close = CancellationToken::new();
-    let mut drivers = Drivers::start(proxy.global.threads, &tracker, &force_close);
+    let drivers = Drivers::start(proxy.global.threads, &tracker, &force_close);
     let Caps { connections, handshakes, connect_bytes } = caps;
     proxy.health.set_listening(true);
     if let Ok(addr) = listener.local_addr() {
@@ -157,70 +356,32 @@ pub(crate) async fn serve(listener: TcpListener, proxy: Arc<Proxy>, caps: Caps, 
         let name = proxy.listener.name.as_deref();
         info!(listen = %addr, listener = name, upstream = %proxy.listener.upstream, "accepting connections");
     }
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    // The rate limits first, before any TLS work; a trusted load balancer's clients are
-                    // admitted per source once its header names them (see `handle`).
-                    let source = match admit(&proxy, peer.ip()) {
-                        Ok(source) => source,
-                        Err(limited) => {
-                            proxy.metrics.outcome("rate_limited");
-                            proxy.admission.log_refusal(limited, peer.ip());
-                            continue;
-                        }
-                    };
-                    // Past the limit, close at once: no TLS handshake, the cheapest answer when the
-                    // process is saturated (a CONNACK would cost a full handshake first).
-                    let Ok(permit) = connections.clone().try_acquire_owned() else {
-                        proxy.metrics.outcome("limit");
-                        debug!(%peer, "connection limit reached; closed at accept");
-                        continue;
-                    };
-                    let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
-                        proxy.metrics.outcome("handshake_limit");
-                        debug!(%peer, "handshake limit reached; closed at accept");
-                        continue;
-                    };
-                    let proxy = proxy.clone();
-                    let (force_close, connections) = (force_close.clone(), tracker.clone());
-                    let connect_bytes = connect_bytes.share();
-                    // The connection's own task is made first and waits for its splice: long-lived
-                    // allocations before the short-lived pre-splice phase, so that phase's memory is
-                    // reused by the next connection's instead of leaving holes between idle ones.
-                    let (rest_tx, rest_rx) = oneshot::channel();
-                    connections.spawn(async move {
-                        let _permit = permit;
-                        let _source = source;
-                        let Ok(rest) = rest_rx.await else { return };
-                        // A panic in one connection ends only that task: tokio catches it at the task boundary.
-                        tokio::select! {
-                            _ = force_close.cancelled() => {}
-                            _ = rest => {}
-                        }
-                    });
-                    let unit = async move {
-                        if let Some(rest) = proxy::handle(proxy, tcp, peer, handshake, connect_bytes).await {
-                            let _ = rest_tx.send(rest);
-                        }
-                    };
-                    drivers.push(Box::pin(unit));
-                }
-                Err(err) => {
-                    warn!(%err, "accept failed; backing off");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                }
-            }
-        }
-    }
+    let mut acceptor = Acceptor {
+        proxy: proxy.clone(),
+        connections,
+        handshakes,
+        connect_bytes,
+        drivers,
+        tracker: tracker.clone(),
+        force_close: force_close.clone(),
+    };
+    acceptor.accept_until(&listener, shutdown.cancelled()).await;
     proxy.health.set_draining();
-    drop(listener);
-    // The drivers end once their pending connections have (or been dropped by force_close).
-    drop(drivers);
-    tracker.close();
     let drain = proxy.global.drain_timeout;
+    if stop == Stop::HandOver {
+        match socket::refuse_new_handshakes(&listener) {
+            Ok(()) => info!(within = ?socket::HANDOVER.min(drain), "handing the port over: no new handshakes"),
+            Err(err) => warn!(%err, "could not stop new handshakes; closing the listener now"),
+        }
+        acceptor.accept_until(&listener, tokio::time::sleep(socket::HANDOVER.min(drain))).await;
+        let queued = acceptor.take_queued(listener);
+        debug!(queued, "accept queue emptied");
+    } else {
+        drop(listener);
+    }
+    // The drivers end once their pending connections have (or been dropped by force_close).
+    drop(acceptor);
+    tracker.close();
     info!(connections = tracker.len(), deadline = ?drain, "listener closed; draining");
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         warn!(connections = tracker.len(), "drain deadline passed; closing remaining connections");

@@ -10,7 +10,7 @@ use crate::conn::proxy_protocol::InboundError;
 use crate::conn::upstream::UpstreamError;
 use crate::conn::websocket::UpgradeError;
 use crate::mqtt::connect::{ConnectError, ProtocolVersion};
-use crate::ops::metrics::{Metrics, ReasonLabel};
+use crate::ops::metrics::ListenerMetrics;
 use crate::tls;
 use crate::x509::identity::IdentityError;
 use crate::x509::rules::Refused;
@@ -143,21 +143,22 @@ impl ConnError {
 
     /// Counts a connection that ended before it was spliced: under its outcome, and under its
     /// family's reason.
-    pub(crate) fn count(&self, m: &Metrics) {
+    pub(crate) fn count(&self, m: &ListenerMetrics) {
         let Reason { outcome, family, reason } = self.reason();
         m.outcome(outcome);
         if let ConnError::IdentityLimit { .. } = self {
-            m.identity_limit_refusals.inc();
+            m.identity_limit_refusal();
         }
+        let root = m.root();
         let family = match family {
-            Family::ProxyProtocolErrors => &m.proxy_protocol_errors,
-            Family::HandshakeFailures => &m.handshake_failures,
-            Family::WebSocketRefusals => &m.websocket_refusals,
-            Family::ConnectRefusals => &m.connect_refusals,
-            Family::UpstreamErrors => &m.upstream_errors,
+            Family::ProxyProtocolErrors => &root.proxy_protocol_errors,
+            Family::HandshakeFailures => &root.handshake_failures,
+            Family::WebSocketRefusals => &root.websocket_refusals,
+            Family::ConnectRefusals => &root.connect_refusals,
+            Family::UpstreamErrors => &root.upstream_errors,
             Family::OutcomeOnly => return,
         };
-        family.get_or_create(&ReasonLabel { reason }).inc();
+        m.reason(family, reason);
     }
 
     /// Logs the connection's end: one `refused` warning with the outcome, the reason and the error,
@@ -329,7 +330,8 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_suffix("\"} 1"))
             .filter_map(|l| l.split_once("{"))
-            .map(|(metric, label)| (metric.to_string(), label.split_once("=\"").expect("label").1.to_string()))
+            // The family's own label is the last, after `listener` and `transport`.
+            .map(|(metric, labels)| (metric.to_string(), labels.rsplit_once("=\"").expect("label").1.to_string()))
             .filter(|(metric, _)| metric != "mqtls_build_info")
             .collect()
     }
@@ -359,8 +361,8 @@ mod tests {
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             for (err, expected) in table() {
-                let metrics = Metrics::new();
-                err.count(&metrics);
+                let metrics = std::sync::Arc::new(crate::ops::metrics::Metrics::new());
+                err.count(&metrics.listener("test", "mqtt"));
                 let mut samples = counted(&metrics.render());
                 let outcome = ("mqtls_connections_total".to_string(), expected.outcome.to_string());
                 assert!(samples.contains(&outcome), "{err:?}: {samples:?}");

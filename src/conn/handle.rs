@@ -27,7 +27,7 @@ use crate::conn::websocket::{self, client::ClientStream, ListenerProtocol};
 use crate::crl::CrlCache;
 use crate::mqtt::connect::{self, Connect, Edit, ProtocolVersion, Refusal};
 use crate::ops::health::Health;
-use crate::ops::metrics::{DirectionLabel, Metrics};
+use crate::ops::metrics::{ListenerMetrics, Metrics};
 use crate::recheck::{self, Event, PeerChain, Standing};
 use crate::tls::{ClientAuth, TlsHandle};
 use crate::x509::identity;
@@ -45,8 +45,8 @@ pub struct Proxy {
     pub(crate) global: Arc<Global>,
     /// Shared with the [`crate::reload::Reloader`], which publishes rotated configurations into it.
     pub(crate) tls: Arc<TlsHandle>,
-    /// One registry for the process, shared with the reloaders.
-    pub metrics: Arc<Metrics>,
+    /// This listener's counters in the process's one registry (shared with the reloaders).
+    pub(crate) metrics: ListenerMetrics,
     /// This listener's part of readiness, read by the admin server.
     pub(crate) health: Arc<Health>,
     /// The allow rules every new connection is checked against; SIGHUP swaps in the file's new ones.
@@ -67,29 +67,18 @@ impl Proxy {
         let busy_poll = global.busy_poll.map(|window| Arc::new(BusyPoll::new(window)));
         let health = Arc::new(Health::default());
         let admission = Admission::new(global.admission, global.limits.max_connections);
+        let metrics = metrics.listener(&listener.metrics_label(), listener.websocket.protocol.as_str());
         Proxy { listener: Arc::new(listener), global, tls, metrics, health, rules, busy_poll, crls: None, admission }
+    }
+
+    /// The process's metrics (every listener's), e.g. to render them.
+    pub fn all_metrics(&self) -> &Arc<Metrics> {
+        self.metrics.root()
     }
 
     /// Counts a connection that ended before it was spliced, under every metric that describes why.
     fn count_failure(&self, err: &ConnError) {
         err.count(&self.metrics);
-    }
-}
-
-/// Keeps the active-connections gauge right however the connection ends (even when a drain deadline
-/// drops it mid-flight).
-struct ActiveGuard(Arc<Metrics>);
-
-impl ActiveGuard {
-    fn new(m: Arc<Metrics>) -> Self {
-        m.active_connections.inc();
-        ActiveGuard(m)
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.active_connections.dec();
     }
 }
 
@@ -114,16 +103,21 @@ pub(crate) async fn handle(
         identity = field::Empty,
         client_id = field::Empty,
         proto = field::Empty,
-        transport = field::Empty
+        transport = field::Empty,
+        listener = field::Empty
     );
     if proxy.listener.websocket.protocol != ListenerProtocol::Mqtt {
         span.record("transport", proxy.listener.websocket.protocol.as_str());
+    }
+    // With `[[listener]]` blocks, which one: the same name the metrics' `listener` label has.
+    if let Some(name) = &proxy.listener.name {
+        span.record("listener", name.as_str());
     }
     if !proxy.listener.proxy_protocol.trusts(peer.ip()) {
         span.record("peer", field::display(peer));
     }
     let started = Instant::now();
-    let active = ActiveGuard::new(proxy.metrics.clone());
+    let active = proxy.metrics.opened();
     let opened = async {
         let ready = prepare(&proxy, tcp, peer, handshake, connect_bytes).await?;
         open(&proxy, ready).await
@@ -150,10 +144,7 @@ pub(crate) async fn handle(
             let _active = active;
             let (stats, result) = splice_opened(&proxy, opened).await;
             let m = &proxy.metrics;
-            m.outcome("ok");
-            m.connection_duration.observe(started.elapsed().as_secs_f64());
-            m.bytes.get_or_create(&DirectionLabel { direction: "client_to_upstream" }).inc_by(stats.client_to_upstream);
-            m.bytes.get_or_create(&DirectionLabel { direction: "upstream_to_client" }).inc_by(stats.upstream_to_client);
+            m.spliced(started.elapsed().as_secs_f64(), stats.client_to_upstream, stats.upstream_to_client);
             let (bytes_in, bytes_out) = (stats.client_to_upstream, stats.upstream_to_client);
             let duration_ms = started.elapsed().as_millis() as u64;
             match result {
@@ -224,8 +215,7 @@ async fn prepare(
             .map_err(|_| ConnError::HandshakeTimeout(limits.handshake_timeout))?
             .map_err(ConnError::Handshake)?,
     );
-    proxy.metrics.handshake_duration.observe(handshake_started.elapsed().as_secs_f64());
-    proxy.metrics.handshake(tls.get_ref().1);
+    proxy.metrics.handshake(tls.get_ref().1, handshake_started.elapsed().as_secs_f64());
     // A WebSocket listener's upgrade is part of the handshake: same deadline, same place in the cap.
     let mut client = match proxy.listener.websocket.protocol {
         ListenerProtocol::Mqtt => ClientStream::Tls(tls),
@@ -235,7 +225,7 @@ async fn prepare(
                 .await
                 .map_err(|_| ConnError::WebSocket(websocket::UpgradeError::Timeout))?
                 .map_err(ConnError::WebSocket)?;
-            proxy.metrics.websocket_upgrades.inc();
+            proxy.metrics.websocket_upgrade();
             ClientStream::WebSocket(Box::new(ws))
         }
     };

@@ -1,4 +1,5 @@
-//! A connection's life, one file per stage after the TLS handshake: [`accept`] (the accept loop, the
+//! A connection's life, one file per stage after the TLS handshake: [`socket`] (the listening socket:
+//! bound, or passed by systemd; its handover to a successor) → [`accept`] (the accept loop, the
 //! process-wide caps and the drain) → [`proxy_protocol`] (a load balancer's header in, the broker's
 //! header out) → [`handle`] (TLS, the CONNECT, identity, the broker, in order) → [`upstream`] (the
 //! broker connection) → [`splice`] (bytes both ways). [`websocket`] serves MQTT over WebSockets
@@ -16,6 +17,7 @@ pub(crate) mod busy_poll;
 pub(crate) mod error;
 pub(crate) mod handle;
 pub mod proxy_protocol;
+pub mod socket;
 pub(crate) mod splice;
 pub mod upstream;
 pub mod websocket;

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -39,12 +40,14 @@ impl Health {
     }
 }
 
-/// Checks every `interval` that the broker accepts a TCP connection (within `timeout`), for `/readyz`.
+/// Checks every `interval` that the broker accepts a TCP connection (within `timeout`), for `/readyz`
+/// and the `ready` gauge.
 pub(crate) async fn check_upstream(
     upstream: Upstream,
     interval: Duration,
     timeout: Duration,
     health: Arc<Health>,
+    ready: Gauge,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -67,5 +70,6 @@ pub(crate) async fn check_upstream(
             info!(upstream = %upstream, "broker reachable: ready");
         }
         health.set_upstream_ok(ok);
+        ready.set(i64::from(ok));
     }
 }

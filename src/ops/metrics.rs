@@ -1,5 +1,9 @@
-//! Prometheus metrics. Every label value comes from a fixed set (outcome, reason, direction, role):
-//! never an identity, a client id or an address, so cardinality stays bounded whatever clients send.
+//! Prometheus metrics. Every label value comes from a fixed set (outcome, reason, direction, role) or
+//! from the configuration (the listener's name or address): never an identity, a client id or a peer's
+//! address, so cardinality stays bounded whatever clients send.
+//!
+//! Connection metrics carry `listener` and `transport`; each listener holds a [`ListenerMetrics`] with
+//! its labels and the handles every connection touches resolved once, so counting costs no lookup.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,25 +18,47 @@ use std::sync::{Arc, Mutex};
 
 use crate::tls::Certificates;
 
+/// Which listener a connection came through: its name (or address when unnamed) and its transport
+/// (`mqtt`, `websockets`). Bounded by the configuration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct At {
+    pub(crate) listener: Arc<str>,
+    pub(crate) transport: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct OutcomeLabel {
+    #[prometheus(flatten)]
+    pub(crate) at: At,
     pub(crate) outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabel {
+    #[prometheus(flatten)]
+    pub(crate) at: At,
     pub(crate) reason: &'static str,
 }
 
 /// A WebSocket close code mqtls sent for a client's bad frame (one of four).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CodeLabel {
+    #[prometheus(flatten)]
+    pub(crate) at: At,
     pub(crate) code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DirectionLabel {
+    #[prometheus(flatten)]
+    pub(crate) at: At,
     pub(crate) direction: &'static str,
+}
+
+/// A listener, for the readiness gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ListenerLabel {
+    pub(crate) listener: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +69,8 @@ pub(crate) struct ResultLabel {
 /// A completed TLS handshake: `full` or `resumed`, and the protocol version (`1.2`, `1.3`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct HandshakeLabel {
+    #[prometheus(flatten)]
+    pub(crate) at: At,
     pub(crate) kind: &'static str,
     pub(crate) version: &'static str,
 }
@@ -70,17 +98,17 @@ pub(crate) struct UrlLabel {
 /// All of mqtls' metrics, registered once at start-up.
 pub struct Metrics {
     registry: Registry,
-    pub(crate) active_connections: Gauge,
+    pub(crate) active_connections: Family<At, Gauge>,
     pub(crate) connections: Family<OutcomeLabel, Counter>,
     pub(crate) handshake_failures: Family<ReasonLabel, Counter>,
     pub(crate) handshakes: Family<HandshakeLabel, Counter>,
     pub(crate) connect_refusals: Family<ReasonLabel, Counter>,
     pub(crate) websocket_refusals: Family<ReasonLabel, Counter>,
-    pub(crate) websocket_upgrades: Counter,
+    pub(crate) websocket_upgrades: Family<At, Counter>,
     pub(crate) websocket_violations: Family<CodeLabel, Counter>,
     pub(crate) upstream_errors: Family<ReasonLabel, Counter>,
-    pub(crate) handshake_duration: Histogram,
-    pub(crate) connection_duration: Histogram,
+    pub(crate) handshake_duration: Family<At, Histogram>,
+    pub(crate) connection_duration: Family<At, Histogram>,
     pub(crate) bytes: Family<DirectionLabel, Counter>,
     pub(crate) cert_not_after: Family<CertLabel, Gauge>,
     pub(crate) reloads: Family<ResultLabel, Counter>,
@@ -90,7 +118,9 @@ pub struct Metrics {
     pub(crate) crl_fetches: Family<ResultLabel, Counter>,
     pub(crate) crl_last_success: Family<UrlLabel, Gauge>,
     pub(crate) connections_closed: Family<ReasonLabel, Counter>,
-    pub(crate) identity_limit_refusals: Counter,
+    pub(crate) identity_limit_refusals: Family<At, Counter>,
+    pub(crate) max_connections: Gauge,
+    pub(crate) upstream_ready: Family<ListenerLabel, Gauge>,
     /// The certificates in force, per source (a listener's `cert` path): with several listeners each
     /// reloader replaces only its own set, and the expiry gauges show them all.
     certificate_sets: Mutex<BTreeMap<String, Arc<Certificates>>>,
@@ -106,19 +136,19 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("mqtls");
         let m = Metrics {
-            active_connections: Gauge::default(),
+            active_connections: Family::default(),
             connections: Family::default(),
             handshake_failures: Family::default(),
             handshakes: Family::default(),
             connect_refusals: Family::default(),
             websocket_refusals: Family::default(),
-            websocket_upgrades: Counter::default(),
+            websocket_upgrades: Family::default(),
             websocket_violations: Family::default(),
             upstream_errors: Family::default(),
             // 1 ms … ~16 s: a handshake is milliseconds unless the machine is drowning.
-            handshake_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            handshake_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 15))),
             // 1 s … ~3 days: device sessions last from seconds to weeks.
-            connection_duration: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            connection_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 4.0, 10))),
             bytes: Family::default(),
             cert_not_after: Family::default(),
             reloads: Family::default(),
@@ -128,7 +158,9 @@ impl Metrics {
             crl_fetches: Family::default(),
             crl_last_success: Family::default(),
             connections_closed: Family::default(),
-            identity_limit_refusals: Counter::default(),
+            identity_limit_refusals: Family::default(),
+            max_connections: Gauge::default(),
+            upstream_ready: Family::default(),
             certificate_sets: Mutex::default(),
             registry: Registry::default(),
         };
@@ -223,7 +255,21 @@ impl Metrics {
             "Connections refused because their certificate already held max_conn_per_identity connections",
             m.identity_limit_refusals.clone(),
         );
+        registry.register(
+            "max_connections",
+            "The process-wide connection limit (max_connections): compare mqtls_active_connections with it",
+            m.max_connections.clone(),
+        );
+        registry.register(
+            "upstream_ready",
+            "1 when the listener's broker accepted the last readiness probe's connection, else 0",
+            m.upstream_ready.clone(),
+        );
         registry.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
+        // Both reload results exist from the start, at 0, so `increase()` sees the first failure.
+        for result in ["ok", "error"] {
+            m.reloads.get_or_create(&ResultLabel { result });
+        }
         Metrics { registry, ..m }
     }
 
@@ -235,23 +281,34 @@ impl Metrics {
         out
     }
 
-    /// Counts a completed handshake.
-    pub(crate) fn handshake(&self, conn: &rustls::ServerConnection) {
-        let kind = match conn.handshake_kind() {
-            Some(rustls::HandshakeKind::Resumed) => "resumed",
-            _ => "full",
-        };
-        let version = match conn.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
-            Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
-            _ => "other",
-        };
-        self.handshakes.get_or_create(&HandshakeLabel { kind, version }).inc();
+    /// The handle a listener's connections count through.
+    pub(crate) fn listener(self: &Arc<Self>, listener: &str, transport: &'static str) -> ListenerMetrics {
+        let at = At { listener: Arc::from(listener), transport };
+        // One statement each: a family's guard lives to the end of its statement, and a second
+        // insert into the same family within it would wait for that guard forever.
+        let active = self.active_connections.get_or_create(&at).clone();
+        let ok = self.connections.get_or_create(&OutcomeLabel { at: at.clone(), outcome: "ok" }).clone();
+        let handshake_duration = self.handshake_duration.get_or_create(&at).clone();
+        let connection_duration = self.connection_duration.get_or_create(&at).clone();
+        let bytes_in =
+            self.bytes.get_or_create(&DirectionLabel { at: at.clone(), direction: "client_to_upstream" }).clone();
+        let bytes_out =
+            self.bytes.get_or_create(&DirectionLabel { at: at.clone(), direction: "upstream_to_client" }).clone();
+        ListenerMetrics {
+            root: self.clone(),
+            at,
+            active,
+            ok,
+            handshake_duration,
+            connection_duration,
+            bytes_in,
+            bytes_out,
+        }
     }
 
-    /// Counts a connection's end.
-    pub(crate) fn outcome(&self, outcome: &'static str) {
-        self.connections.get_or_create(&OutcomeLabel { outcome }).inc();
+    /// The gauge showing whether `listener`'s broker accepted the last readiness probe.
+    pub(crate) fn upstream_ready(&self, listener: &str) -> Gauge {
+        self.upstream_ready.get_or_create(&ListenerLabel { listener: listener.to_string() }).clone()
     }
 
     /// Replaces the certificates of `source` (one listener's) and re-derives the expiry gauges from
@@ -285,11 +342,6 @@ impl Metrics {
     }
 
     /// Counts a CRL fetch by result.
-    /// Counts an established connection closed by mqtls (see [`crate::recheck`]).
-    pub(crate) fn closed(&self, reason: &'static str) {
-        self.connections_closed.get_or_create(&ReasonLabel { reason }).inc();
-    }
-
     pub(crate) fn crl_fetch(&self, result: &'static str) {
         self.crl_fetches.get_or_create(&ResultLabel { result }).inc();
     }
@@ -297,5 +349,101 @@ impl Metrics {
     /// Records a good fetch of `url` at `unix` time.
     pub(crate) fn crl_fetched(&self, url: &str, unix: i64) {
         self.crl_last_success.get_or_create(&UrlLabel { url: url.to_string() }).set(unix);
+    }
+}
+
+/// One listener's view of the metrics: its labels, and the series every connection touches resolved
+/// once (a family lookup hashes the labels under a lock; at thousands of handshakes a second that
+/// shows). Rarer series (failures by reason) are looked up when they happen.
+#[derive(Clone)]
+pub(crate) struct ListenerMetrics {
+    root: Arc<Metrics>,
+    at: At,
+    active: Gauge,
+    ok: Counter,
+    handshake_duration: Histogram,
+    connection_duration: Histogram,
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+impl ListenerMetrics {
+    /// The process's metrics (for what isn't per listener).
+    pub(crate) fn root(&self) -> &Arc<Metrics> {
+        &self.root
+    }
+
+    /// This listener's labels.
+    pub(crate) fn at(&self) -> At {
+        self.at.clone()
+    }
+
+    /// Counts a connection opened; the returned guard un-counts it when dropped, however the connection ends.
+    pub(crate) fn opened(&self) -> ActiveGuard {
+        self.active.inc();
+        ActiveGuard(self.active.clone())
+    }
+
+    /// Counts a completed handshake and how long it took.
+    pub(crate) fn handshake(&self, conn: &rustls::ServerConnection, seconds: f64) {
+        self.handshake_duration.observe(seconds);
+        let kind = match conn.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => "resumed",
+            _ => "full",
+        };
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+            _ => "other",
+        };
+        self.root.handshakes.get_or_create(&HandshakeLabel { at: self.at(), kind, version }).inc();
+    }
+
+    /// Counts a connection's end by outcome.
+    pub(crate) fn outcome(&self, outcome: &'static str) {
+        self.root.connections.get_or_create(&OutcomeLabel { at: self.at(), outcome }).inc();
+    }
+
+    /// Counts a spliced connection's end: its outcome, duration and bytes.
+    pub(crate) fn spliced(&self, seconds: f64, client_to_upstream: u64, upstream_to_client: u64) {
+        self.ok.inc();
+        self.connection_duration.observe(seconds);
+        self.bytes_in.inc_by(client_to_upstream);
+        self.bytes_out.inc_by(upstream_to_client);
+    }
+
+    /// Counts `reason` in `family` (one of the root's reason families).
+    pub(crate) fn reason(&self, family: &Family<ReasonLabel, Counter>, reason: &'static str) {
+        family.get_or_create(&ReasonLabel { at: self.at(), reason }).inc();
+    }
+
+    /// Counts an established connection closed by mqtls (see [`crate::recheck`]).
+    pub(crate) fn closed(&self, reason: &'static str) {
+        self.reason(&self.root.connections_closed, reason);
+    }
+
+    /// Counts a connection refused for its certificate's connection count.
+    pub(crate) fn identity_limit_refusal(&self) {
+        self.root.identity_limit_refusals.get_or_create(&self.at).inc();
+    }
+
+    /// Counts a WebSocket upgrade answered with 101.
+    pub(crate) fn websocket_upgrade(&self) {
+        self.root.websocket_upgrades.get_or_create(&self.at).inc();
+    }
+
+    /// Counts a WebSocket connection closed with `code` for a client's bad frame.
+    pub(crate) fn websocket_violation(&self, code: &'static str) {
+        self.root.websocket_violations.get_or_create(&CodeLabel { at: self.at(), code }).inc();
+    }
+}
+
+/// Keeps the active-connections gauge right however the connection ends (even when a drain deadline
+/// drops it mid-flight).
+pub(crate) struct ActiveGuard(Gauge);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

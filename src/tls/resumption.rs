@@ -21,6 +21,8 @@
 use std::sync::Arc;
 
 use rustls::server::{ProducesTickets, StoresServerSessions};
+use x509_parser::certificate::X509CertificateParser;
+use x509_parser::nom::Parser;
 use x509_parser::time::ASN1Time;
 
 /// Wraps a ticketer: tickets are made as before, and refused on the way back once the client
@@ -100,7 +102,10 @@ fn still_valid(session: &[u8], now: ASN1Time) -> bool {
     let Some(chain) = client_chain(session) else {
         return false;
     };
-    chain.iter().all(|der| match x509_parser::parse_x509_certificate(der) {
+    // Only the validity is read: the extensions are left unparsed (the leaf is parsed in full once
+    // more, for its identity, when the connection reads its CONNECT).
+    let mut parser = X509CertificateParser::new().with_deep_parse_extensions(false);
+    chain.iter().all(|der| match parser.parse(der) {
         Ok((_, cert)) => cert.validity().is_valid_at(now),
         Err(_) => false,
     })

@@ -174,6 +174,7 @@ impl Pki {
         let listener = Listener {
             name: None,
             listen: "127.0.0.1:0".parse().expect("addr"),
+            reuse_port: false,
             upstream,
             proxy_protocol: Default::default(),
             tls: TlsSettings {
@@ -441,14 +442,15 @@ impl Mqtls {
         self.addr.port()
     }
 
-    /// The value of the sample `name_and_labels` (e.g. `mqtls_connections_total{outcome="ok"}`), 0 if absent.
-    pub fn metric(&self, name_and_labels: &str) -> f64 {
-        self.proxy
-            .metrics
-            .render()
-            .lines()
-            .find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
+    /// The sum of the samples `query` selects (e.g. `mqtls_connections_total{outcome="ok"}`: every
+    /// series of that name with at least those labels, whatever its `listener` and `transport`), 0 if none.
+    pub fn metric(&self, query: &str) -> f64 {
+        sample(&self.metrics_text(), query)
+    }
+
+    /// The Prometheus exposition of every metric, as `/metrics` serves it.
+    pub fn metrics_text(&self) -> String {
+        self.proxy.all_metrics().render()
     }
 
     /// Stops accepting, drains, and waits for the server task.
@@ -568,6 +570,18 @@ impl Binary {
 
     pub fn running(&mut self) -> bool {
         self.child.try_wait().expect("wait").is_none()
+    }
+
+    /// Waits for the process to exit; its status, or a panic with its log after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "mqtls did not exit within {within:?}: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -1160,4 +1174,54 @@ pub async fn read_packet<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io:
     })
     .await
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no packet"))?
+}
+
+/// The sum of the samples in the Prometheus exposition `text` that `query` selects: `name` or
+/// `name{label="value",...}`, matching every series of that name carrying at least those labels.
+pub fn sample(text: &str, query: &str) -> f64 {
+    let (name, wanted) = series(query);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(s, _)| {
+            let (n, labels) = series(s);
+            n == name && wanted.iter().all(|w| labels.contains(w))
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+/// A series' name and labels: `name{a="x",b="y"}` → (`name`, [(a, x), (b, y)]), with `\"` and `\\` unescaped.
+fn series(s: &str) -> (&str, Vec<(String, String)>) {
+    let Some((name, rest)) = s.split_once('{') else { return (s.trim(), Vec::new()) };
+    let mut labels = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        let key: String =
+            chars.by_ref().take_while(|c| *c != '=').collect::<String>().trim_start_matches(',').to_string();
+        if key.is_empty() || chars.next() != Some('"') {
+            break;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => value.extend(chars.next()),
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.push((key, value));
+    }
+    (name, labels)
+}
+
+#[test]
+fn a_metric_query_sums_the_series_carrying_its_labels() {
+    let text = "# TYPE x counter\nx_total{listener=\"a\",outcome=\"ok\"} 2\nx_total{listener=\"b\",outcome=\"ok\"} 3\n\
+                x_total{listener=\"b\",outcome=\"limit\"} 5\ny{issuer=\"CN=a,O=\\\"b\\\"\"} 7\n";
+    assert_eq!(sample(text, r#"x_total{outcome="ok"}"#), 5.0);
+    assert_eq!(sample(text, r#"x_total{listener="b"}"#), 8.0);
+    assert_eq!(sample(text, "x_total"), 10.0);
+    assert_eq!(sample(text, r#"y{issuer="CN=a,O=\"b\""}"#), 7.0);
+    assert_eq!(sample(text, r#"x_total{outcome="gone"}"#), 0.0);
 }

@@ -44,7 +44,7 @@ pub(crate) fn close_code_of(err: &io::Error) -> Option<u16> {
 }
 
 /// Counts a stream's end under `mqtls_websocket_violations_total{code}` when it was a client's bad frame.
-pub(crate) fn count_violation(metrics: &crate::ops::metrics::Metrics, err: &io::Error) {
+pub(crate) fn count_violation(metrics: &crate::ops::metrics::ListenerMetrics, err: &io::Error) {
     let code = match close_code_of(err) {
         Some(1002) => "1002",
         Some(1003) => "1003",
@@ -52,7 +52,7 @@ pub(crate) fn count_violation(metrics: &crate::ops::metrics::Metrics, err: &io::
         Some(1009) => "1009",
         _ => return,
     };
-    metrics.websocket_violations.get_or_create(&crate::ops::metrics::CodeLabel { code }).inc();
+    metrics.websocket_violation(code);
 }
 
 /// A WebSocket as the byte stream its binary messages carry.

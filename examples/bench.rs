@@ -9,7 +9,11 @@
 //!   certificates required (rustls + aws-lc-rs, configured like mqtls), then the sink's behaviour, with
 //!   no upstream; or, with `--upstream`, a copy both ways to a TCP connection opened per client (the
 //!   least a TLS proxy does: no MQTT parsing, no identity).
-//! - load generators, each printing one JSON line: `handshakes`, `resume`, `throughput`, `ping`, `idle`.
+//! - `forward ADDR --upstream ADDR`: that copy without TLS (`plain-fwd`), what moving the bytes costs
+//!   one core, for the throughput bound.
+//! - load generators, each printing one JSON line: `handshakes`, `resume`, `throughput`, `ping`, `idle`,
+//!   `reconnect` (the storm), `noisy` (one source reconnecting in a tight loop).
+//! - `chart DATA OUT`: one SVG bar chart from the driver's JSON (plotters, SVG backend only).
 //!
 //! Every client offers only TLS 1.3, X25519 and TLS_AES_128_GCM_SHA256, and presents the client
 //! certificate; every server therefore negotiates the same handshake. Each program runs on a
@@ -17,7 +21,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,7 +41,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, RootCertStore, ServerConfig, SignatureScheme};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Longest any single connection step may take before it counts as an error.
@@ -70,6 +74,10 @@ struct Target {
     /// subprotocol, then send each write as one masked binary frame.
     #[arg(long, value_name = "PATH")]
     ws: Option<String>,
+    /// Connect from this local address (any of 127.0.0.0/8 works on loopback): a source of its own for
+    /// mqtls's per-source limits.
+    #[arg(long)]
+    source: Option<IpAddr>,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +100,13 @@ enum Mode {
         /// (tokio's `copy_bidirectional`): the least a TLS proxy does, with no MQTT and no identity.
         #[arg(long)]
         upstream: Option<SocketAddr>,
+    },
+    /// Plain TCP forwarder: a connection to `upstream` per client, bytes copied both ways (what
+    /// `terminator --upstream` does, without TLS).
+    Forward {
+        addr: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
     },
     /// Full handshakes: connect, TLS, CONNECT, CONNACK, close, from `concurrency` clients for `seconds`.
     Handshakes {
@@ -150,7 +165,26 @@ enum Mode {
         /// Connections opened at once while the devices first connect (the storm itself is all at once).
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Each device connects from its own loopback address (127.1.0.1, 127.1.0.2, …), as a fleet's
+        /// devices do: per-source limits then see one source per device.
+        #[arg(long)]
+        spread_sources: bool,
     },
+    /// One source reconnecting in a tight loop: `concurrency` loops of TCP, full TLS handshake,
+    /// CONNECT, CONNACK, close, each starting again at once whatever happened, until `stop_file`
+    /// exists (or `seconds` pass). Prints what it tried and what got through.
+    Noisy {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 600.0)]
+        seconds: f64,
+        #[arg(long)]
+        stop_file: Option<PathBuf>,
+    },
+    /// Writes one SVG bar chart (the driver's JSON: title, categories, series, baseline) to OUT.
+    Chart { data: PathBuf, out: PathBuf },
     /// Opens `count` connections (TLS + CONNECT/CONNACK), prints when all are up, holds them until
     /// `hold_file` exists.
     Idle {
@@ -188,6 +222,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Mode::Terminator { addr, certs, upstream } => rt
             .block_on(async { terminator(TcpListener::bind(addr).await?, &certs, upstream).await })
             .map(|()| json!({})),
+        Mode::Forward { addr, upstream } => {
+            rt.block_on(async { forwarder(TcpListener::bind(addr).await?, upstream).await }).map(|()| json!({}))
+        }
         Mode::Handshakes { target, concurrency, seconds } => {
             rt.block_on(storm(target, concurrency, secs(seconds), false))
         }
@@ -199,9 +236,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Mode::Idle { target, count, concurrency, hold_file } => {
             rt.block_on(idle(target, count, concurrency, &hold_file))
         }
-        Mode::Reconnect { target, count, concurrency } => {
-            tokio::task::LocalSet::new().block_on(&rt, reconnect(target, count, concurrency))
+        Mode::Reconnect { target, count, concurrency, spread_sources } => {
+            tokio::task::LocalSet::new().block_on(&rt, reconnect(target, count, concurrency, spread_sources))
         }
+        Mode::Noisy { target, concurrency, seconds, stop_file } => {
+            rt.block_on(noisy(target, concurrency, secs(seconds), stop_file.as_deref()))
+        }
+        Mode::Chart { data, out } => chart::write(&data, &out).map(|()| json!({})),
     };
     match result {
         Ok(v) => {
@@ -377,7 +418,7 @@ fn client_config(target: &Target) -> io::Result<ClientConfig> {
 }
 
 /// The terminator's configuration: what mqtls builds (aws-lc-rs, TLS 1.3 and 1.2, client certificates
-/// required through webpki, server suite order), with nothing behind it.
+/// required through webpki, server suite order, session tickets), with nothing behind it.
 fn server_config(certs: &Path) -> io::Result<ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = RootCertStore::empty();
@@ -392,6 +433,9 @@ fn server_config(certs: &Path) -> io::Result<ServerConfig> {
         .with_single_cert(vec![read_cert(&certs.join("server.crt"))?], read_key(&certs.join("server.key"))?)
         .map_err(|e| other(e.to_string()))?;
     config.ignore_client_order = true;
+    // Session tickets, as mqtls issues them: the default stateful cache holds 256 sessions, fewer than
+    // a storm's devices.
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| other(e.to_string()))?;
     Ok(config)
 }
 
@@ -546,23 +590,39 @@ async fn terminator(listener: TcpListener, certs: &Path, upstream: Option<Socket
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let Ok(Ok(mut tls)) = tokio::time::timeout(STEP_TIMEOUT, acceptor.accept(tcp)).await else {
+            let Ok(Ok(tls)) = tokio::time::timeout(STEP_TIMEOUT, acceptor.accept(tcp)).await else {
                 return;
             };
             match upstream {
                 None => {
                     let _ = answer(tls).await;
                 }
-                Some(upstream) => {
-                    let Ok(Ok(mut up)) = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(upstream)).await else {
-                        return;
-                    };
-                    let _ = up.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-                }
+                Some(upstream) => relay(tls, upstream).await,
             }
         });
     }
+}
+
+/// `plain-fwd`: the forwarding terminator without TLS.
+async fn forwarder(listener: TcpListener, upstream: SocketAddr) -> io::Result<()> {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(relay(tcp, upstream));
+    }
+}
+
+/// A TCP connection to `upstream` for this client, then bytes copied both ways (tokio's
+/// `copy_bidirectional`, 8 KiB buffers) until either side ends.
+async fn relay<S: AsyncRead + AsyncWrite + Unpin>(mut client: S, upstream: SocketAddr) {
+    let Ok(Ok(mut up)) = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(upstream)).await else {
+        return;
+    };
+    let _ = up.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -581,6 +641,8 @@ struct Dialer {
     nodelay: bool,
     /// The WebSocket path, for MQTT over wss://.
     ws: Option<String>,
+    /// The local address to connect from (the system's choice when `None`).
+    source: Option<IpAddr>,
 }
 
 impl Dialer {
@@ -590,13 +652,20 @@ impl Dialer {
             (false, Some(c)) => Some(TlsConnector::from(Arc::new(c))),
             (false, None) => Some(TlsConnector::from(Arc::new(client_config(target)?))),
         };
-        Ok(Dialer { addr: target.addr, tls, nodelay: true, ws: target.ws.clone() })
+        Ok(Dialer { addr: target.addr, tls, nodelay: true, ws: target.ws.clone(), source: target.source })
+    }
+
+    async fn tcp(&self) -> io::Result<TcpStream> {
+        let Some(source) = self.source else { return TcpStream::connect(self.addr).await };
+        let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.bind(SocketAddr::new(source, 0))?;
+        socket.connect(self.addr).await
     }
 
     /// TCP, TLS, CONNECT, CONNACK. Returns the stream and whether the TLS session was resumed.
     async fn open(&self, client_id: &str) -> io::Result<(Conn, bool)> {
         let fut = async {
-            let tcp = TcpStream::connect(self.addr).await?;
+            let tcp = self.tcp().await?;
             tcp.set_nodelay(self.nodelay)?;
             let (mut conn, resumed): (Conn, bool) = match &self.tls {
                 None => (Box::new(tcp), false),
@@ -999,14 +1068,44 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// How long a device of the reconnect storm keeps trying before it counts as not back.
 const STORM_DEADLINE: Duration = Duration::from_secs(120);
 
-async fn reconnect(target: Target, count: usize, concurrency: usize) -> io::Result<serde_json::Value> {
+/// The loopback address device `i` of a fleet connects from with `--spread-sources`: 127.1.0.1 onwards
+/// (127.0.0.0/8 is all loopback, so no set-up is needed), away from 127.0.0.1 and 127.0.0.2.
+fn fleet_source(i: usize) -> IpAddr {
+    let base = u32::from(Ipv4Addr::new(127, 1, 0, 1));
+    IpAddr::V4(Ipv4Addr::from(base.saturating_add(u32::try_from(i).unwrap_or(u32::MAX))))
+}
+
+/// 0..n in a random order (Fisher–Yates with xorshift, seeded from the clock: no statistics rest on it).
+fn shuffled(n: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos());
+    let mut x = (nanos as u64) | 1;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+async fn reconnect(
+    target: Target,
+    count: usize,
+    concurrency: usize,
+    spread_sources: bool,
+) -> io::Result<serde_json::Value> {
     let count = count.clamp(1, 1_000_000);
     let base = client_config(&target)?;
     let mut dialers = Vec::with_capacity(count);
-    for _ in 0..count {
+    for i in 0..count {
         let mut c = base.clone();
         c.resumption = Resumption::in_memory_sessions(2);
-        dialers.push(std::rc::Rc::new(Dialer::new(&target, Some(c))?));
+        let mut d = Dialer::new(&target, Some(c))?;
+        if spread_sources {
+            d.source = Some(fleet_source(i));
+        }
+        dialers.push(std::rc::Rc::new(d));
     }
     // Connect every device (a bounded number at a time) and hold it: each now has a ticket.
     let gate = std::rc::Rc::new(tokio::sync::Semaphore::new(concurrency.clamp(1, 4096)));
@@ -1054,20 +1153,28 @@ async fn reconnect(target: Target, count: usize, concurrency: usize) -> io::Resu
             })
         })
     };
-    tokio::time::sleep(Duration::from_secs(2)).await; // quiet samples
-                                                      // Every device drops at once, then all reconnect at once with their tickets.
+    // Quiet samples first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Devices come back in no particular order: behind a round-robin balancer, the order they first
+    // connected in would otherwise send every one back to the same replica (or every one to the other).
+    let order = shuffled(count);
+    // Every device drops at once, then all reconnect at once with their tickets.
     drop(held);
     let start = Instant::now();
     let mut storm = tokio::task::JoinSet::new();
-    for (i, d) in dialers.iter().enumerate() {
-        let d = d.clone();
+    let retries = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    for i in order {
+        let (d, retries) = (dialers[i].clone(), retries.clone());
         storm.spawn_local(async move {
             loop {
                 match d.open(&format!("storm-{}-{i}", std::process::id())).await {
                     Ok((c, resumed)) => return Ok((start.elapsed(), resumed, c)),
                     Err(e) if start.elapsed() > STORM_DEADLINE => return Err(e),
                     // A refused or timed-out device retries soon, as device firmware does.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Err(_) => {
+                        retries.set(retries.get() + 1);
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
                 }
             }
         });
@@ -1103,6 +1210,8 @@ async fn reconnect(target: Target, count: usize, concurrency: usize) -> io::Resu
         "connected_before": setup.ok,
         "setup_errors": setup.errors,
         "back": tally.ok,
+        "retries": retries.get(),
+        "sources": if spread_sources { count } else { 1 },
         "errors": tally.errors,
         "first_error": tally.first_error.or(setup.first_error),
         "all_back_s": all_back.as_secs_f64(),
@@ -1112,6 +1221,70 @@ async fn reconnect(target: Target, count: usize, concurrency: usize) -> io::Resu
         "ping_quiet_p99_us": pct(&quiet, 0.99),
         "ping_storm_p99_us": pct(&during, 0.99),
         "ping_storm_samples": during.len(),
+    }))
+}
+
+/// How often `noisy` looks for its stop file.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+async fn noisy(
+    target: Target,
+    concurrency: usize,
+    duration: Duration,
+    stop_file: Option<&Path>,
+) -> io::Result<serde_json::Value> {
+    // Resumption off (client_config's default): every attempt that gets in costs a full handshake.
+    let dialer = Dialer::new(&target, None)?;
+    let stop = std::cell::Cell::new(false);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let (stop, dialer) = (&stop, &dialer);
+    let watch = async move {
+        while !stop.get() && Instant::now() < deadline {
+            if stop_file.is_some_and(Path::exists) {
+                stop.set(true);
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
+        stop.set(true);
+        Tally::default()
+    };
+    let loops = (0..concurrency.clamp(1, 1024)).map(|w| {
+        Box::pin(async move {
+            let mut t = Tally::default();
+            let mut n = 0u64;
+            while !stop.get() && Instant::now() < deadline {
+                match dialer.open_and_close(w, n).await {
+                    Ok(_) => t.ok += 1,
+                    // At once again, whatever went wrong: that is what makes it noisy.
+                    Err(e) => t.error(e),
+                }
+                n += 1;
+                // A refusal can come back without a wait; let the stop watch run.
+                tokio::task::yield_now().await;
+            }
+            t
+        }) as Pin<Box<dyn Future<Output = Tally> + '_>>
+    });
+    let mut futs: Vec<Pin<Box<dyn Future<Output = Tally> + '_>>> = vec![Box::pin(watch)];
+    futs.extend(loops);
+    let mut total = Tally::default();
+    for t in join_all(futs).await {
+        total.add(t);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let attempts = total.ok + total.errors;
+    Ok(json!({
+        "mode": "noisy",
+        "source": target.source,
+        "concurrency": concurrency,
+        "attempts": attempts,
+        "ok": total.ok,
+        "refused": total.errors,
+        "first_error": total.first_error,
+        "seconds": elapsed,
+        "attempt_rate": attempts as f64 / elapsed,
+        "ok_rate": total.ok as f64 / elapsed,
     }))
 }
 
@@ -1167,6 +1340,183 @@ async fn idle(target: Target, count: usize, concurrency: usize, hold_file: &Path
     Ok(json!({}))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Charts
+
+/// The benchmark's charts: one per figure group, a block of horizontal bars per figure, each target's
+/// bar its value divided by the baseline target's (`terminator-fwd`, the line at 1). Drawn with
+/// plotters' SVG backend in pixel coordinates: horizontal bars keep forty target names readable.
+mod chart {
+    use std::io;
+    use std::path::Path;
+
+    use plotters::element::DashedPathElement;
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    use serde::Deserialize;
+
+    /// What the driver writes for one chart.
+    #[derive(Deserialize)]
+    pub struct Data {
+        pub title: String,
+        /// A line under the title: what the bars are, which way is better, the conditions.
+        #[serde(default)]
+        pub note: String,
+        /// The target every bar is divided by.
+        pub baseline: String,
+        pub groups: Vec<Group>,
+    }
+
+    /// One figure: a block of bars.
+    #[derive(Deserialize)]
+    pub struct Group {
+        pub name: String,
+        pub bars: Vec<Bar>,
+        /// Other references in the same units, e.g. the single-core throughput bound.
+        #[serde(default)]
+        pub markers: Vec<Marker>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Bar {
+        pub target: String,
+        /// The target's value divided by the baseline's.
+        pub ratio: f64,
+        /// The value itself, as the table prints it.
+        pub label: String,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Marker {
+        pub ratio: f64,
+        pub label: String,
+    }
+
+    const WIDTH: i32 = 980;
+    /// Right edge of the target names.
+    const NAMES: i32 = 200;
+    /// Where a bar of ratio 0 starts and where the longest one ends (its label goes right of it).
+    const LEFT: i32 = 210;
+    const RIGHT: i32 = 740;
+    const ROW: i32 = 18;
+    const BAR: i32 = 13;
+    const HEAD: i32 = 24;
+    const GAP: i32 = 10;
+    const TOP: i32 = 70;
+    const FOOT: i32 = 34;
+    /// Each line of the note below its first.
+    const NOTE_LINE: i32 = 16;
+
+    const MQTLS: RGBColor = RGBColor(31, 119, 180);
+    const HAPROXY: RGBColor = RGBColor(214, 39, 40);
+    const BASE: RGBColor = RGBColor(40, 40, 40);
+    const OTHER: RGBColor = RGBColor(175, 175, 175);
+    const MARK: RGBColor = RGBColor(255, 127, 14);
+    const NOTE: RGBColor = RGBColor(90, 90, 90);
+
+    pub fn write(data: &Path, out: &Path) -> io::Result<()> {
+        let text = std::fs::read_to_string(data)?;
+        let d: Data = serde_json::from_str(&text)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", data.display())))?;
+        std::fs::write(out, render(&d)?)
+    }
+
+    fn failed<E: std::fmt::Debug>(e: E) -> io::Error {
+        io::Error::other(format!("drawing the chart: {e:?}"))
+    }
+
+    fn style(size: i32, color: RGBColor, bold: bool, h: HPos) -> TextStyle<'static> {
+        let font = ("sans-serif", size).into_font();
+        let font = if bold { font.style(FontStyle::Bold) } else { font };
+        TextStyle { font, color: color.to_backend_color(), pos: Pos::new(h, VPos::Center) }
+    }
+
+    pub fn render(d: &Data) -> io::Result<String> {
+        let rows: i32 = d.groups.iter().map(|g| HEAD + ROW * g.bars.len() as i32 + GAP).sum();
+        let notes: Vec<&str> = d.note.lines().collect();
+        let top = TOP + NOTE_LINE * notes.len().saturating_sub(1) as i32;
+        let height = top + rows + FOOT;
+        let max = d
+            .groups
+            .iter()
+            .flat_map(|g| g.bars.iter().map(|b| b.ratio).chain(g.markers.iter().map(|m| m.ratio)))
+            .filter(|r| r.is_finite())
+            .fold(1.0f64, f64::max)
+            * 1.02;
+        let x = |r: f64| LEFT + (r.clamp(0.0, max) / max * f64::from(RIGHT - LEFT)).round() as i32;
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, (WIDTH as u32, height as u32)).into_drawing_area();
+            root.fill(&WHITE).map_err(failed)?;
+            root.draw(&Text::new(d.title.clone(), (12, 18), style(18, BASE, true, HPos::Left))).map_err(failed)?;
+            for (i, line) in notes.iter().enumerate() {
+                let at = (12, 42 + NOTE_LINE * i as i32);
+                root.draw(&Text::new(line.to_string(), at, style(12, NOTE, false, HPos::Left))).map_err(failed)?;
+            }
+            // The baseline: a dashed line at 1 through every group, under the bars and their labels.
+            let one = x(1.0);
+            root.draw(&Text::new(format!("{} = 1", d.baseline), (one, top - 10), style(12, BASE, false, HPos::Center)))
+                .map_err(failed)?;
+            root.draw(&DashedPathElement::new(vec![(one, top - 2), (one, top + rows)], 4, 3, BASE.stroke_width(1)))
+                .map_err(failed)?;
+            let mut y = top;
+            for g in &d.groups {
+                root.draw(&Text::new(g.name.clone(), (12, y + HEAD / 2), style(14, BASE, true, HPos::Left)))
+                    .map_err(failed)?;
+                let top = y + HEAD;
+                for (i, b) in g.bars.iter().enumerate() {
+                    let mid = top + ROW * i as i32 + ROW / 2;
+                    let (color, bold) = match b.target.as_str() {
+                        "mqtls" => (MQTLS, true),
+                        "haproxy" => (HAPROXY, true),
+                        t if t == d.baseline => (BASE, false),
+                        _ => (OTHER, false),
+                    };
+                    let name = if b.target == "haproxy" { "HAProxy ◆".to_string() } else { b.target.clone() };
+                    root.draw(&Text::new(
+                        name,
+                        (NAMES, mid),
+                        style(12, if bold { color } else { BASE }, bold, HPos::Right),
+                    ))
+                    .map_err(failed)?;
+                    let end = x(b.ratio).max(LEFT + 1);
+                    root.draw(&Rectangle::new([(LEFT, mid - BAR / 2), (end, mid + BAR / 2)], color.filled()))
+                        .map_err(failed)?;
+                    let value = format!("{:.2}×  {}", b.ratio, b.label);
+                    let label = style(11, BASE, bold, HPos::Left);
+                    // A white ground, so that the baseline or a marker does not run through the text.
+                    let (w, _) = root.estimate_text_size(&value, &label).map_err(failed)?;
+                    let ground = [(end + 4, mid - ROW / 2 + 2), (end + 8 + w as i32, mid + ROW / 2 - 2)];
+                    root.draw(&Rectangle::new(ground, WHITE.filled())).map_err(failed)?;
+                    root.draw(&Text::new(value, (end + 6, mid), label)).map_err(failed)?;
+                }
+                let bottom = top + ROW * g.bars.len() as i32;
+                for m in &g.markers {
+                    let at = x(m.ratio);
+                    root.draw(&PathElement::new(vec![(at, top), (at, bottom)], MARK.stroke_width(2)))
+                        .map_err(failed)?;
+                    root.draw(&Text::new(m.label.clone(), (at + 4, bottom + 5), style(11, MARK, true, HPos::Left)))
+                        .map_err(failed)?;
+                }
+                y = bottom + GAP;
+            }
+            let legend = format!(
+                "Each bar: the target's figure ÷ {}'s in the same run. Blue: mqtls. Red ◆: HAProxy. Dark: {}.",
+                d.baseline, d.baseline
+            );
+            root.draw(&Text::new(legend, (12, height - FOOT / 2), style(12, NOTE, false, HPos::Left)))
+                .map_err(failed)?;
+            root.present().map_err(failed)?;
+        }
+        Ok(svg)
+    }
+}
+
+/// The integration tests' real parts (Mosquitto on a free port, mqtls in-process), for the tests below.
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1204,7 +1554,7 @@ mod tests {
         // Built as the binary builds it.
         let app = mqtls::App::bind(Config::load(&args).expect("config"), None).await.expect("app");
         let addr = *app.listen_addrs().first().expect("listener");
-        let target = Target { addr, certs: certs.clone(), plain: false, tls12: false, ws: None };
+        let target = Target { addr, certs: certs.clone(), plain: false, tls12: false, ws: None, source: None };
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(app.run(shutdown.clone()));
 
@@ -1227,7 +1577,7 @@ mod tests {
         let p = ping(target.clone(), 20, 2).await.expect("ping");
         assert_eq!(p["count"], 20, "{p}");
 
-        let plain = Target { addr: sink_addr, certs, plain: true, tls12: false, ws: None };
+        let plain = Target { addr: sink_addr, certs, plain: true, tls12: false, ws: None, source: None };
         let direct = storm(plain, 2, Duration::from_millis(300), false).await.expect("plain");
         assert!(direct["ok"].as_u64().unwrap_or(0) > 0, "{direct}");
 
@@ -1255,7 +1605,7 @@ mod tests {
         };
         let app = mqtls::App::bind(Config::load(&args).expect("config"), None).await.expect("app");
         let addr = *app.listen_addrs().first().expect("listener");
-        let target = Target { addr, certs, plain: false, tls12: false, ws: Some("/mqtt".into()) };
+        let target = Target { addr, certs, plain: false, tls12: false, ws: Some("/mqtt".into()), source: None };
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(app.run(shutdown.clone()));
 
@@ -1285,6 +1635,7 @@ mod tests {
             plain: false,
             tls12: false,
             ws: None,
+            source: None,
         };
         let term_certs = certs.clone();
         let term = tokio::spawn(async move { terminator(listener, &term_certs, Some(sink_addr)).await });
@@ -1301,6 +1652,119 @@ mod tests {
         assert_eq!(orphaned["ok"], 0, "{orphaned}");
         assert!(orphaned["errors"].as_u64().unwrap_or(0) > 0, "{orphaned}");
         term.abort();
+    }
+
+    /// mqtls in this runtime, with the benchmark PKI, in front of `upstream`, with `edit`'s settings.
+    async fn mqtls_with(certs: &Path, upstream: String, edit: impl FnOnce(&mut Layer)) -> common::Mqtls {
+        let mut settings = Layer {
+            listen: Some("127.0.0.1:0".into()),
+            upstream: Some(upstream),
+            cert: Some(certs.join("server.crt")),
+            key: Some(certs.join("server.key")),
+            client_ca: Some(certs.join("ca.crt")),
+            ..Layer::default()
+        };
+        edit(&mut settings);
+        let args = RunArgs { settings, ..RunArgs::default() };
+        common::Mqtls::start(Config::load(&args).expect("config")).await
+    }
+
+    fn tls_target(addr: SocketAddr, certs: &Path) -> Target {
+        Target { addr, certs: certs.to_path_buf(), plain: false, tls12: false, ws: None, source: None }
+    }
+
+    /// The `storm` figure's program at a tiny N against mqtls and a real Mosquitto: every device is
+    /// back, with its ticket, and the figures it prints hang together.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reconnect_storm_brings_every_device_back_resumed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_certs(dir.path()).expect("certs");
+        let broker = common::Mosquitto::start();
+        let proxy = mqtls_with(dir.path(), format!("127.0.0.1:{}", broker.port), |_| {}).await;
+        let target = tls_target(proxy.addr, dir.path());
+
+        let r = tokio::task::LocalSet::new().run_until(reconnect(target, 8, 4, false)).await.expect("reconnect");
+        assert_eq!(r["connected_before"], 8, "{r}");
+        assert_eq!(r["back"], 8, "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["resumed_share"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+        let all_back_ms = r["all_back_s"].as_f64().unwrap_or(0.0) * 1000.0;
+        let (p50, p99) = (r["connack_p50_ms"].as_f64().unwrap_or(-1.0), r["connack_p99_ms"].as_f64().unwrap_or(-1.0));
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= all_back_ms && all_back_ms < 60_000.0, "{r}");
+        assert!(r["ping_quiet_p99_us"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+        proxy.stop().await;
+    }
+
+    /// The `noisy` figure's premise: with `max_conn_rate_per_source`, the noisy source (127.0.0.2) is
+    /// refused at accept beyond its rate, while a fleet spread over its own addresses is never refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn per_source_rate_refuses_the_noisy_source_but_not_a_spread_fleet() {
+        let (_dir, certs, sink_addr, sink_task) = certs_and_sink().await;
+        let rate = 2;
+        let proxy = mqtls_with(&certs, sink_addr.to_string(), |l| l.max_conn_rate_per_source = Some(rate)).await;
+        let fleet = tls_target(proxy.addr, &certs);
+        let noise = Target { source: Some("127.0.0.2".parse().expect("ip")), ..fleet.clone() };
+
+        let local = tokio::task::LocalSet::new();
+        let seconds = 3.0;
+        let noisy = local.spawn_local(async move { noisy(noise, 4, secs(seconds), None).await });
+        let storm = local.run_until(reconnect(fleet, 6, 3, true)).await.expect("reconnect");
+        let noisy = local.run_until(noisy).await.expect("join").expect("noisy");
+
+        assert_eq!(storm["back"], 6, "{storm}");
+        assert_eq!(storm["retries"], 0, "{storm}");
+        assert_eq!(storm["sources"], 6, "{storm}");
+        assert!(noisy["refused"].as_u64().unwrap_or(0) > 0, "{noisy}");
+        // The bucket starts full (`rate` tokens) and refills at `rate` a second.
+        let most = u64::from(rate) + (f64::from(rate) * noisy["seconds"].as_f64().unwrap_or(0.0)).ceil() as u64;
+        assert!(noisy["ok"].as_u64().unwrap_or(u64::MAX) <= most, "{noisy}");
+        proxy.stop().await;
+        sink_task.abort();
+    }
+
+    /// `plain-fwd` really forwards: the sink's answers come back through it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plain_forwarder_relays_through_the_sink() {
+        let (_dir, certs, sink_addr, sink_task) = certs_and_sink().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind forwarder");
+        let target = Target { plain: true, ..tls_target(listener.local_addr().expect("addr"), &certs) };
+        let fwd = tokio::spawn(forwarder(listener, sink_addr));
+        let tp = throughput(target.clone(), 16384, 2, Duration::from_millis(200), false).await.expect("throughput");
+        assert!(tp["bytes"].as_u64().unwrap_or(0) > 0 && tp["error"].is_null(), "{tp}");
+        let p = ping(target.clone(), 20, 2).await.expect("ping");
+        assert_eq!(p["count"], 20, "{p}");
+        sink_task.abort();
+        let _ = sink_task.await;
+        let orphaned = storm(target, 1, Duration::from_millis(200), false).await.expect("handshakes");
+        assert_eq!(orphaned["ok"], 0, "{orphaned}");
+        fwd.abort();
+    }
+
+    /// A chart names every target, marks HAProxy, draws the baseline and the markers.
+    #[test]
+    fn chart_draws_every_bar_the_baseline_and_the_markers() {
+        let data: chart::Data = serde_json::from_value(json!({
+            "title": "Throughput",
+            "note": "higher is better",
+            "baseline": "terminator-fwd",
+            "groups": [
+                {"name": "16 KiB", "bars": [
+                    {"target": "terminator-fwd", "ratio": 1.0, "label": "600 MB/s"},
+                    {"target": "mqtls", "ratio": 1.25, "label": "750 MB/s"},
+                    {"target": "haproxy", "ratio": 1.05, "label": "630 MB/s"}],
+                 "markers": [{"ratio": 1.6, "label": "single-core bound"}]},
+                {"name": "1 KiB", "bars": [{"target": "stunnel", "ratio": 0.3, "label": "201 MB/s"}]}
+            ]
+        }))
+        .expect("chart data");
+        let svg = chart::render(&data).expect("render");
+        assert!(svg.starts_with("<svg"), "{svg}");
+        for text in ["Throughput", "terminator-fwd = 1", "mqtls", "HAProxy ◆", "stunnel", "1.25×", "single-core bound"]
+        {
+            assert!(svg.contains(text), "{text} missing from {svg}");
+        }
+        // The background, and per bar the bar and its label's ground.
+        assert_eq!(svg.matches("<rect").count(), 1 + 2 * 4, "{svg}");
     }
 
     #[test]

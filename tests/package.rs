@@ -5,9 +5,11 @@
 //!
 //! These tests install and purge the package `mqtls` system-wide, so they need root (CI runs as root)
 //! and fail, saying so, without it or without cargo-deb (`bash tests/run` installs it). The .deb is
-//! built once per run of this file (a release build into target/tmp/deb-target, which later runs
-//! reuse); every test installs it and purges it again, holding a lock file for that time so that two
-//! runs on one machine (two worktrees, say) never install at once.
+//! built once per run of this file with `cargo deb --no-build` around the binary `cargo test` has just
+//! built (a debug build: a release build would add minutes of the suite's time budget and test nothing
+//! these tests look at; `cargo deb` without `--no-build` makes the release package); every test
+//! installs it and purges it again, holding a lock file for that time so that two runs on one machine
+//! (two worktrees, say) never install at once.
 
 mod common;
 
@@ -63,12 +65,17 @@ fn build_deb() -> Result<PathBuf, String> {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let out_dir = tmp.join("deb-out");
     let _ = std::fs::remove_dir_all(&out_dir);
+    // The package's asset `target/release/mqtls` is looked for in its target directory.
+    let target = tmp.join("deb-target");
+    let binary = target.join("release").join("mqtls");
+    std::fs::create_dir_all(target.join("release")).map_err(|e| format!("{}: {e}", target.display()))?;
+    std::fs::copy(env!("CARGO_BIN_EXE_mqtls"), &binary).map_err(|e| format!("{}: {e}", binary.display()))?;
     let started = Instant::now();
     let out = run(Command::new(&cargo)
-        .args(["deb", "--locked", "--output"])
+        .args(["deb", "--no-build", "--locked", "--output"])
         .arg(&out_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("CARGO_TARGET_DIR", tmp.join("deb-target")));
+        .env("CARGO_TARGET_DIR", &target));
     if !out.status.success() {
         return Err(format!("cargo deb failed:\n{}", text(&out)));
     }

@@ -4,9 +4,9 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -88,116 +88,48 @@ impl Drivers {
 
 /// Runs the pre-splice phases handed to it until its queue is closed and they are all done, or until
 /// `force_close`, which drops those still running.
-///
-/// When a turn has spent its budget the driver yields with [`tokio::task::yield_now`], which tokio
-/// defers until it has run the other ready tasks and looked for I/O: an established connection's
-/// traffic that arrived during the turn is seen before the next handshake step, not after
-/// `event_interval` more turns. (A self-wake would not do: tokio runs a task that woke itself again
-/// without looking for I/O first.)
 async fn drive(mut queue: mpsc::UnboundedReceiver<Unit>, force_close: CancellationToken) {
-    let turn = Arc::new(Turn::default());
-    let waker = Waker::from(turn.clone());
+    let budget = Arc::new(AtomicUsize::new(DRIVER_BUDGET));
     let mut running = FuturesUnordered::new();
     let mut open = true;
-    let work = async {
-        loop {
-            let finished = std::future::poll_fn(|cx| {
-                turn.budget.store(DRIVER_BUDGET, Ordering::Relaxed);
-                turn.set_task(cx.waker());
-                while open {
-                    match queue.poll_recv(cx) {
-                        Poll::Ready(Some(unit)) => running.push(Budgeted { unit, turn: turn.clone() }),
-                        Poll::Ready(None) => open = false,
-                        Poll::Pending => break,
-                    }
-                }
-                // The phases wake the task through `turn`, which can be told to stay quiet.
-                let mut phases = Context::from_waker(&waker);
-                loop {
-                    match running.poll_next_unpin(&mut phases) {
-                        Poll::Ready(Some(())) => continue,
-                        Poll::Ready(None) if !open => return Poll::Ready(true),
-                        Poll::Ready(None) | Poll::Pending if turn.has_starved() => return Poll::Ready(false),
-                        Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-                    }
-                }
-            })
-            .await;
-            if finished {
-                return;
+    let work = std::future::poll_fn(|cx| {
+        // A fresh budget each time the runtime polls this task.
+        budget.store(DRIVER_BUDGET, Ordering::Relaxed);
+        while open {
+            match queue.poll_recv(cx) {
+                Poll::Ready(Some(unit)) => running.push(Budgeted { unit, budget: budget.clone() }),
+                Poll::Ready(None) => open = false,
+                Poll::Pending => break,
             }
-            tokio::task::yield_now().await;
-            turn.requeue_starved();
         }
-    };
+        loop {
+            match running.poll_next_unpin(cx) {
+                Poll::Ready(Some(())) => continue,
+                Poll::Ready(None) if !open => return Poll::Ready(()),
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    });
     tokio::select! {
         _ = force_close.cancelled() => {}
         _ = work => {}
     }
 }
 
-/// One driver's turn: the polls left, the phases that were ready but found none left, and the
-/// driver task's waker.
-#[derive(Default)]
-struct Turn {
-    budget: AtomicUsize,
-    starved: Mutex<Vec<Waker>>,
-    task: Mutex<Option<Waker>>,
-    /// Set while the starved phases are put back in the ready queue: the driver is running then and
-    /// polls them next, so waking its task would only make the runtime run it again before any I/O.
-    quiet: AtomicBool,
-}
-
-impl Turn {
-    fn set_task(&self, waker: &Waker) {
-        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
-        if !task.as_ref().is_some_and(|t| t.will_wake(waker)) {
-            *task = Some(waker.clone());
-        }
-    }
-
-    fn has_starved(&self) -> bool {
-        !self.starved.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
-    }
-
-    /// Makes the phases that were left over ready again, for the turn that follows at once.
-    fn requeue_starved(&self) {
-        let starved = std::mem::take(&mut *self.starved.lock().unwrap_or_else(|p| p.into_inner()));
-        self.quiet.store(true, Ordering::Relaxed);
-        starved.into_iter().for_each(Waker::wake);
-        self.quiet.store(false, Ordering::Relaxed);
-    }
-}
-
-impl Wake for Turn {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        // A phase woken while quiet is in the ready queue, which the running driver polls next.
-        if !self.quiet.load(Ordering::Relaxed) {
-            if let Some(task) = &*self.task.lock().unwrap_or_else(|p| p.into_inner()) {
-                task.wake_by_ref();
-            }
-        }
-    }
-}
-
-/// A pre-splice phase polled only while its driver's turn has budget left; otherwise it waits for the
-/// driver's next turn (after the driver has yielded to the runtime).
+/// A pre-splice phase polled only while its driver has budget left this turn; otherwise it asks to
+/// be polled again (after the driver has yielded to the runtime).
 struct Budgeted {
     unit: Unit,
-    turn: Arc<Turn>,
+    budget: Arc<AtomicUsize>,
 }
 
 impl Future for Budgeted {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let spent = self.turn.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_err();
+        let spent = self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_err();
         if spent {
-            self.turn.starved.lock().unwrap_or_else(|p| p.into_inner()).push(cx.waker().clone());
+            cx.waker().wake_by_ref();
             return Poll::Pending;
         }
         self.unit.as_mut().poll(cx)

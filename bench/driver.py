@@ -50,7 +50,10 @@ PLAIN_TARGETS = ["plain-fwd"]
 # mqtls with `protocol = "websockets"`: the same traffic as MQTT over wss:// (upgrade on /mqtt, one masked
 # binary frame per client write), against the issue's targets relative to mqtls's own 8883 figures.
 WSS_TARGETS = ["mqtls-wss"]
-EXTRA_TARGETS = BUSY_TARGETS + UNIX_TARGETS + PLAIN_TARGETS + WSS_TARGETS
+# mqtls with `handshake_nice = 0`: handshakes on the established connections' thread, as before the
+# handshake threads; for what they cost a handshake and give the established connections in a storm.
+SHARED_TARGETS = ["mqtls-shared"]
+EXTRA_TARGETS = BUSY_TARGETS + UNIX_TARGETS + PLAIN_TARGETS + WSS_TARGETS + SHARED_TARGETS
 BASELINE = "terminator-fwd"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The noisy-source figure: mqtls's per-source rate, and the address the noisy source connects from (the
@@ -61,13 +64,14 @@ NOISY_LOOPS = 16
 
 FIGURES = {
     # name: (title, unit, higher is better, targets it applies to)
-    "hs": ("full handshakes + CONNECT/CONNACK", "per s", True, ALL_TARGETS + UNIX_TARGETS + PLAIN_TARGETS + WSS_TARGETS),
+    "hs": ("full handshakes + CONNECT/CONNACK", "per s", True,
+           ALL_TARGETS + UNIX_TARGETS + PLAIN_TARGETS + WSS_TARGETS + SHARED_TARGETS),
     "tp16k": ("throughput, 16 KiB PUBLISH", "MB/s", True, ALL_TARGETS + PLAIN_TARGETS + WSS_TARGETS),
     "tp1k": ("throughput, 1 KiB PUBLISH", "MB/s", True, ALL_TARGETS + PLAIN_TARGETS + WSS_TARGETS),
     "ping": ("PINGREQ round trip p50 / p99", "µs", False, ALL_TARGETS + BUSY_TARGETS + PLAIN_TARGETS + WSS_TARGETS),
     "idle": ("RSS per idle TLS connection", "KiB", False, ["terminator", "terminator-fwd", "mqtls"] + PEERS + WSS_TARGETS),
     "resume": ("resumed handshakes + CONNECT/CONNACK", "per s", True,
-               ["terminator", "terminator-fwd", "mqtls"] + PEERS + UNIX_TARGETS + WSS_TARGETS),
+               ["terminator", "terminator-fwd", "mqtls"] + PEERS + UNIX_TARGETS + WSS_TARGETS + SHARED_TARGETS),
     # TLS 1.2, for what its resumption costs (no key exchange, unlike TLS 1.3's in rustls). The peers'
     # listeners are configured TLS 1.3-only, so only mqtls and the terminators run these.
     "hs12": ("TLS 1.2 full handshakes + CONNECT/CONNACK", "per s", True, ["terminator", "terminator-fwd", "mqtls"]),
@@ -78,7 +82,7 @@ FIGURES = {
     "recheck": ("CRL change → every idle connection closed", "s", False, ["mqtls"]),
     # --storm devices connect and hold, then all drop at once and reconnect at once with their tickets:
     # the time until every one has its CONNACK again (details under the table).
-    "storm": ("reconnect storm: all devices back", "s", False, ["terminator-fwd", "mqtls", "haproxy"]),
+    "storm": ("reconnect storm: all devices back", "s", False, ["terminator-fwd", "mqtls", "haproxy"] + SHARED_TARGETS),
     # The figures below compare variants of one set-up rather than targets (their own tables under the
     # main one); they run when mqtls is among the targets, `aes` always.
     # The core's AES-256-GCM rate (openssl speed, pinned like the servers): 16 KiB / 1 KiB records.
@@ -266,13 +270,15 @@ class Bench:
         elif target == "plain-fwd":
             argv = [BENCH, "forward", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream_port}"]
             return self.spawn(target, argv, CORE_SERVER, port), port, ["--plain"]
-        elif target in ("mqtls", "mqtls-busy", "mqtls-unix", "mqtls-wss"):
+        elif target in ("mqtls", "mqtls-busy", "mqtls-unix", "mqtls-wss", "mqtls-shared"):
             upstream = f"unix:{self.sink_unix}" if target == "mqtls-unix" else f"127.0.0.1:{upstream_port}"
             argv = [MQTLS, "--listen", f"127.0.0.1:{port}", "--upstream", upstream,
                     "--cert", f"{c}/server.crt", "--key", f"{c}/server.key", "--client-ca", f"{c}/ca.crt",
                     "--threads", "1", "--log-level", "warn", "--reload-interval", "off"] + list(extra)
             if target == "mqtls-busy":
                 argv += ["--busy-poll", BUSY_POLL]
+            if target == "mqtls-shared":
+                argv += ["--handshake-nice", "0"]
             if recheck:
                 self.crl = os.path.join(self.tmp, "devices.crl")
                 shutil.copy(f"{c}/empty.crl", self.crl)

@@ -20,6 +20,7 @@ use crate::config::{Config, RunArgs};
 use crate::conn::accept::{self, Caps, Stop};
 use crate::conn::admission::Admission;
 use crate::conn::handle::Proxy;
+use crate::conn::handshake_threads::HandshakeThreads;
 use crate::conn::socket::{self, PassedError, PassedSockets};
 use crate::crl::CrlCache;
 use crate::ops::health::check_upstream;
@@ -223,8 +224,13 @@ impl App {
         let servers = TaskTracker::new();
         // The caps belong to the process: every listener draws on the same ones.
         let caps = Caps::new(&config.global.limits);
+        // Accept loops and handshakes on threads of lower priority than established connections.
+        let handshake_threads = HandshakeThreads::start(config.global.threads, config.global.handshake_nice);
         for l in listeners {
-            servers.spawn(accept::serve(l.socket, l.stop, l.proxy, caps.clone(), shutdown.clone()));
+            let (caps, shutdown) = (caps.clone(), shutdown.clone());
+            handshake_threads.spawn(|splice_on| {
+                servers.track_future(accept::serve(l.socket, l.stop, l.proxy, caps, splice_on, shutdown))
+            });
         }
         servers.close();
         // Listeners bound, handlers installed: a supervisor may send traffic and SIGHUP from here on.

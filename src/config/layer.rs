@@ -296,6 +296,11 @@ settings! {
         /// latency for CPU time), at most 10ms; "off" or "0" disables [default: off].
         #[arg(long)]
         busy_poll: Option<String>,
+        /// Nice value of the threads that run TLS handshakes and everything before the splice, so that
+        /// established connections are served first during a reconnect storm; 0 runs them on the same
+        /// threads as established connections [default: 19].
+        #[arg(long)]
+        handshake_nice: Option<u8>,
     }
 }
 

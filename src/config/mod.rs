@@ -98,6 +98,8 @@ pub struct Global {
     /// How long to keep polling after traffic before sleeping; `None` = off.
     #[serde(serialize_with = "crate::duration::serialize_or_off")]
     pub busy_poll: Option<Duration>,
+    /// Nice value of the handshake threads; 0 = none, handshakes share the workers.
+    pub handshake_nice: u8,
     /// Admission limits: connection rates, per source, per certificate.
     #[serde(flatten)]
     pub admission: AdmissionSettings,

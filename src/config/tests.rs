@@ -86,6 +86,17 @@ fn threads_come_from_flag_or_file_and_must_be_positive() {
 }
 
 #[test]
+fn handshake_nice_is_a_nice_value_defaulting_to_the_lowest_priority() {
+    assert_eq!(load(&args(&base()), None).expect("valid").global.handshake_nice, 19);
+    assert_eq!(load(&args(&base()), file("handshake_nice = 0")).expect("valid").global.handshake_nice, 0);
+    let mut a = base();
+    a.extend(["--handshake-nice", "5"]);
+    assert_eq!(load(&args(&a), file("handshake_nice = 10")).expect("valid").global.handshake_nice, 5);
+    let err = load(&args(&base()), file("handshake_nice = 20")).expect_err("out of range");
+    assert!(err.to_string().starts_with("handshake_nice (in /etc/mqtls/mqtls.toml)"), "{err}");
+}
+
+#[test]
 fn unknown_file_key_is_an_error_naming_the_key() {
     let err = toml::from_str::<Layer>("lissen = \"x\"").expect_err("must fail");
     assert!(err.to_string().contains("lissen"), "{err}");

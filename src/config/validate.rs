@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::layer::Layer;
 use super::{default_threads, relative_to, Config, ConfigError, Global, Listener, Origin};
 use crate::conn::admission::AdmissionSettings;
+use crate::conn::handshake_threads::DEFAULT_HANDSHAKE_NICE;
 use crate::conn::proxy_protocol::{self, ProxyProtocolSettings, UpstreamProxyProtocol};
 use crate::conn::upstream::Upstream;
 use crate::conn::websocket::{self, Origins, WebSocketSettings};
@@ -210,6 +211,11 @@ fn global(l: &Layer, src: &Sources<'_>) -> Result<Global, ConfigError> {
         refuse_expired: l.refuse_expired.unwrap_or(false),
         threads: at_least_one("threads", l.threads, default_threads())?,
         busy_poll,
+        handshake_nice: match l.handshake_nice {
+            None => DEFAULT_HANDSHAKE_NICE,
+            Some(n) if n <= 19 => n,
+            Some(n) => return Err(src.invalid("handshake_nice", format!("{n} is not a nice value from 0 to 19"))),
+        },
     })
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -166,6 +167,8 @@ struct Acceptor {
     drivers: Drivers,
     tracker: TaskTracker,
     force_close: CancellationToken,
+    /// Where connections' own tasks (their splices) run when not here: see [`crate::conn::handshake_threads`].
+    splice_on: Option<Handle>,
 }
 
 impl Acceptor {
@@ -196,23 +199,44 @@ impl Acceptor {
         let proxy = proxy.clone();
         let force_close = self.force_close.clone();
         let connect_bytes = self.connect_bytes.share();
-        // The connection's own task is made first and waits for its splice: long-lived
-        // allocations before the short-lived pre-splice phase, so that phase's memory is
-        // reused by the next connection's instead of leaving holes between idle ones.
-        let (rest_tx, rest_rx) = oneshot::channel();
-        self.tracker.spawn(async move {
-            let _permit = permit;
-            let _source = source;
-            let Ok(rest) = rest_rx.await else { return };
-            // A panic in one connection ends only that task: tokio catches it at the task boundary.
-            tokio::select! {
-                _ = force_close.cancelled() => {}
-                _ = rest => {}
+        // Its places under the caps and limits, held until the connection ends.
+        let held = (permit, source);
+        let unit: Unit = match self.splice_on.clone() {
+            // On the handshake threads: the connection's own task is made on the main runtime once
+            // there is a splice to run, one wake-up of its threads per connection.
+            Some(main) => {
+                let tracker = self.tracker.clone();
+                Box::pin(async move {
+                    if let Some(rest) = proxy::handle(proxy, tcp, peer, handshake, connect_bytes, true).await {
+                        main.spawn(tracker.track_future(async move {
+                            let _held = held;
+                            tokio::select! {
+                                _ = force_close.cancelled() => {}
+                                _ = rest => {}
+                            }
+                        }));
+                    }
+                })
             }
-        });
-        let unit = async move {
-            if let Some(rest) = proxy::handle(proxy, tcp, peer, handshake, connect_bytes).await {
-                let _ = rest_tx.send(rest);
+            // The connection's own task is made first and waits for its splice: long-lived
+            // allocations before the short-lived pre-splice phase, so that phase's memory is
+            // reused by the next connection's instead of leaving holes between idle ones.
+            None => {
+                let (rest_tx, rest_rx) = oneshot::channel();
+                self.tracker.spawn(async move {
+                    let _held = held;
+                    let Ok(rest) = rest_rx.await else { return };
+                    // A panic in one connection ends only that task: tokio catches it at the task boundary.
+                    tokio::select! {
+                        _ = force_close.cancelled() => {}
+                        _ = rest => {}
+                    }
+                });
+                Box::pin(async move {
+                    if let Some(rest) = proxy::handle(proxy, tcp, peer, handshake, connect_bytes, false).await {
+                        let _ = rest_tx.send(rest);
+                    }
+                })
             }
         };
         self.drivers.push(Box::pin(unit));
@@ -270,14 +294,27 @@ impl Acceptor {
 
 /// Serves `listener` until `shutdown` is cancelled, then stops accepting (as `stop` says) and lets
 /// established connections finish for up to the drain timeout before closing the rest. `caps` are
-/// shared with the process's other listeners.
+/// shared with the process's other listeners. With `splice_on`, this runs on the handshake threads
+/// and connections are spliced there ([`crate::conn::handshake_threads`]).
 pub(crate) async fn serve(
     listener: TcpListener,
     stop: Stop,
     proxy: Arc<Proxy>,
     caps: Caps,
+    splice_on: Option<Handle>,
     shutdown: CancellationToken,
 ) {
+    // Accepted sockets join the event loop of the runtime that accepts them: this one.
+    let listener = match splice_on {
+        Some(_) => match listener.into_std().and_then(TcpListener::from_std) {
+            Ok(listener) => listener,
+            Err(err) => {
+                warn!(%err, "could not move the listening socket to the handshake threads; not serving it");
+                return;
+            }
+        },
+        None => listener,
+    };
     let tracker = TaskTracker::new();
     let force_close = CancellationToken::new();
     let drivers = Drivers::start(proxy.global.threads, &tracker, &force_close);
@@ -296,6 +333,7 @@ pub(crate) async fn serve(
         drivers,
         tracker: tracker.clone(),
         force_close: force_close.clone(),
+        splice_on,
     };
     acceptor.accept_until(&listener, shutdown.cancelled()).await;
     proxy.health.set_draining();

@@ -20,6 +20,7 @@ use crate::conn::admission::{Admission, IdentityGuard, SourceGuard};
 use crate::conn::budget::Share;
 use crate::conn::busy_poll::BusyPoll;
 use crate::conn::error::ConnError;
+use crate::conn::handshake_threads;
 use crate::conn::proxy_protocol::{self, ClientAddrs, InboundError, TlsFacts, UpstreamProxyProtocol};
 use crate::conn::splice::{Splice, SpliceStats, Spliced};
 use crate::conn::upstream::UpstreamStream;
@@ -86,13 +87,15 @@ impl Proxy {
 /// broker's connect and CONNACK, run by the listener's pre-splice drivers ([`crate::conn::accept`]).
 /// Returns the rest of its life (the splice), to run as the connection's own task, or `None` when it
 /// ended here (counted and logged once). `handshake` is this connection's place among the handshakes in flight, given
-/// back once TLS is done; `connect_bytes` its share of the CONNECT budget.
+/// back once TLS is done; `connect_bytes` its share of the CONNECT budget. With `moves`, this runs on the
+/// handshake threads and the splice's first step registers the sockets where it runs.
 pub(crate) async fn handle(
     proxy: Arc<Proxy>,
     tcp: TcpStream,
     peer: SocketAddr,
     handshake: OwnedSemaphorePermit,
     connect_bytes: Share,
+    moves: bool,
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     // With a trusted load balancer in front, `peer` is the client its PROXY header names (recorded once
     // read) and `proxied_by` the balancer.
@@ -142,6 +145,16 @@ pub(crate) async fn handle(
     Some(
         async move {
             let _active = active;
+            let opened = match moves {
+                true => match opened.rehome() {
+                    Ok(opened) => opened,
+                    Err(err) => {
+                        warn!(%err, "could not move the connection to the established connections' threads; closing it");
+                        return;
+                    }
+                },
+                false => opened,
+            };
             let (stats, result) = splice_opened(&proxy, opened).await;
             let m = &proxy.metrics;
             m.spliced(started.elapsed().as_secs_f64(), stats.client_to_upstream, stats.upstream_to_client);
@@ -427,6 +440,18 @@ struct Opened {
     sent: SpliceStats,
 }
 
+impl Opened {
+    /// Moves both sockets to the runtime this is called in ([`handshake_threads`]).
+    fn rehome(mut self) -> std::io::Result<Opened> {
+        handshake_threads::rehome(self.client.tcp_mut())?;
+        self.upstream = match self.upstream {
+            UpstreamStream::Tcp(s) => UpstreamStream::Tcp(TcpStream::from_std(s.into_std()?)?),
+            UpstreamStream::Unix(s) => UpstreamStream::Unix(tokio::net::UnixStream::from_std(s.into_std()?)?),
+        };
+        Ok(self)
+    }
+}
+
 /// Connects the broker, sends it the prepared bytes, and passes its answer (the CONNACK) on.
 async fn open(proxy: &Proxy, ready: Ready) -> Result<Opened, ConnError> {
     let Ready { mut client, first, version, standing, held } = ready;
@@ -602,7 +627,7 @@ mod tests {
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (tcp, peer) = listener.accept().await.expect("accept");
         let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("permit");
-        let prepare = handle(proxy, tcp, peer, permit, crate::conn::budget::ConnectBudget::new(0).share());
+        let prepare = handle(proxy, tcp, peer, permit, crate::conn::budget::ConnectBudget::new(0).share(), true);
         /// The size of the connection's own task: the future `handle` returns when the checks pass.
         fn rest_size<F: Future<Output = Option<G>>, G>(_: &F) -> usize {
             std::mem::size_of::<G>()

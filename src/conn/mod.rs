@@ -4,7 +4,8 @@
 //! header out) → [`handle`] (TLS, the CONNECT, identity, the broker, in order) → [`upstream`] (the
 //! broker connection) → [`splice`] (bytes both ways). [`websocket`] serves MQTT over WebSockets
 //! between the TLS handshake and the CONNECT. [`error`] says why a connection ended before the splice. [`budget`] bounds the CONNECT bytes held before the splice; [`busy_poll`] trades CPU
-//! for round-trip latency after traffic.
+//! for round-trip latency after traffic; [`handshake_threads`] runs what comes before the splice at a
+//! lower priority than established traffic.
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ pub(crate) mod budget;
 pub(crate) mod busy_poll;
 pub(crate) mod error;
 pub(crate) mod handle;
+pub(crate) mod handshake_threads;
 pub mod proxy_protocol;
 pub mod socket;
 pub(crate) mod splice;

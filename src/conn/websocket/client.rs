@@ -31,6 +31,14 @@ impl ClientStream {
             ClientStream::WebSocket(s) => s.get_ref().get_ref().1,
         }
     }
+
+    /// The socket under it (to move it to another runtime's event loop).
+    pub(crate) fn tcp_mut(&mut self) -> &mut TcpStream {
+        match self {
+            ClientStream::Tls(s) => s.get_mut().0,
+            ClientStream::WebSocket(s) => s.get_mut().get_mut().0,
+        }
+    }
 }
 
 impl AsyncRead for ClientStream {

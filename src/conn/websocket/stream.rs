@@ -91,6 +91,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         self.ws.get_ref()
     }
 
+    /// The stream under the WebSocket, to move its socket ([`crate::conn::handshake_threads::rehome`]).
+    pub(crate) fn get_mut(&mut self) -> &mut S {
+        self.ws.get_mut()
+    }
+
     /// Queues a close frame with `code` (once) and flushes it. Best effort: a peer that is gone, or
     /// that closed first, gets none.
     fn poll_close_with(&mut self, cx: &mut Context<'_>, code: CloseCode) -> Poll<()> {

@@ -69,7 +69,8 @@ FIGURES = {
     "tp16k": ("throughput, 16 KiB PUBLISH", "MB/s", True, ALL_TARGETS + PLAIN_TARGETS + WSS_TARGETS),
     "tp1k": ("throughput, 1 KiB PUBLISH", "MB/s", True, ALL_TARGETS + PLAIN_TARGETS + WSS_TARGETS),
     "ping": ("PINGREQ round trip p50 / p99", "µs", False, ALL_TARGETS + BUSY_TARGETS + PLAIN_TARGETS + WSS_TARGETS),
-    "idle": ("RSS per idle TLS connection", "KiB", False, ["terminator", "terminator-fwd", "mqtls"] + PEERS + WSS_TARGETS),
+    "idle": ("RSS per idle TLS connection", "KiB", False,
+             ["terminator", "terminator-fwd", "mqtls"] + PEERS + WSS_TARGETS + SHARED_TARGETS),
     "resume": ("resumed handshakes + CONNECT/CONNACK", "per s", True,
                ["terminator", "terminator-fwd", "mqtls"] + PEERS + UNIX_TARGETS + WSS_TARGETS + SHARED_TARGETS),
     # TLS 1.2, for what its resumption costs (no key exchange, unlike TLS 1.3's in rustls). The peers'

@@ -298,7 +298,7 @@ settings! {
         busy_poll: Option<String>,
         /// Nice value of the threads that run TLS handshakes and everything before the splice, so that
         /// established connections are served first during a reconnect storm; 0 runs them on the same
-        /// threads as established connections [default: 19].
+        /// threads as established connections [default: 10].
         #[arg(long)]
         handshake_nice: Option<u8>,
     }

@@ -86,8 +86,8 @@ fn threads_come_from_flag_or_file_and_must_be_positive() {
 }
 
 #[test]
-fn handshake_nice_is_a_nice_value_defaulting_to_the_lowest_priority() {
-    assert_eq!(load(&args(&base()), None).expect("valid").global.handshake_nice, 19);
+fn handshake_nice_is_a_nice_value_from_0_to_19_defaulting_to_10() {
+    assert_eq!(load(&args(&base()), None).expect("valid").global.handshake_nice, 10);
     assert_eq!(load(&args(&base()), file("handshake_nice = 0")).expect("valid").global.handshake_nice, 0);
     let mut a = base();
     a.extend(["--handshake-nice", "5"]);

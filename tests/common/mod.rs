@@ -211,7 +211,7 @@ impl Pki {
             refuse_expired: false,
             threads: 1,
             busy_poll: None,
-            handshake_nice: 19,
+            handshake_nice: 10,
             admission: Default::default(),
         };
         Config { file: None, global, listeners: vec![listener] }

@@ -76,14 +76,36 @@ fn watchers(inode: u64, sockets: &HashMap<u32, u64>, epolls: &HashMap<u32, HashS
     epolls.values().filter(|w| fds.iter().any(|fd| w.contains(fd))).map(named).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn handshakes_run_on_threads_of_their_own_at_the_configured_nice_value() {
+/// A device connected through mqtls (started with `flags`) to a real Mosquitto, after a round trip.
+struct Through {
+    broker: Mosquitto,
+    mqtls: Binary,
+    _device: Device,
+    _pki: Pki,
+}
+
+async fn device_through(flags: &[&str]) -> Through {
     let pki = Pki::new();
     let broker = Mosquitto::start();
-    let mqtls = Binary::start(&pki, &broker.upstream().to_string(), &["--threads", "2", "--handshake-nice", "17"]);
+    let mqtls = Binary::start(&pki, &broker.upstream().to_string(), flags);
     let leaf = pki.ca.client("device-1");
     let mut device = Device::connect(&pki, mqtls.port, "device-1", &leaf).await;
-    device.round_trip(&broker, "after-the-handshake-threads").await;
+    device.round_trip(&broker, "through-mqtls").await;
+    Through { broker, mqtls, _device: device, _pki: pki }
+}
+
+/// mqtls's end of the device's connection and of its broker connection (inodes), and of its listener.
+fn our_sockets(t: &Through, sockets: &HashMap<u32, u64>) -> (u64, Vec<u64>) {
+    let (listener, established) = tcp_inodes(t.mqtls.port, t.broker.port);
+    let ours: Vec<u64> = established.into_iter().filter(|i| sockets.values().any(|s| s == i)).collect();
+    assert_eq!(ours.len(), 2, "mqtls's established sockets: {ours:?} of {sockets:?}");
+    (listener, ours)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handshakes_run_on_threads_of_their_own_at_the_configured_nice_value() {
+    let t = device_through(&["--threads", "2", "--handshake-nice", "17"]).await;
+    let mqtls = &t.mqtls;
 
     let threads = threads(mqtls.pid());
     let handshake: Vec<i64> = threads.iter().filter(|(n, _)| n == "mqtls-handshake").map(|t| t.1).collect();
@@ -97,18 +119,9 @@ async fn handshakes_run_on_threads_of_their_own_at_the_configured_nice_value() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_established_connection_is_watched_by_the_main_threads_not_the_handshake_threads() {
-    let pki = Pki::new();
-    let broker = Mosquitto::start();
-    let mqtls = Binary::start(&pki, &broker.upstream().to_string(), &["--threads", "1"]);
-    let leaf = pki.ca.client("device-2");
-    let mut device = Device::connect(&pki, mqtls.port, "device-2", &leaf).await;
-    device.round_trip(&broker, "spliced-on-the-main-threads").await;
-
-    let (sockets, epolls) = sockets_and_epolls(mqtls.pid());
-    let (listener, established) = tcp_inodes(mqtls.port, broker.port);
-    // The device's connection and the broker's: mqtls's end of each.
-    let ours: Vec<u64> = established.into_iter().filter(|i| sockets.values().any(|s| s == i)).collect();
-    assert_eq!(ours.len(), 2, "mqtls's established sockets: {ours:?} of {sockets:?}");
+    let t = device_through(&["--threads", "1"]).await;
+    let (sockets, epolls) = sockets_and_epolls(t.mqtls.pid());
+    let (listener, ours) = our_sockets(&t, &sockets);
     let handshake_loop = watchers(listener, &sockets, &epolls);
     assert_eq!(handshake_loop.len(), 1, "the listener is watched by one event loop: {epolls:?}");
     for inode in ours {
@@ -120,19 +133,11 @@ async fn an_established_connection_is_watched_by_the_main_threads_not_the_handsh
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_handshake_nice_0_handshakes_share_the_established_connections_threads() {
-    let pki = Pki::new();
-    let broker = Mosquitto::start();
-    let mqtls = Binary::start(&pki, &broker.upstream().to_string(), &["--threads", "1", "--handshake-nice", "0"]);
-    let leaf = pki.ca.client("device-3");
-    let mut device = Device::connect(&pki, mqtls.port, "device-3", &leaf).await;
-    device.round_trip(&broker, "on-shared-threads").await;
-
-    let threads = threads(mqtls.pid());
+    let t = device_through(&["--threads", "1", "--handshake-nice", "0"]).await;
+    let threads = threads(t.mqtls.pid());
     assert!(threads.iter().all(|(n, _)| n != "mqtls-handshake"), "threads: {threads:?}");
-    let (sockets, epolls) = sockets_and_epolls(mqtls.pid());
-    let (listener, established) = tcp_inodes(mqtls.port, broker.port);
-    let ours: Vec<u64> = established.into_iter().filter(|i| sockets.values().any(|s| s == i)).collect();
-    assert_eq!(ours.len(), 2, "mqtls's established sockets: {ours:?} of {sockets:?}");
+    let (sockets, epolls) = sockets_and_epolls(t.mqtls.pid());
+    let (listener, ours) = our_sockets(&t, &sockets);
     let shared = watchers(listener, &sockets, &epolls);
     for inode in ours {
         assert_eq!(watchers(inode, &sockets, &epolls), shared, "socket {inode} shares the listener's loop: {epolls:?}");

@@ -229,10 +229,10 @@ impl Acceptor {
         let connect_bytes = self.connect_bytes.share();
         // Its places under the caps and limits, held until the connection ends.
         let held = (permit, source);
-        let unit: Unit = match self.splice_on.clone() {
-            // On the handshake threads: the connection's own task is made on the main runtime once
-            // there is a splice to run, one wake-up of its threads per connection.
-            Some(_) => {
+        let unit: Unit = match self.splice_on.is_some() {
+            // On the handshake threads: the connection's own task is made once there is a splice to
+            // run, and its driver starts it on the main runtime with the others of the same turn.
+            true => {
                 let tracker = self.tracker.clone();
                 Box::pin(async move {
                     let rest = proxy::handle(proxy, tcp, peer, handshake, connect_bytes, true).await?;
@@ -249,7 +249,7 @@ impl Acceptor {
             // The connection's own task is made first and waits for its splice: long-lived
             // allocations before the short-lived pre-splice phase, so that phase's memory is
             // reused by the next connection's instead of leaving holes between idle ones.
-            None => {
+            false => {
                 let (rest_tx, rest_rx) = oneshot::channel();
                 self.tracker.spawn(async move {
                     let _held = held;

@@ -1648,15 +1648,24 @@ mod tests {
         let full = storm(target.clone(), 2, Duration::from_millis(300), false).await.expect("handshakes");
         assert!(full["ok"].as_u64().unwrap_or(0) > 0, "{full}");
         assert_eq!(full["errors"], 0, "{full}");
+        let orphaned = answers_came_through(target, sink_task).await;
+        assert!(orphaned["errors"].as_u64().unwrap_or(0) > 0, "{orphaned}");
+        term.abort();
+    }
+
+    /// Pings get their answers through `target`; then, with the sink gone, no CONNECT is answered any
+    /// more: the answers came through the sink. Returns that last attempt's result.
+    async fn answers_came_through(
+        target: Target,
+        sink_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    ) -> serde_json::Value {
         let p = ping(target.clone(), 20, 2).await.expect("ping");
         assert_eq!(p["count"], 20, "{p}");
-        // With the sink gone nothing answers CONNECT any more: the answers above came through it.
         sink_task.abort();
         let _ = sink_task.await;
         let orphaned = storm(target, 1, Duration::from_millis(200), false).await.expect("handshakes");
         assert_eq!(orphaned["ok"], 0, "{orphaned}");
-        assert!(orphaned["errors"].as_u64().unwrap_or(0) > 0, "{orphaned}");
-        term.abort();
+        orphaned
     }
 
     /// mqtls in this runtime, with the benchmark PKI, in front of `upstream`, with `edit`'s settings.
@@ -1736,12 +1745,7 @@ mod tests {
         let fwd = tokio::spawn(forwarder(listener, sink_addr));
         let tp = throughput(target.clone(), 16384, 2, Duration::from_millis(200), false).await.expect("throughput");
         assert!(tp["bytes"].as_u64().unwrap_or(0) > 0 && tp["error"].is_null(), "{tp}");
-        let p = ping(target.clone(), 20, 2).await.expect("ping");
-        assert_eq!(p["count"], 20, "{p}");
-        sink_task.abort();
-        let _ = sink_task.await;
-        let orphaned = storm(target, 1, Duration::from_millis(200), false).await.expect("handshakes");
-        assert_eq!(orphaned["ok"], 0, "{orphaned}");
+        answers_came_through(target, sink_task).await;
         fwd.abort();
     }
 

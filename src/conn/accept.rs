@@ -174,6 +174,17 @@ fn admit(proxy: &Proxy, peer: IpAddr) -> Result<Option<SourceGuard>, Limited> {
     proxy.admission.admit_source(peer)
 }
 
+/// A connection's own task: its splice (`rest`) until it ends or the drain's deadline (`force_close`),
+/// holding its places under the caps and limits until then. A panic in one connection ends only its
+/// task: tokio catches it at the task boundary.
+async fn splice_until<H>(held: H, force_close: CancellationToken, rest: impl Future<Output = ()>) {
+    let _held = held;
+    tokio::select! {
+        _ = force_close.cancelled() => {}
+        _ = rest => {}
+    }
+}
+
 /// What a listener does with its socket when it stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stop {
@@ -236,13 +247,7 @@ impl Acceptor {
                 let tracker = self.tracker.clone();
                 Box::pin(async move {
                     let rest = proxy::handle(proxy, tcp, peer, handshake, connect_bytes, true).await?;
-                    let spliced: Spliced = Box::pin(tracker.track_future(async move {
-                        let _held = held;
-                        tokio::select! {
-                            _ = force_close.cancelled() => {}
-                            _ = rest => {}
-                        }
-                    }));
+                    let spliced: Spliced = Box::pin(tracker.track_future(splice_until(held, force_close, rest)));
                     Some(spliced)
                 })
             }
@@ -252,13 +257,8 @@ impl Acceptor {
             false => {
                 let (rest_tx, rest_rx) = oneshot::channel();
                 self.tracker.spawn(async move {
-                    let _held = held;
                     let Ok(rest) = rest_rx.await else { return };
-                    // A panic in one connection ends only that task: tokio catches it at the task boundary.
-                    tokio::select! {
-                        _ = force_close.cancelled() => {}
-                        _ = rest => {}
-                    }
+                    splice_until(held, force_close, rest).await
                 });
                 Box::pin(async move {
                     if let Some(rest) = proxy::handle(proxy, tcp, peer, handshake, connect_bytes, false).await {
